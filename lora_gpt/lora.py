@@ -1,0 +1,313 @@
+"""LoRA with stacked per-client adapters.
+
+A `LoRALinear` is an `nn.Linear` (so base weights keep their names and a GPT-2 checkpoint loads
+as it is) plus N adapters stored as stacked tensors `lora_A: [N, d_in, r]`, `lora_B: [N, r, d_out]`.
+An input `[N, ..., d_in]` runs adapter n on slice n:
+
+    y[n] = x[n] @ W.T + bias + (alpha / r) * (dropout(x[n]) @ A[n]) @ B[n]
+
+With N = 1 any input shape is accepted. One stacked tensor per layer makes aggregation across
+clients a single `einsum`, and the base matmul sees every client's tokens at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
+MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
+KERNELS = ("auto", "triton", "torch")
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = 4  # r: inner dimension of each adapter
+    alpha: float = 32.0  # the update is scaled by alpha / r
+    dropout: float = 0.1  # dropout on the adapter's input only
+    targets: tuple[str, ...] = ATTENTION_TARGETS  # suffixes of the linear layers to adapt
+    kernel: str = "auto"  # "auto" (Triton on CUDA, else PyTorch), "triton" or "torch"
+    init_seed: int | None = None  # seed for A's init; one seed -> identical adapters across clients
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}.")
+        if self.alpha <= 0:
+            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
+        if not self.targets:
+            raise ValueError("LoRA targets are empty; adapt at least one of "
+                             f"{ATTENTION_TARGETS + MLP_TARGETS}.")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}.")
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+    @classmethod
+    def for_paper(cls, attention: bool = True, mlp: bool = False, **kwargs) -> "LoRAConfig":
+        """Targets as the paper's `--lora_causal_self_attention` / `--lora_mlp` flags choose."""
+        targets = (ATTENTION_TARGETS if attention else ()) + (MLP_TARGETS if mlp else ())
+        return cls(targets=targets, **kwargs)
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["targets"] = list(self.targets)
+        return d
+
+
+class LoRALinear(nn.Linear):
+    """`nn.Linear` plus N stacked low-rank adapters (see the module docstring)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, config: LoRAConfig,
+                 num_adapters: int = 1, device=None, dtype=None) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.lora_config = config
+        self.num_adapters = num_adapters
+        self.lora_A = nn.Parameter(torch.empty(num_adapters, in_features, config.rank, device=device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.zeros(num_adapters, config.rank, out_features, device=device, dtype=dtype))
+        self.merged_adapter: int | None = None
+        self.active: slice = slice(None)  # which adapters the leading input dim maps to
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
+        """A Kaiming-uniform (as `nn.Linear` inits, fan-in d_in), B zero: the update starts at 0."""
+        bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)) on fan_in
+        with torch.no_grad():
+            a = torch.empty(self.in_features, self.lora_config.rank).uniform_(-bound, bound, generator=generator)
+            self.lora_A.copy_(a.expand_as(self.lora_A))
+            self.lora_B.zero_()
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, config: LoRAConfig, num_adapters: int) -> "LoRALinear":
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, config,
+                    num_adapters, device=linear.weight.device, dtype=linear.weight.dtype)
+        layer.weight = linear.weight
+        layer.bias = linear.bias
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        A, B = self.lora_A[self.active], self.lora_B[self.active]
+        n = A.shape[0]
+        if self.merged_adapter is not None:
+            return super().forward(x)
+        if n == 1:
+            x3 = x.reshape(1, -1, self.in_features)
+        elif x.shape[0] == n:
+            x3 = x.reshape(n, -1, self.in_features)
+        else:
+            raise ValueError(
+                f"input has leading dim {x.shape[0]} but {n} adapters are active; feed a batch "
+                f"shaped [num_adapters, ..., {self.in_features}] (one slice per client)."
+            )
+        y = lora_linear(x3, self.weight, self.bias, A, B, self.lora_config, self.training)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def delta_weight(self, adapter: int) -> torch.Tensor:
+        """Adapter `adapter`'s update to the base weight, in `nn.Linear`'s `[out, in]` layout."""
+        return self.lora_config.scale * (self.lora_A[adapter] @ self.lora_B[adapter]).t()
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, rank={self.lora_config.rank}, "
+                f"num_adapters={self.num_adapters}")
+
+
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                A: torch.Tensor, B: torch.Tensor, config: LoRAConfig, training: bool) -> torch.Tensor:
+    """`x: [N, M, d_in]` -> `[N, M, d_out]` through the fused kernel or plain PyTorch."""
+    p = config.dropout if training else 0.0
+    from .kernels import resolve_kernel
+
+    if resolve_kernel(config.kernel, x.device) == "triton":
+        from .kernels.triton_lora import fused_lora_linear
+
+        return fused_lora_linear(x, weight, bias, A, B, config.scale, p, None)
+    base = F.linear(x, weight, bias)
+    return base + config.scale * torch.bmm(torch.bmm(F.dropout(x, p, training), A), B)
+
+
+def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> nn.Module:
+    """Swap every `nn.Linear` whose name ends in one of `config.targets` for a `LoRALinear`.
+
+    All adapters start from the same A (seeded by `config.init_seed` when given), so adapter
+    similarity later measures what clients learned, not their random starts.
+    """
+    if num_adapters < 1:
+        raise ValueError(f"num_adapters must be >= 1, got {num_adapters}.")
+    generator = None
+    if config.init_seed is not None:
+        generator = torch.Generator().manual_seed(config.init_seed)
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            raise ValueError(f"{name} already has LoRA adapters; inject into a fresh model.")
+        if isinstance(module, nn.Linear) and name.endswith(config.targets):
+            parent_name, _, child = name.rpartition(".")
+            layer = LoRALinear.from_linear(module, config, num_adapters)
+            layer.reset_lora_parameters(generator)
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+            replaced.append(name)
+    if not replaced:
+        raise ValueError(f"no nn.Linear matches the LoRA targets {config.targets}; "
+                         f"GPT-2's are {ATTENTION_TARGETS + MLP_TARGETS}.")
+    return model
+
+
+def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            yield name, module
+
+
+def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The stacked adapter tensors by parameter name (`...lora_A`, `...lora_B`)."""
+    return {name: p for name, p in model.named_parameters() if "lora_" in name}
+
+
+def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> nn.Module:
+    """Freeze everything but the adapters (`bias="lora_only"` also trains the adapted linears' biases)."""
+    if bias not in ("none", "lora_only", "all"):
+        raise ValueError(f"bias must be 'none', 'lora_only' or 'all', got {bias!r}.")
+    for name, p in model.named_parameters():
+        p.requires_grad = "lora_" in name or (bias == "all" and name.endswith(".bias"))
+    if bias == "lora_only":
+        for _, layer in lora_layers(model):
+            if layer.bias is not None:
+                layer.bias.requires_grad = True
+    return model
+
+
+@contextlib.contextmanager
+def use_adapters(model: nn.Module, adapters: slice) -> Iterator[None]:
+    """Run only adapters `adapters` (a slice of the stack); the input's leading dim matches it."""
+    layers = [layer for _, layer in lora_layers(model)]
+    for layer in layers:
+        layer.active = adapters
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.active = slice(None)
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module, adapter: int = 0) -> nn.Module:
+    """Fold adapter `adapter` into the base weights; the model then runs as a plain GPT.
+
+    Merging touches the frozen base, so it happens only when asked (never on `eval()`), and
+    `unmerge_lora` restores the base before another adapter can be used.
+    """
+    for name, layer in lora_layers(model):
+        if layer.merged_adapter is not None:
+            raise RuntimeError(f"{name} already has adapter {layer.merged_adapter} merged; unmerge first.")
+        if not 0 <= adapter < layer.num_adapters:
+            raise IndexError(f"adapter {adapter} out of range: the model has {layer.num_adapters}.")
+        layer.weight += layer.delta_weight(adapter).to(layer.weight.dtype)
+        layer.merged_adapter = adapter
+    return model
+
+
+@torch.no_grad()
+def unmerge_lora(model: nn.Module) -> nn.Module:
+    """Subtract the merged adapter from the base weights again."""
+    for _, layer in lora_layers(model):
+        if layer.merged_adapter is not None:
+            layer.weight -= layer.delta_weight(layer.merged_adapter).to(layer.weight.dtype)
+            layer.merged_adapter = None
+    return model
+
+
+def export_merged(model: nn.Module, adapter: int) -> nn.Module:
+    """A plain GPT (no LoRA layers) whose weights include adapter `adapter`: client n's model."""
+    from .model import GPT
+
+    if not isinstance(model, GPT):
+        raise TypeError("export_merged expects a lora_gpt.GPT.")
+    plain = GPT(model.config)
+    state = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
+    with torch.no_grad():
+        for name, layer in lora_layers(model):
+            state[f"{name}.weight"] = layer.weight + layer.delta_weight(adapter).to(layer.weight.dtype)
+    plain.load_state_dict(state)
+    return plain
+
+
+def _model_signature(model: nn.Module) -> dict:
+    config = getattr(model, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else {}
+
+
+def save_adapters(model: nn.Module, folder: str | Path, adapters: slice | int | None = None) -> Path:
+    """Save stacked adapters as `adapter_model.safetensors` + `adapter_config.json`."""
+    layers = dict(lora_layers(model))
+    if not layers:
+        raise ValueError("the model has no LoRA layers; call inject_lora first.")
+    config = next(iter(layers.values())).lora_config
+    select = slice(adapters, adapters + 1) if isinstance(adapters, int) else (adapters or slice(None))
+    tensors = {name: p.detach()[select].contiguous().cpu() for name, p in lora_parameters(model).items()}
+    num = next(iter(tensors.values())).shape[0]
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (ADAPTER_WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / ADAPTER_WEIGHTS)
+    meta = {"lora": config.to_dict(), "num_adapters": num, "model": _model_signature(model)}
+    (folder / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_adapters(model: nn.Module, folder: str | Path, into: slice | int | None = None) -> nn.Module:
+    """Load adapters saved by `save_adapters` into `model`'s stack (all, or slots `into`).
+
+    Refuses adapters made for another model configuration, LoRA rank or target set, naming
+    the difference, rather than loading weights that cannot mean the same thing.
+    """
+    folder = Path(folder)
+    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found; save adapters with save_adapters().")
+    meta = json.loads((folder / ADAPTER_CONFIG).read_text())
+    layers = dict(lora_layers(model))
+    if not layers:
+        raise ValueError("the model has no LoRA layers; call inject_lora with the saved config first.")
+    ours = next(iter(layers.values())).lora_config
+    saved_lora = meta["lora"]
+    for key in ("rank", "targets"):
+        mine = list(ours.targets) if key == "targets" else ours.rank
+        if saved_lora[key] != mine:
+            raise ValueError(f"{folder}: adapters have {key}={saved_lora[key]}, the model has {mine}; "
+                             "inject LoRA with the saved adapter_config.json's settings.")
+    if meta.get("model") and _model_signature(model):
+        diff = {k: (v, _model_signature(model).get(k)) for k, v in meta["model"].items()
+                if k != "dropout" and _model_signature(model).get(k) != v}
+        if diff:
+            raise ValueError(f"{folder}: adapters were made for another model; (saved, this) differ in {diff}.")
+    tensors = load_file(str(folder / ADAPTER_WEIGHTS))
+    params = lora_parameters(model)
+    if set(tensors) != set(params):
+        raise ValueError(f"{folder}: adapter tensors do not match the model's LoRA layers "
+                         f"(missing {sorted(set(params) - set(tensors))[:3]}, "
+                         f"unexpected {sorted(set(tensors) - set(params))[:3]}).")
+    select = slice(into, into + 1) if isinstance(into, int) else (into or slice(None))
+    with torch.no_grad():
+        for name, p in params.items():
+            target = p[select]
+            if tensors[name].shape != target.shape:
+                raise ValueError(f"{folder}: {name} has shape {tuple(tensors[name].shape)}, "
+                                 f"the model slots take {tuple(target.shape)}.")
+            target.copy_(tensors[name])
+    return model

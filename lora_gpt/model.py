@@ -1,0 +1,171 @@
+"""A hand-written GPT-2, built bottom-up: LayerNorm -> attention -> MLP -> Block -> GPT.
+
+Every module accepts any leading batch shape. A collaborative batch `[N, b, T]` (b sequences
+for each of N clients) therefore flows through unchanged, so that a LoRA linear can run
+adapter n on slice n while the frozen base sees all N*b*T tokens in one matmul.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import GPTConfig
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias (PyTorch's has no `bias=False` before 2.1)."""
+
+    def __init__(self, dim: int, bias: bool, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        *lead, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=-1)
+        # [..., T, C] -> [prod(lead), H, T, C/H] for the fused attention kernel
+        heads = lambda t: t.reshape(-1, T, self.n_head, C // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            heads(q), heads(k), heads(v),
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=True,
+        )
+        y = y.transpose(1, 2).reshape(*lead, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 was trained with the tanh approximation of GELU ("gelu_new").
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
+            ln_f=LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying: the output projection reuses the token embedding, as in GPT-2.
+        self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2's scaled init of the residual projections keeps the residual stream's
+        # variance from growing with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; position embeddings excluded by default, as GPT-2 reports it."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.transformer.wpe.weight.numel() if non_embedding else n
+
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """Final-LayerNorm activations `[..., T, C]` for token ids `[..., T]`."""
+        T = idx.shape[-1]
+        if T > self.config.block_size:
+            raise ValueError(
+                f"sequence length {T} exceeds the model's block_size {self.config.block_size}; "
+                "use shorter sequences or a model with a longer position table."
+            )
+        pos = torch.arange(T, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.transformer.ln_f(x)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits `[..., T, vocab]` for token ids `[..., T]` (e.g. `[b, T]` or `[N, b, T]`)."""
+        return self.lm_head(self.hidden_states(idx))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+    ) -> torch.Tensor:
+        """Sample `max_new_tokens` continuations of `idx` `[..., T]` (temperature 0 = greedy)."""
+        for _ in range(max_new_tokens):
+            context = idx[..., -self.config.block_size:]
+            logits = self(context)[..., -1, :]
+            if temperature == 0:
+                next_token = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                next_token = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1)
+                next_token = next_token.reshape(*probs.shape[:-1], 1)
+            idx = torch.cat([idx, next_token], dim=-1)
+        return idx
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True
+    ) -> "GPT":
+        """Load Hugging Face GPT-2 weights (a hub name such as `gpt2`, or a local folder)."""
+        from .weights import load_pretrained
+
+        return load_pretrained(name_or_path, dropout=dropout, allow_download=allow_download)
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Save in Hugging Face's GPT-2 layout, so `from_pretrained` and `transformers` read it."""
+        from .weights import save_pretrained
+
+        return save_pretrained(self, folder)

@@ -1,0 +1,169 @@
+"""LoRA layers: the formula, freezing, merging, adapter files, and the stacked-adapter invariant."""
+import copy
+
+import pytest
+import torch
+
+from lora_gpt import (GPT, GPTConfig, LoRAConfig, LoRALinear, export_merged, inject_lora,
+                      load_adapters, lora_parameters, mark_only_lora_as_trainable, merge_lora,
+                      save_adapters, unmerge_lora)
+from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
+
+CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=97)
+ALL_TARGETS = ATTENTION_TARGETS + MLP_TARGETS
+
+
+def lora_model(num_adapters=1, seed=0, dropout=0.0, targets=ALL_TARGETS, randomize_b=True):
+    torch.manual_seed(seed)
+    model = GPT(CFG)
+    inject_lora(model, LoRAConfig(rank=4, alpha=8, dropout=dropout, targets=targets, kernel="torch"), num_adapters)
+    if randomize_b:  # B starts at zero; give it values so the adapter path is exercised
+        with torch.no_grad():
+            for name, p in lora_parameters(model).items():
+                if name.endswith("lora_B"):
+                    p.normal_(0, 0.1)
+    return mark_only_lora_as_trainable(model)
+
+
+def test_zero_b_equals_base_model():
+    torch.manual_seed(0)
+    base = GPT(CFG).eval()
+    adapted = inject_lora(copy.deepcopy(base), LoRAConfig(rank=4, targets=ALL_TARGETS, kernel="torch"), 3).eval()
+    idx = torch.randint(0, 97, (3, 2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(idx), base(idx))
+
+
+def test_layer_matches_explicit_formula():
+    torch.manual_seed(0)
+    cfg = LoRAConfig(rank=3, alpha=6, dropout=0.0, kernel="torch")
+    layer = LoRALinear(10, 7, True, cfg, num_adapters=2)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(2, 5, 10)
+    expected = torch.stack([x[n] @ layer.weight.T + layer.bias + 2.0 * x[n] @ layer.lora_A[n] @ layer.lora_B[n]
+                            for n in range(2)])
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_init_a_kaiming_uniform_b_zero_and_shared_across_adapters():
+    layer = LoRALinear(256, 8, True, LoRAConfig(rank=16), num_adapters=3)
+    bound = 1 / 256 ** 0.5
+    assert layer.lora_A.abs().max() <= bound and layer.lora_A.abs().max() > 0.9 * bound
+    assert layer.lora_A.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+    assert torch.count_nonzero(layer.lora_B) == 0
+    assert torch.equal(layer.lora_A[0], layer.lora_A[2])
+
+
+def test_init_seed_makes_adapters_reproducible():
+    a = inject_lora(GPT(CFG), LoRAConfig(init_seed=7))
+    b = inject_lora(GPT(CFG), LoRAConfig(init_seed=7))
+    for (name, pa), pb in zip(lora_parameters(a).items(), lora_parameters(b).values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_only_adapters_get_gradients():
+    model = lora_model()
+    model(torch.randint(0, 97, (2, 8))).sum().backward()
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+
+
+def test_targets_follow_paper_flags():
+    attn_only = inject_lora(GPT(CFG), LoRAConfig.for_paper(attention=True, mlp=False))
+    names = {n.rsplit(".", 1)[0] for n in lora_parameters(attn_only)}
+    assert names == {f"transformer.h.{i}.{t}" for i in range(2) for t in ATTENTION_TARGETS}
+    mlp_only = inject_lora(GPT(CFG), LoRAConfig.for_paper(attention=False, mlp=True))
+    assert all(".mlp." in n for n in lora_parameters(mlp_only))
+
+
+def test_merge_unmerge_and_export():
+    model = lora_model(num_adapters=3).eval()
+    idx = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        stacked = model(idx.expand(3, 2, 10))
+        base_before = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+        merge_lora(model, adapter=1)
+        torch.testing.assert_close(model(idx), stacked[1], atol=1e-5, rtol=1e-5)
+        unmerge_lora(model)
+        for k, v in model.state_dict().items():
+            if "lora_" not in k:
+                torch.testing.assert_close(v, base_before[k], atol=1e-6, rtol=0)
+        plain = export_merged(model, 2).eval()
+        assert not any("lora_" in k for k in plain.state_dict())
+        torch.testing.assert_close(plain(idx), stacked[2], atol=1e-5, rtol=1e-5)
+    with pytest.raises(RuntimeError, match="unmerge"):
+        merge_lora(model, 0)
+        merge_lora(model, 1)
+
+
+def test_stacked_adapters_equal_separate_models():
+    """The invariant the collaborative design rests on: outputs and gradients of N stacked
+    adapters on an [N, b, T] batch equal those of N separate single-adapter models."""
+    N = 3
+    stacked = lora_model(num_adapters=N, seed=1)
+    singles = []
+    for n in range(N):
+        single = lora_model(num_adapters=1, seed=1)
+        with torch.no_grad():
+            for (name, p), q in zip(lora_parameters(single).items(), lora_parameters(stacked).values()):
+                p.copy_(q[n:n + 1])
+        singles.append(single)
+    idx = torch.randint(0, 97, (N, 2, 12))
+    targets = torch.randint(0, 97, (N, 2, 12))
+    logits = stacked(idx)
+    loss = sum(torch.nn.functional.cross_entropy(logits[n].flatten(0, 1), targets[n].flatten()) for n in range(N))
+    loss.backward()
+    for n, single in enumerate(singles):
+        out = single(idx[n])
+        torch.testing.assert_close(out, logits[n], atol=1e-5, rtol=1e-5)
+        torch.nn.functional.cross_entropy(out.flatten(0, 1), targets[n].flatten()).backward()
+        for (name, p), q in zip(lora_parameters(single).items(), lora_parameters(stacked).values()):
+            torch.testing.assert_close(p.grad[0], q.grad[n], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_wrong_leading_dim_is_refused():
+    model = lora_model(num_adapters=3)
+    with pytest.raises(ValueError, match="one slice per client"):
+        model(torch.randint(0, 97, (2, 2, 8)))
+
+
+def test_adapter_save_load_round_trip(tmp_path):
+    model = lora_model(num_adapters=2, seed=3)
+    save_adapters(model, tmp_path / "all")
+    save_adapters(model, tmp_path / "one", adapters=1)
+    fresh = lora_model(num_adapters=2, seed=4)
+    load_adapters(fresh, tmp_path / "all")
+    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values()):
+        assert torch.equal(p, q)
+    single = lora_model(num_adapters=1, seed=5)
+    load_adapters(single, tmp_path / "one")
+    for p, q in zip(lora_parameters(model).values(), lora_parameters(single).values()):
+        assert torch.equal(p[1:2], q)
+
+
+def test_adapters_for_another_config_are_refused(tmp_path):
+    save_adapters(lora_model(num_adapters=1), tmp_path)
+    other_rank = inject_lora(GPT(CFG), LoRAConfig(rank=8, targets=ALL_TARGETS))
+    with pytest.raises(ValueError, match="rank=4"):
+        load_adapters(other_rank, tmp_path)
+    other_targets = inject_lora(GPT(CFG), LoRAConfig(rank=4))
+    with pytest.raises(ValueError, match="targets"):
+        load_adapters(other_targets, tmp_path)
+    wider = inject_lora(GPT(CFG.replace(n_embd=64)), LoRAConfig(rank=4, targets=ALL_TARGETS))
+    with pytest.raises(ValueError, match="another model"):
+        load_adapters(wider, tmp_path)
+
+
+def test_lora_config_validation():
+    with pytest.raises(ValueError, match="rank"):
+        LoRAConfig(rank=0)
+    with pytest.raises(ValueError, match="dropout"):
+        LoRAConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="kernel"):
+        LoRAConfig(kernel="cuda")
+    with pytest.raises(ValueError, match="no nn.Linear matches"):
+        inject_lora(GPT(CFG), LoRAConfig(targets=("nothing",)))
