@@ -1,0 +1,170 @@
+"""The collaborative LightningModule: one frozen base, N stacked client adapters, one batched pass.
+
+A training step takes `[N, b, T+1]` (b windows of each client's own data) and back-propagates
+the **sum** over clients of each client's mean loss, so every adapter gets exactly the gradient
+it would get alone; AdamW is element-wise, so one optimizer over the stack is N optimizers.
+Clients go through the model in chunks of `client_chunk` with gradients accumulated across
+chunks: still exact, with peak activation memory set by the chunk, not by N.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import lightning as L
+import torch
+
+from lora_gpt import GPT, LoRAConfig, inject_lora, lora_parameters, mark_only_lora_as_trainable, use_adapters
+from lora_gpt.training import LanguageModelMetrics, adamw, one_cycle, token_cross_entropy
+
+from .evaluation import chunks
+
+
+def base_fingerprint(model: GPT) -> str:
+    """A short hash of the frozen base's weights: a checkpoint's adapters only mean something
+    on the base they were trained on."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if "lora_" not in name:
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().flatten()[:4096].cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def clip_per_client(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """Clip each client's gradient (its slice of every stacked tensor) to `max_norm` on its own;
+    returns the per-client norms before clipping. A global clip would let one client's large
+    gradient shrink every other client's step."""
+    sq = sum(p.grad.flatten(1).double().pow(2).sum(1) for p in params)
+    norms = sq.sqrt()
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(params[0].grad.dtype)
+    for p in params:
+        p.grad.mul_(factor.view(-1, *[1] * (p.dim() - 1)))
+    return norms.float()
+
+
+class CollabLoRAModule(L.LightningModule):
+    def __init__(self, base: GPT, lora: LoRAConfig, num_clients: int, lr: float = 2e-3,
+                 weight_decay: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95),
+                 iterations: int = 500, warmup: float = 0.02, acc_steps: int = 1,
+                 grad_clip: float = 0.0, client_chunk: int | None = None) -> None:
+        super().__init__()
+        if num_clients < 1:
+            raise ValueError(f"num_clients must be >= 1, got {num_clients}.")
+        self.save_hyperparameters({"model": base.config.to_dict(), "lora": lora.to_dict(),
+                                   "num_clients": num_clients, "lr": lr, "weight_decay": weight_decay,
+                                   "betas": list(betas), "iterations": iterations, "warmup": warmup,
+                                   "acc_steps": acc_steps, "grad_clip": grad_clip,
+                                   "client_chunk": client_chunk})
+        self.model = mark_only_lora_as_trainable(inject_lora(base, lora, num_adapters=num_clients))
+        self.num_clients = num_clients
+        self.client_chunk = client_chunk or num_clients
+        self.automatic_optimization = False  # per-client clipping and chunked backward
+        self.strict_loading = False  # checkpoints hold adapters only; the base comes from --init
+        self.base_fingerprint = base_fingerprint(self.model)
+        self.val_metrics = torch.nn.ModuleList(LanguageModelMetrics() for _ in range(num_clients))
+        self.curves: list[dict[str, Any]] = []  # per-client validation metrics at every eval
+        self.train_curve: list[dict[str, Any]] = []  # per-client train loss at every step
+        self._step_losses = torch.zeros(num_clients)
+        self._pending_rng: tuple | None = None
+
+    def adapters(self) -> dict[str, torch.nn.Parameter]:
+        """The stacked adapter tensors (leading dim = client), by parameter name."""
+        return lora_parameters(self.model)
+
+    def client_losses(self, batch: torch.Tensor, part: slice) -> torch.Tensor:
+        """Mean next-token loss of each client in `part` on its own slice of `batch`."""
+        x, y = batch[part, ..., :-1], batch[part, ..., 1:]
+        with use_adapters(self.model, part):
+            return token_cross_entropy(self.model(x), y).mean(dim=(1, 2))
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        if batch.shape[0] != self.num_clients:
+            raise ValueError(f"batch has {batch.shape[0]} clients, the model {self.num_clients}.")
+        acc = self.hparams.acc_steps
+        losses = []
+        for part in chunks(self.num_clients, self.client_chunk):
+            loss = self.client_losses(batch, part)
+            self.manual_backward(loss.sum() / acc)
+            losses.append(loss.detach())
+        losses = torch.cat(losses).float()
+        self._step_losses += losses.cpu() / acc
+        if (batch_idx + 1) % acc == 0:
+            step_losses, self._step_losses = self._step_losses, torch.zeros(self.num_clients)
+            self.log("train/loss", step_losses.mean(), prog_bar=True)
+            self.log_dict({f"train/loss_client_{n}": float(v) for n, v in enumerate(step_losses)})
+            self.train_curve.append({"step": self.global_step + 1, "loss": step_losses.tolist()})
+            opt, sched = self.optimizers(), self.lr_schedulers()
+            params = [p for p in self.adapters().values() if p.grad is not None]
+            if self.hparams.grad_clip > 0:
+                norms = clip_per_client(params, self.hparams.grad_clip)
+                self.log("train/grad_norm_max", norms.max())
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            self.log("train/lr", sched.get_last_lr()[0])
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        for part in chunks(self.num_clients, self.client_chunk):
+            x, y = batch[part, ..., :-1], batch[part, ..., 1:]
+            with use_adapters(self.model, part):
+                logits = self.model(x)
+            for offset, n in enumerate(range(part.start, part.stop)):
+                self.val_metrics[n].update(logits[offset], y[n])
+
+    def on_validation_epoch_end(self) -> None:
+        per_client = [{k: float(v) for k, v in m.compute().items()} for m in self.val_metrics]
+        for m in self.val_metrics:
+            m.reset()
+        if self.trainer.sanity_checking:
+            return
+        logs = {f"val/{k}_client_{n}": v for n, row in enumerate(per_client) for k, v in row.items()}
+        mean = {k: sum(row[k] for row in per_client) / len(per_client) for k in per_client[0]}
+        logs.update({f"val/{k}": v for k, v in mean.items()})
+        self.log_dict(logs)
+        self.log("val/ppl", mean["ppl"], prog_bar=True)
+        self.curves.append({"step": self.global_step, "clients": per_client, "mean": mean})
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = adamw(self.adapters().items(), hp.lr, hp.weight_decay, tuple(hp.betas))
+        scheduler = one_cycle(optimizer, hp.lr, hp.iterations, hp.warmup)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Only the adapters change; the frozen base is rebuilt from --init on resume.
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if "lora_" in k or "val_metrics" in k}
+        checkpoint["base_fingerprint"] = self.base_fingerprint
+        checkpoint["curves"] = self.curves
+        checkpoint["train_curve"] = self.train_curve
+        checkpoint["torch_rng"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get("base_fingerprint")
+        if saved != self.base_fingerprint:
+            raise ValueError(
+                f"this checkpoint's adapters were trained on another base model (fingerprint {saved}, "
+                f"this base {self.base_fingerprint}); resume with the same --init, or start afresh "
+                "in a new --out folder.")
+        ours = {k: tuple(v.shape) for k, v in self.state_dict().items() if "lora_" in k}
+        theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if "lora_" in k}
+        if ours != theirs:
+            diff = sorted(set(ours.items()) ^ set(theirs.items()))[:3]
+            raise ValueError(f"checkpoint adapters do not match this configuration (e.g. {diff}); "
+                             "resume with the options the run started with.")
+        self.curves = checkpoint.get("curves", [])
+        self.train_curve = checkpoint.get("train_curve", [])
+        # Restored at the first resumed batch, not here: building the dataloader's iterator in
+        # between draws from the global generator, which the straight run did long before.
+        self._pending_rng = (checkpoint["torch_rng"], checkpoint.get("cuda_rng"))
+
+    def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
+        if self._pending_rng is not None:
+            cpu, cuda = self._pending_rng
+            torch.set_rng_state(cpu)
+            if cuda is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda)
+            self._pending_rng = None
