@@ -22,11 +22,11 @@ from lora_gpt.lora import KERNELS
 
 from .aggregation import TrustAggregation
 from .module import CollabLoRAModule
+from .report import SUMMARY_FILE
 from .trust import ALIASES, STRATEGIES, Strategy
 
 DEFAULT_DATASET = "offline_multi_specific"
 RUN_OPTIONS_FILE = "options.json"
-SUMMARY_FILE = "summary.json"
 # Options that may differ between a run and its resume without changing what it computes.
 RESUME_FREE = {"out", "accelerator", "devices", "logger", "progress", "client_chunk", "eval_chunk"}
 
