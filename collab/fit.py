@@ -28,7 +28,7 @@ from .trust import ALIASES, STRATEGIES, Strategy
 DEFAULT_DATASET = "offline_multi_specific"
 RUN_OPTIONS_FILE = "options.json"
 # Options that may differ between a run and its resume without changing what it computes.
-RESUME_FREE = {"out", "accelerator", "devices", "logger", "progress", "client_chunk", "eval_chunk"}
+RESUME_FREE = {"out", "accelerator", "devices", "logger", "progress", "client_chunk", "eval_chunk", "loss_chunk"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--precision", default="auto", help="auto (bf16-mixed on a bf16 GPU, else 32-true) or a Lightning precision")
     g.add_argument("--client_chunk", type=int, default=None,
                    help="clients per forward/backward pass (default all): lower it to cap memory")
+    g.add_argument("--loss_chunk", type=int, default=1024,
+                   help="tokens whose full-vocabulary logits exist at once in the training loss")
     g.add_argument("--eval_chunk", type=int, default=None, help="adapters per pass when scoring trust (default client_chunk)")
     g.add_argument("--logger", choices=("csv", "tensorboard", "wandb"), default="csv")
     g.add_argument("--ckpt_freq", type=int, default=None, help="checkpoint every this many steps (default eval_freq)")
@@ -100,7 +102,7 @@ def validate(args: argparse.Namespace) -> None:
     for name in positive:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
-    for name in ("num_clients", "client_chunk", "eval_chunk", "ckpt_freq"):
+    for name in ("num_clients", "client_chunk", "eval_chunk", "ckpt_freq", "loss_chunk"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
     if args.pretraining_rounds < 0:
@@ -231,7 +233,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 init_seed=args.seed)
     module = CollabLoRAModule(base, lora, num_clients, lr=args.lr, weight_decay=args.weight_decay,
                               iterations=args.iterations, warmup=args.warmup_percent, acc_steps=args.acc_steps,
-                              grad_clip=args.grad_clip, client_chunk=args.client_chunk)
+                              grad_clip=args.grad_clip, client_chunk=args.client_chunk,
+                              loss_chunk=args.loss_chunk)
     aggregation = TrustAggregation(args.trust, args.trust_freq, args.pretraining_rounds, args.k, args.similarity,
                                    args.thresh, args.eval_chunk, args.token_top_k, out_dir=out)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,

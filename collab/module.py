@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from lora_gpt import GPT, LoRAConfig, inject_lora, lora_parameters, mark_only_lora_as_trainable, use_adapters
-from lora_gpt.training import LanguageModelMetrics, adamw, one_cycle, token_cross_entropy
+from lora_gpt.training import LanguageModelMetrics, adamw, frozen_head_cross_entropy, one_cycle
 
 from .evaluation import chunks
 
@@ -47,7 +47,7 @@ class CollabLoRAModule(L.LightningModule):
     def __init__(self, base: GPT, lora: LoRAConfig, num_clients: int, lr: float = 2e-3,
                  weight_decay: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95),
                  iterations: int = 500, warmup: float = 0.02, acc_steps: int = 1,
-                 grad_clip: float = 0.0, client_chunk: int | None = None) -> None:
+                 grad_clip: float = 0.0, client_chunk: int | None = None, loss_chunk: int = 1024) -> None:
         super().__init__()
         if num_clients < 1:
             raise ValueError(f"num_clients must be >= 1, got {num_clients}.")
@@ -55,10 +55,11 @@ class CollabLoRAModule(L.LightningModule):
                                    "num_clients": num_clients, "lr": lr, "weight_decay": weight_decay,
                                    "betas": list(betas), "iterations": iterations, "warmup": warmup,
                                    "acc_steps": acc_steps, "grad_clip": grad_clip,
-                                   "client_chunk": client_chunk})
+                                   "client_chunk": client_chunk, "loss_chunk": loss_chunk})
         self.model = mark_only_lora_as_trainable(inject_lora(base, lora, num_adapters=num_clients))
         self.num_clients = num_clients
         self.client_chunk = client_chunk or num_clients
+        self.loss_chunk = loss_chunk
         self.automatic_optimization = False  # per-client clipping and chunked backward
         self.strict_loading = False  # checkpoints hold adapters only; the base comes from --init
         self.base_fingerprint = base_fingerprint(self.model)
@@ -73,10 +74,13 @@ class CollabLoRAModule(L.LightningModule):
         return lora_parameters(self.model)
 
     def client_losses(self, batch: torch.Tensor, part: slice) -> torch.Tensor:
-        """Mean next-token loss of each client in `part` on its own slice of `batch`."""
+        """Mean next-token loss of each client in `part` on its own slice of `batch`; the frozen
+        head's logits are formed `loss_chunk` tokens at a time, never all at once."""
         x, y = batch[part, ..., :-1], batch[part, ..., 1:]
         with use_adapters(self.model, part):
-            return token_cross_entropy(self.model(x), y).mean(dim=(1, 2))
+            hidden = self.model.hidden_states(x)
+        losses = frozen_head_cross_entropy(hidden, self.model.lm_head.weight, y, self.loss_chunk)
+        return losses.mean(dim=(1, 2))
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         if batch.shape[0] != self.num_clients:

@@ -63,3 +63,22 @@ def test_decay_groups_and_one_cycle_shape():
         sched.step()
     assert lrs[0] == pytest.approx(1e-3 / 100) and max(lrs) == lrs[1] == pytest.approx(1e-3)  # warmup: 2% of 100 steps
     assert lrs[-1] == pytest.approx(1e-4, rel=1e-2) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+
+
+def test_frozen_head_cross_entropy_matches_plain_loss_and_gradient():
+    from lora_gpt.training import frozen_head_cross_entropy, token_cross_entropy
+
+    torch.manual_seed(0)
+    weight = torch.randn(50, 8)
+    hidden = torch.randn(3, 7, 8, requires_grad=True)
+    targets = torch.randint(0, 50, (3, 7))
+    scale = torch.rand(3, 7)  # a non-uniform upstream gradient, as per-client means give
+    expected = token_cross_entropy(hidden @ weight.T, targets)
+    (expected * scale).sum().backward()
+    grad_expected, hidden.grad = hidden.grad, None
+    got = frozen_head_cross_entropy(hidden, weight, targets, chunk=4)
+    (got * scale).sum().backward()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(hidden.grad, grad_expected)
+    with pytest.raises(ValueError, match="frozen"):
+        frozen_head_cross_entropy(hidden, weight.requires_grad_(), targets)
