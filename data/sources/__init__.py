@@ -1,0 +1,1 @@
+"""Where texts come from: each source returns documents grouped by category."""
