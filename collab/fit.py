@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=DEFAULT_DATASET, help="recipe name, or a folder / CSV / JSONL of your own")
     g.add_argument("--data_dir", type=Path, default=None, help="an already prepared dataset folder (skips preparation)")
+    for split in ("train", "val", "trust", "ref"):
+        g.add_argument(f"--{split}_tokens", type=int, default=None,
+                       help=f"{split} tokens per client{' (per category for ref)' if split == 'ref' else ''} "
+                            "when preparing the dataset (default: the recipe's)")
     g.add_argument("--batch_size", type=int, default=4, help="sequences per client per micro-step")
     g.add_argument("--acc_steps", type=int, default=1, help="micro-steps accumulated per optimizer step")
     g.add_argument("--sequence_length", type=int, default=128, help="tokens per training sequence")
@@ -151,7 +155,9 @@ def load_base(init: str, dropout: float, sequence_length: int):
 def prepare_data(args: argparse.Namespace):
     from data import ClientDataModule, prepare_recipe
 
-    folder = args.data_dir or prepare_recipe(args.dataset, num_clients=args.num_clients, seed=args.seed)
+    folder = args.data_dir or prepare_recipe(args.dataset, num_clients=args.num_clients, seed=args.seed,
+                                             train=args.train_tokens, val=args.val_tokens,
+                                             trust=args.trust_tokens, ref=args.ref_tokens)
     return ClientDataModule(folder, batch_size=args.batch_size, sequence_length=args.sequence_length,
                             seed=args.seed, eval_batches=args.eval_batches, accumulate=args.acc_steps)
 
@@ -269,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         summary = run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as err:
         parser.exit(2, f"error: {err}\n")
     print(f"\n{summary['options']['trust']} on {args.dataset}, step {summary['final']['step']}:")
     print(format_final(summary))

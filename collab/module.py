@@ -124,7 +124,7 @@ class CollabLoRAModule(L.LightningModule):
             return
         logs = {f"val/{k}_client_{n}": v for n, row in enumerate(per_client) for k, v in row.items()}
         mean = {k: sum(row[k] for row in per_client) / len(per_client) for k in per_client[0]}
-        logs.update({f"val/{k}": v for k, v in mean.items()})
+        logs.update({f"val/{k}": v for k, v in mean.items() if k != "ppl"})
         self.log_dict(logs)
         self.log("val/ppl", mean["ppl"], prog_bar=True)
         self.curves.append({"step": self.global_step, "clients": per_client, "mean": mean})

@@ -34,3 +34,43 @@ def test_help_documents_every_paper_option(capsys):
                    "--lora_causal_self_attention", "--batch_size", "--acc_steps", "--sequence_length", "--lr",
                    "--seed", "--init", "--out", "--accelerator", "--client_chunk"):
         assert option in text, option
+
+
+def test_short_run_end_to_end_writes_summary_adapters_and_trust(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from lora_gpt import GPT, GPTConfig
+
+    monkeypatch.setenv("LORA_GPT_CACHE", str(tmp_path / "cache"))
+    corpus = tmp_path / "corpus"
+    for cat in ("red", "blue"):
+        (corpus / cat).mkdir(parents=True)
+        for d in range(20):
+            (corpus / cat / f"{d}.txt").write_text(" ".join(f"{cat} item {d} {i}" for i in range(40)))
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    GPT(GPTConfig.from_name("gpt2-tiny")).save_pretrained(base)
+    out = tmp_path / "run"
+    argv = ["--dataset", str(corpus), "--num_clients", "4", "--init", str(base), "--trust", "dynamic-top-k",
+            "--k", "2", "--iterations", "4", "--eval_freq", "2", "--trust_freq", "2", "--pretraining_rounds", "2",
+            "--batch_size", "2", "--sequence_length", "16", "--eval_batches", "1", "--out", str(out),
+            "--train_tokens", "400", "--val_tokens", "100", "--trust_tokens", "40", "--ref_tokens", "100",
+            "--accelerator", "cpu", "--no-progress"]
+    assert fit.main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["options"]["trust"] == "dynamic-top-k" and summary["options"]["iterations"] == 4
+    assert [c["step"] for c in summary["curves"]] == [2, 4]
+    assert len(summary["final"]["clients"]) == 4
+    mean_ppl = sum(c["ppl"] for c in summary["final"]["clients"]) / 4
+    assert summary["final"]["mean"]["ppl"] == pytest.approx(mean_ppl)
+    assert [t["step"] for t in summary["trust"]] == [2, 4]
+    assert summary["dataset"]["mixture"] == [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+    assert sorted(p.name for p in (out / "trust").iterdir()) == ["step_000002.json", "step_000004.json"]
+    trust = json.loads((out / "trust" / "step_000004.json").read_text())["trust"]
+    assert all(sum(w > 0 for w in row) == 2 for row in trust)
+    assert all((out / "adapters" / f"client_{n:02d}" / "adapter_model.safetensors").exists() for n in range(4))
+    assert (out / "checkpoints" / "last.ckpt").exists() and (out / "metrics.csv").exists()
+    assert "val loss" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as again:  # a finished run is never overwritten
+        fit.main(argv)
+    assert again.value.code == 2
