@@ -1,0 +1,57 @@
+"""Which LoRA matmul runs: the fused Triton kernel or plain PyTorch.
+
+Triton is imported lazily, so `import lora_gpt` never needs it. On the CPU the kernel runs only
+under Triton's interpreter (`TRITON_INTERPRET=1`, for tests); `auto` uses it on CUDA only.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import warnings
+
+import torch
+
+CHOICES = ("auto", "triton", "torch")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """Why the fused kernel cannot run on `device`, or None when it can."""
+    if not _triton_importable():
+        return "Triton is not installed (`pip install triton`)"
+    if device.type == "cuda":
+        return None
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    return (f"the fused kernel needs a CUDA device, and the input is on {device.type} "
+            "(set TRITON_INTERPRET=1 before starting Python to run it, slowly, on the CPU)")
+
+
+@functools.lru_cache(maxsize=None)
+def _resolve(kernel: str, device_type: str) -> str:
+    if kernel not in CHOICES:
+        raise ValueError(f"kernel must be one of {CHOICES}, got {kernel!r}.")
+    if kernel == "torch":
+        return "torch"
+    reason = triton_unavailable_reason(torch.device(device_type))
+    if kernel == "triton":
+        if reason:
+            raise RuntimeError(f"kernel='triton' cannot run: {reason}. Use kernel='auto' or 'torch'.")
+        return "triton"
+    if device_type != "cuda":
+        return "torch"  # auto on the CPU: the PyTorch path, silently
+    if reason:
+        warnings.warn(f"LoRA kernel 'auto' falls back to PyTorch on CUDA: {reason}.", stacklevel=3)
+        return "torch"
+    return "triton"
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """'triton' or 'torch' for `kernel` ('auto', 'triton' or 'torch') on `device`; cached, since
+    every LoRA layer asks on every forward (the fallback warning is therefore given once)."""
+    return _resolve(kernel, device.type)
