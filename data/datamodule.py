@@ -1,6 +1,8 @@
 """The LightningDataModule over a prepared dataset: `[N, b, T+1]` batches, one slice per client."""
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -8,16 +10,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from .manifest import read_manifest, verify
+from .manifest import client_file, read_manifest, verify
+from .split import SPLITS
 
 
-class _TrainWindows(IterableDataset):
-    """Endless training micro-batches from micro-batch `start` on (see `ClientDataModule.train_batch`)."""
+class _TrainBatches(IterableDataset):
+    """Endless training micro-batches, from micro-batch `start` on."""
 
-    def __init__(self, datamodule: "ClientDataModule", start: int) -> None:
+    def __init__(self, datamodule: ClientDataModule, start: int) -> None:
         self.datamodule, self.start = datamodule, start
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[torch.Tensor]:
         t = self.start
         while True:
             yield self.datamodule.train_batch(t)
@@ -25,49 +28,62 @@ class _TrainWindows(IterableDataset):
 
 
 class ClientDataModule(L.LightningDataModule):
-    """Per-client token streams of a folder made by `data.prepare_recipe`.
+    """Every client's token streams from a folder made by `data.prepare_recipe`.
 
-    Training micro-batch t of client n depends only on (seed, n, t): every strategy sees the
-    same batches for a seed, and a resumed run continues with exactly the batches it would have
-    seen. Files are memory-mapped, never read whole.
+    Training micro-batch t of client n is a pure function of (seed, n, t): every trust strategy
+    sees the same data for a seed, and a resumed run (the iterator starts at
+    `trainer.global_step * accumulate`) continues with exactly the batches it would have seen.
+    Evaluation batches are fixed, non-overlapping windows spread over the whole split, so a
+    mixed client's are drawn from all of its categories. Token files are memory-mapped and
+    opened per access (a long-lived memmap leaks memory), never read whole.
     """
 
     def __init__(self, data_dir: str | Path, batch_size: int, sequence_length: int, seed: int = 0,
-                 eval_batches: int = 4, accumulate: int = 1, verify_hashes: bool = True) -> None:
+                 eval_batches: int = 4, accumulate: int = 1) -> None:
         super().__init__()
-        if batch_size < 1 or sequence_length < 1 or eval_batches < 1 or accumulate < 1:
-            raise ValueError("batch_size, sequence_length, eval_batches and accumulate must all be >= 1.")
+        for name, value in (("batch_size", batch_size), ("sequence_length", sequence_length),
+                            ("eval_batches", eval_batches), ("accumulate", accumulate)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}.")
         self.data_dir = Path(data_dir)
-        self.manifest = read_manifest(self.data_dir)
+        self.manifest: dict = read_manifest(self.data_dir)
         self.batch_size, self.sequence_length = batch_size, sequence_length
         self.seed, self.eval_batches, self.accumulate = seed, eval_batches, accumulate
         self.num_clients: int = self.manifest["num_clients"]
         self.categories: list[str] = self.manifest["categories"]
-        self.mixture = np.asarray(self.manifest["mixture"], dtype=np.float64)
+        self.mixture: np.ndarray = np.asarray(self.manifest["mixture"], dtype=np.float64)
         self.client_categories: list[int] = self.manifest["client_categories"]
-        self.verify_hashes = verify_hashes
         self._verified = False
         self._check_lengths()
 
     def _check_lengths(self) -> None:
         span = self.sequence_length + 1
-        for rel, entry in self.manifest["files"].items():
-            if entry["tokens"] < span:
-                raise ValueError(f"{self.data_dir / rel} holds {entry['tokens']:,} tokens, fewer than one window of "
-                                 f"{span} (sequence_length + 1); use a shorter --sequence_length or prepare the "
-                                 "dataset with larger budgets.")
+        for n in range(self.num_clients):
+            for split in SPLITS:
+                have = self.manifest["files"][client_file(n, split)]["tokens"]
+                if have < span:
+                    raise ValueError(
+                        f"client {n}'s {split} split holds {have:,} tokens, fewer than one window of {span:,} "
+                        f"(sequence_length + 1) in {self.data_dir}. Fix: --sequence_length {have - 1} or less, "
+                        f"or prepare the dataset with a larger --{split}_tokens.")
+        have = self.manifest["files"]["ref.bin"]["tokens"]
+        if have < span:
+            raise ValueError(f"the shared ref stream holds {have:,} tokens, fewer than one window of {span:,} in "
+                             f"{self.data_dir}. Fix: a shorter --sequence_length, or a larger --ref_tokens.")
 
     def setup(self, stage: str | None = None) -> None:
-        if self.verify_hashes and not self._verified:
-            verify(self.data_dir, self.manifest, full=True)
+        """Check every token file against the manifest's sha256 (once)."""
+        if not self._verified:
+            verify(self.data_dir, self.manifest)
             self._verified = True
 
-    def tokens(self, client: int | None, split: str) -> np.memmap:
-        rel = "ref.bin" if client is None else f"client_{client:02d}/{split}.bin"
+    def tokens(self, client: int | None, split: str = "train") -> np.memmap:
+        """One token file, memory-mapped: a client's split, or the shared ref stream (`client=None`)."""
+        rel = "ref.bin" if client is None else client_file(client, split)
         return np.memmap(self.data_dir / rel, dtype=np.uint16, mode="r")
 
     def train_batch(self, t: int) -> torch.Tensor:
-        """Micro-batch t: `[N, b, T+1]`, b random windows of each client's own train split."""
+        """Training micro-batch t, `[N, b, T+1]` int64: b random windows of each client's own train split."""
         span = self.sequence_length + 1
         out = np.empty((self.num_clients, self.batch_size, span), dtype=np.int64)
         for n in range(self.num_clients):
@@ -77,35 +93,46 @@ class ClientDataModule(L.LightningDataModule):
                 out[n, i] = tokens[s:s + span]
         return torch.from_numpy(out)
 
-    def _spread_windows(self, tokens: np.ndarray, count: int) -> np.ndarray:
-        """`count` non-overlapping windows spread evenly over the whole stream, so a mixed
-        client's evaluation covers both of its categories."""
+    def _windows(self, tokens: np.ndarray, count: int) -> np.ndarray:
+        """`count` non-overlapping windows spread evenly from the start to the end of `tokens`
+        (starts at least a window apart, as `count <= len // span`)."""
         span = self.sequence_length + 1
-        count = max(1, min(count, len(tokens) // span))
         starts = np.linspace(0, len(tokens) - span, count).astype(np.int64)
         return np.stack([tokens[s:s + span] for s in starts]).astype(np.int64)
 
-    def _fixed_batches(self, split: str, num_batches: int) -> list[torch.Tensor]:
-        span = self.sequence_length + 1
-        per_client = min(num_batches * self.batch_size,
-                         min(len(self.tokens(n, split)) // span for n in range(self.num_clients)))
-        windows = np.stack([self._spread_windows(self.tokens(n, split), per_client) for n in range(self.num_clients)])
+    def _window_count(self, lengths: list[int], num_batches: int | None, what: str) -> int:
+        wanted = (num_batches or self.eval_batches) * self.batch_size
+        fits = min(lengths) // (self.sequence_length + 1)
+        if fits < wanted:
+            warnings.warn(f"the {what} split holds {fits} non-overlapping windows of {self.sequence_length + 1} tokens "
+                          f"for some client, fewer than the {wanted} asked for; every client gets {fits}. Prepare the "
+                          f"dataset with a larger --{what}_tokens for more.", stacklevel=3)
+        return min(wanted, fits)
+
+    def _client_batches(self, split: str, num_batches: int | None) -> list[torch.Tensor]:
+        streams = [self.tokens(n, split) for n in range(self.num_clients)]
+        count = self._window_count([len(s) for s in streams], num_batches, split)
+        windows = np.stack([self._windows(s, count) for s in streams])
         return list(torch.from_numpy(windows).split(self.batch_size, dim=1))
+
+    def val_batches(self, num_batches: int | None = None) -> list[torch.Tensor]:
+        """`[N, b, T+1]` batches of each client's `val` split: the reported metric."""
+        return self._client_batches("val", num_batches)
+
+    def trust_batches(self, num_batches: int | None = None) -> list[torch.Tensor]:
+        """`[N, b, T+1]` batches of each client's `trust` split, held apart from `val`, for
+        trust scores that must not peek at the reported metric."""
+        return self._client_batches("trust", num_batches)
+
+    def ref_batches(self, num_batches: int | None = None) -> list[torch.Tensor]:
+        """`[b, T+1]` batches of the reference stream shared by all clients, spanning every category."""
+        tokens = self.tokens(None)
+        windows = self._windows(tokens, self._window_count([len(tokens)], num_batches, "ref"))
+        return list(torch.from_numpy(windows).split(self.batch_size))
 
     def train_dataloader(self) -> DataLoader:
         start = self.trainer.global_step * self.accumulate if self.trainer is not None else 0
-        return DataLoader(_TrainWindows(self, start), batch_size=None)
+        return DataLoader(_TrainBatches(self, start), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self._fixed_batches("val", self.eval_batches), batch_size=None)
-
-    def trust_batches(self, num_batches: int | None = None) -> list[torch.Tensor]:
-        """`[N, b, T+1]` batches of each client's `trust` split (held apart from `val`)."""
-        return self._fixed_batches("trust", num_batches or self.eval_batches)
-
-    def ref_batches(self, num_batches: int | None = None) -> list[torch.Tensor]:
-        """`[b, T+1]` batches of the shared reference stream."""
-        windows = self._spread_windows(self.tokens(None, "ref"), (num_batches or self.eval_batches) * self.batch_size)
-        return list(torch.from_numpy(windows).split(self.batch_size))
-
-
+        return DataLoader(self.val_batches(), batch_size=None)

@@ -1,4 +1,9 @@
-"""Token files on disk: atomic writes, sha256 hashes, and the manifest that vouches for them."""
+"""Token files on disk: atomic writes, sha256 hashes, and the manifest that vouches for them.
+
+A file appears under its final name only once complete (written to `NAME.tmp`, then renamed),
+and the manifest is written last, so a folder with a manifest is a complete dataset and an
+interrupted preparation never leaves anything that looks finished.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -8,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ManifestError
+
 MANIFEST = "manifest.json"
 
 
-class ManifestError(RuntimeError):
-    """A prepared dataset folder is incomplete, corrupt, or holds another configuration."""
+def client_file(client: int, split: str) -> str:
+    """A client's token file, relative to the dataset folder."""
+    return f"client_{client:02d}/{split}.bin"
 
 
 def sha256(path: Path) -> str:
@@ -23,43 +31,51 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_tokens(path: Path, tokens: np.ndarray) -> dict:
-    """Write `uint16` tokens via a temporary file and a rename: a file under its final name is
-    always complete. Returns its manifest entry."""
-    if tokens.size and int(tokens.max()) >= 2**16:
-        raise ValueError(f"token id {int(tokens.max())} does not fit uint16.")
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tokens.astype(np.uint16).tofile(tmp)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
-    return {"tokens": int(tokens.size), "sha256": sha256(path)}
+
+
+def write_tokens(path: Path, tokens: np.ndarray) -> dict:
+    """Write `uint16` tokens atomically; returns the file's manifest entry."""
+    data = np.ascontiguousarray(tokens, dtype=np.uint16).tobytes()
+    _atomic_write(path, data)
+    return {"tokens": len(data) // 2, "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+    _atomic_write(path, json.dumps(obj, indent=1, ensure_ascii=False).encode("utf-8"))
 
 
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.exists():
-        raise ManifestError(f"{folder} has no {MANIFEST}: it is not a prepared dataset (or its preparation "
-                            "was interrupted); run `python -m data.prepare RECIPE` (or pass --dataset).")
-    return json.loads(path.read_text())
+        raise ManifestError(f"{folder} has no {MANIFEST}: it is not a prepared dataset, or its preparation was "
+                            "interrupted. Fix: run `python -m data.prepare RECIPE` (or `data.prepare_recipe`) and "
+                            "pass the folder it prints.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{path} is not valid JSON ({err}). Fix: delete {folder} and prepare it again.") from err
 
 
-def verify(folder: Path, manifest: dict, full: bool = True) -> None:
-    """Check every file the manifest lists: present, right size, and (if `full`) right sha256."""
+def verify(folder: Path, manifest: dict, hashes: bool = True) -> None:
+    """Check every file the manifest lists: present, of the right size, and (if `hashes`) with
+    the right sha256."""
     for rel, entry in manifest["files"].items():
         path = Path(folder) / rel
         problem = None
         if not path.exists():
             problem = "is missing"
         elif path.stat().st_size != 2 * entry["tokens"]:
-            problem = f"holds {path.stat().st_size // 2:,} tokens, the manifest says {entry['tokens']:,}"
-        elif full and sha256(path) != entry["sha256"]:
-            problem = "does not match its sha256 in the manifest (corrupt or edited)"
+            problem = f"holds {path.stat().st_size // 2:,} tokens where the manifest says {entry['tokens']:,}"
+        elif hashes and sha256(path) != entry["sha256"]:
+            problem = "does not match its sha256 in the manifest (the file was changed or is corrupt)"
         if problem:
-            raise ManifestError(f"{path} {problem}. Fix: delete {folder} and prepare the dataset again "
-                                "(`python -m data.prepare ...`).")
+            raise ManifestError(f"{path} {problem}. Fix: delete the folder {folder} and prepare the dataset again "
+                                f"(`python -m data.prepare {manifest.get('recipe', 'RECIPE')} ...`).")

@@ -1,118 +1,143 @@
-"""`python -m data.prepare RECIPE`: documents -> GPT-2 tokens -> per-client `uint16` files.
+"""`python -m data.prepare RECIPE`: documents -> GPT-2 tokens -> `uint16` token files per client.
 
-Writes `client_NN/{train,val,trust}.bin` for every client, a shared `ref.bin`, and last a
-`manifest.json` (recipe, options, categories, mixture matrix, token counts, sha256 of every
-file). The folder is keyed by recipe and options: the same call reuses it, other options get
-their own folder, and an explicit `--out` holding another configuration is refused.
+Writes `client_NN/{train,val,trust}.bin` for every client, a shared `ref.bin`, and last
+`manifest.json` (recipe, options, categories, each client's category mixture, token counts,
+sha256 of every file). The default folder is keyed by recipe and options, so the same call
+reuses it and other options get their own; an `--out` that holds another configuration is
+refused, never overwritten.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import hashlib
 import json
 import shutil
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from lora_gpt.tokenizer import EOT_TOKEN, cache_dir, get_tokenizer
+from lora_gpt.tokenizer import cache_dir
 
-from .manifest import MANIFEST, ManifestError, read_manifest, verify, write_json, write_tokens
-from .recipes import get_recipe, list_recipes
-from .split import SPLITS, mixture_matrix, split_clients
+from .errors import DataError, ManifestError
+from .manifest import MANIFEST, client_file, read_manifest, verify, write_json, write_tokens
+from .recipes import RECIPES, get_recipe, list_recipes
+from .split import SPLITS, category_needs, design_shares, split_clients
+from .tokenize import TokenStream
 
-FORMAT_VERSION = 1
-
-
-def tokenize_documents(docs: list[str], seed: int, category: int) -> np.ndarray:
-    """One token stream per category: documents shuffled by (seed, category), EOT between them."""
-    order = np.random.default_rng([seed, category]).permutation(len(docs))
-    enc = get_tokenizer()
-    ids = enc.encode_ordinary_batch([docs[i] for i in order], num_threads=2)
-    return np.fromiter((t for doc in ids for t in (*doc, EOT_TOKEN)), dtype=np.uint16)
+FORMAT_VERSION = 2
 
 
 def default_folder(options: dict) -> Path:
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:10]
-    name = Path(options["recipe"]).name.replace(":", "_")
-    return cache_dir() / "datasets" / f"{name}-n{options['num_clients']}-s{options['seed']}-{key}"
+    clients = options["num_clients"] or "auto"  # auto: one per category of your own data
+    return cache_dir() / "datasets" / f"{options['recipe']}-n{clients}-s{options['seed']}-{key}"
+
+
+def _clear_partial(folder: Path) -> None:
+    """Remove what an interrupted preparation left (token files without a manifest); refuse to
+    touch a folder holding anything else."""
+    if not folder.exists():
+        return
+    ours = [p for p in folder.iterdir() if p.name.startswith("client_") or p.name.endswith((".bin", ".tmp"))]
+    if len(ours) != len(list(folder.iterdir())):
+        raise ManifestError(f"{folder} exists and holds files that are not a prepared dataset. Fix: pass an empty "
+                            "or new --out folder.")
+    for p in ours:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def prepare_recipe(recipe: str, num_clients: int | None = None, out: Path | None = None, seed: int = 0,
                    progress: bool = True, **budgets: int | None) -> Path:
-    """Prepare (or reuse) the token files of `recipe` split for `num_clients` clients."""
+    """Prepare, or reuse, the token files of `recipe` for `num_clients` clients; returns the folder.
+
+    `recipe` is a name from `list_recipes()` or the path of your own data; `budgets` (`train`,
+    `val`, `trust`, `ref`, in tokens) replace the recipe's defaults; `seed` chooses which
+    documents go where. The default folder is `cache_dir()/datasets/<recipe>-n<N>-s<seed>-<key>`.
+    """
     spec = get_recipe(recipe, **budgets)
-    n = num_clients or spec.num_clients
-    if n < 1:
-        raise ValueError(f"num_clients must be >= 1, got {n}.")
-    options = {"recipe": recipe if spec.name == recipe else str(Path(recipe).resolve()), "num_clients": n,
-               "seed": seed, "split": spec.split, "budget": asdict(spec.budget), "format": FORMAT_VERSION}
+    options = {"recipe": spec.name, "source": spec.source_id, "kind": spec.kind,
+               "num_clients": num_clients or spec.num_clients, "seed": seed, "budget": asdict(spec.budget),
+               "format": FORMAT_VERSION}
+    if options["num_clients"] is not None and options["num_clients"] < 1:
+        raise ValueError(f"num_clients must be at least 1, got {options['num_clients']}.")
     folder = Path(out) if out is not None else default_folder(options)
     if (folder / MANIFEST).exists():
         manifest = read_manifest(folder)
-        if manifest["options"] != options:
-            raise ManifestError(f"{folder} already holds another dataset ({manifest['options']}); choose another "
-                                "--out or delete that folder.")
-        verify(folder, manifest, full=False)
+        if manifest.get("options") != options:
+            raise ManifestError(f"{folder} already holds another dataset (options {manifest.get('options')}, asked "
+                                f"for {options}). Fix: choose another --out, or delete that folder.")
+        verify(folder, manifest, hashes=False)  # cheap; the DataModule checks the hashes
         return folder
-    if folder.exists():
-        if any(not (p.name.startswith("client_") or p.name.endswith((".bin", ".tmp"))) for p in folder.iterdir()):
-            raise ManifestError(f"{folder} exists and is not a dataset folder; choose another --out.")
-        shutil.rmtree(folder)  # an earlier preparation was interrupted before its manifest: start over
+    _clear_partial(folder)
 
-    steps = tqdm(total=3 + n, desc=f"preparing {Path(recipe).name}", disable=not progress, unit="step")
-    b = spec.budget
-    # an upper bound on one category's share, so hub sources stream only about what is used
-    docs = spec.load(math.ceil(n / 2) * (b.train + b.val + b.trust) + b.ref)
-    categories = list(docs)
-    steps.update()
-    streams = [tokenize_documents(docs[c], seed, i) for i, c in enumerate(categories)]
-    steps.update()
-    clients, ref = split_clients(streams, categories, spec.split, n, spec.budget)
-    mixture = mixture_matrix(clients)
-    steps.update()
-    files = {"ref.bin": write_tokens(folder / "ref.bin", ref)}
-    for i, client in enumerate(clients):
-        for split in SPLITS:
-            rel = f"client_{i:02d}/{split}.bin"
-            files[rel] = write_tokens(folder / rel, client.splits[split])
-        steps.update()
-    steps.close()
-    manifest = {"options": options, "categories": categories,
-                "client_categories": [int(row.argmax()) for row in mixture],
-                "mixture": mixture.round(6).tolist(), "num_clients": n,
-                "tokens_per_category": [int(len(s)) for s in streams], "files": files}
+    started = time.perf_counter()
+    documents = spec.load(seed)
+    categories = list(documents)
+    n = options["num_clients"] or len(categories)
+    shares = design_shares(spec.kind, n, len(categories))
+    streams = [TokenStream(documents[c]) for c in categories]
+    with tqdm(total=int(category_needs(shares, spec.budget).sum()), desc=f"tokenizing {spec.name}", unit="tok",
+              unit_scale=True, disable=not progress) as bar:
+        split = split_clients(streams, categories, shares, spec.budget, bar.update)
+    files = {"ref.bin": write_tokens(folder / "ref.bin", split.ref)}
+    for i, client in enumerate(split.clients):
+        for name in SPLITS:
+            files[client_file(i, name)] = write_tokens(folder / client_file(i, name), client[name])
+    mixture = split.mixture
+    manifest = {
+        "recipe": recipe, "description": spec.description, "options": options, "num_clients": n,
+        "categories": categories, "client_categories": [int(row.argmax()) for row in mixture],
+        "mixture": mixture.tolist(), "client_category_tokens": split.counts.tolist(),
+        "documents_used": {c: s.documents_used for c, s in zip(categories, streams)},
+        "seconds": round(time.perf_counter() - started, 2), "files": files,
+    }
     write_json(folder / MANIFEST, manifest)  # last: its presence means the folder is complete
     return folder
+
+
+def summary(folder: Path) -> str:
+    """A few lines describing a prepared dataset: clients, their mixtures, token counts."""
+    m = read_manifest(folder)
+    lines = [f"{folder}", f"{m['recipe']}: {m['num_clients']} clients over {', '.join(m['categories'])}"]
+    for i, row in enumerate(m["mixture"]):
+        mix = " + ".join(f"{w:.2f} {c}" for w, c in sorted(zip(row, m["categories"]), reverse=True) if w > 0)
+        sizes = ", ".join(f"{s} {m['files'][client_file(i, s)]['tokens']:,}" for s in SPLITS)
+        lines.append(f"  client {i:2d}: {mix:<28} {sizes}")
+    lines.append(f"  ref: {m['files']['ref.bin']['tokens']:,} tokens shared by all clients")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", help=f"one of {', '.join(list_recipes())}, or a folder / .csv / .jsonl of your own")
-    p.add_argument("--num_clients", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    for split in ("train", "val", "trust", "ref"):
-        p.add_argument(f"--{split}_tokens", type=int, default=None, help=f"{split} tokens per client"
-                       + (" (per category for ref)" if split == "ref" else ""))
+    p.add_argument("recipe", nargs="?", help="a recipe name (see --list), or a folder / .csv / .jsonl of your own "
+                                             "(append :mixed for the mixed split)")
+    p.add_argument("--list", action="store_true", help="list the recipes and exit")
+    p.add_argument("--num_clients", type=int, default=None, help="clients (default: the recipe's own count)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: under the cache, keyed by options)")
+    p.add_argument("--seed", type=int, default=0, help="which documents go to which client and split")
+    for name in ("train", "val", "trust", "ref"):
+        p.add_argument(f"--{name}_tokens", type=int, default=None,
+                       help=f"{name} tokens {'per category' if name == 'ref' else 'per client'} (default: the recipe's)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     args = p.parse_args(argv)
+    if args.list:
+        for name in list_recipes():
+            r = RECIPES[name]
+            print(f"{name:28s} {r.num_clients:2d} clients, train {r.budget.train:>7,} tokens/client: {r.description}")
+        return 0
+    if args.recipe is None:
+        p.error("give a RECIPE (see --list)")
     try:
-        folder = prepare_recipe(args.recipe, args.num_clients, args.out, args.seed, train=args.train_tokens,
-                                val=args.val_tokens, trust=args.trust_tokens, ref=args.ref_tokens)
-    except (ValueError, ManifestError, FileNotFoundError, RuntimeError) as err:
+        folder = prepare_recipe(args.recipe, args.num_clients, args.out, args.seed, args.progress,
+                                train=args.train_tokens, val=args.val_tokens, trust=args.trust_tokens,
+                                ref=args.ref_tokens)
+    except (ValueError, FileNotFoundError, DataError) as err:
         p.exit(2, f"error: {err}\n")
-    manifest = read_manifest(folder)
-    print(f"{folder}\n{manifest['num_clients']} clients over {', '.join(manifest['categories'])}")
-    for i, row in enumerate(manifest["mixture"]):
-        tokens = {s: manifest["files"][f"client_{i:02d}/{s}.bin"]["tokens"] for s in SPLITS}
-        print(f"  client {i}: " + ", ".join(f"{c} {w:.2f}" for c, w in zip(manifest["categories"], row) if w)
-              + "  |  " + ", ".join(f"{s} {t:,}" for s, t in tokens.items()))
-    print(f"  ref: {manifest['files']['ref.bin']['tokens']:,} tokens")
+    print(summary(folder))
     return 0
 
 

@@ -1,5 +1,13 @@
-"""The corpus the offline base model is pretrained on: the share of every offline source's
-documents that no recipe ever gives to a client (see `recipes.in_pretraining_share`)."""
+"""The corpus the offline base model is pretrained on: the reserved share of every offline corpus.
+
+A document is reserved when its content hash falls in the first 20% of the hash range
+(`offline.for_pretraining`); no offline recipe ever gives a reserved document to a client or
+to a reference stream, so the base model has seen none of the fine-tuning or evaluation text.
+Of the reserved documents, those in the first 1% of the hash range are the validation set.
+Each corpus contributes at most `MAX_TOKENS_PER_CORPUS` tokens so the big ones (German man
+pages, Java) do not drown the rest, and documents of all corpora are interleaved so that any
+stretch of `train.bin` or `val.bin` is a mixture.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,28 +18,56 @@ from tqdm.auto import tqdm
 from lora_gpt.tokenizer import cache_dir
 
 from .manifest import MANIFEST, read_manifest, verify, write_json, write_tokens
-from .prepare import tokenize_documents
-from .recipes import OFFLINE_SOURCES, in_pretraining_share
+from .sources import offline
+from .tokenize import TextExhausted, TokenStream
 
-VAL_SHARE = 20  # the last 1/20 of each source's tokens is validation
-MAX_TOKENS_PER_SOURCE = 400_000  # OpenJDK alone holds millions: keep the languages in balance
+MAX_TOKENS_PER_CORPUS = 300_000
+FORMAT_VERSION = 1
 
 
-def pretraining_corpus(out: Path | None = None, progress: bool = True) -> Path:
-    """Folder with `train.bin` / `val.bin` (uint16) of all offline sources' pretraining share."""
-    folder = Path(out) if out is not None else cache_dir() / "pretraining-v2"
+def _tokenized(texts: list[str], limit: int) -> list[np.ndarray]:
+    """Whole documents' tokens, in order, until `limit` tokens (the last one cut to fit)."""
+    stream, docs, total = TokenStream(texts), [], 0
+    while total < limit:
+        try:
+            doc = stream.next_document()[:limit - total]
+        except TextExhausted:
+            break
+        docs.append(doc)
+        total += len(doc)
+    return docs
+
+
+def _interleaved(docs: list[np.ndarray]) -> np.ndarray:
+    order = np.random.default_rng(0).permutation(len(docs))
+    return np.concatenate([docs[i] for i in order])
+
+
+def pretraining_corpus(out: Path | None = None, progress: bool = True,
+                       max_tokens_per_corpus: int = MAX_TOKENS_PER_CORPUS) -> Path:
+    """Folder with `train.bin` / `val.bin` (uint16 GPT-2 tokens) and a manifest, built on first use
+    from the pretraining share of every offline corpus (default `cache_dir()/pretraining-v...`)."""
+    folder = Path(out) if out is not None else (
+        cache_dir() / f"pretraining-v{offline.CORPUS_VERSION}.{FORMAT_VERSION}-{max_tokens_per_corpus}")
     if (folder / MANIFEST).exists():
-        verify(folder, read_manifest(folder), full=False)
+        verify(folder, read_manifest(folder), hashes=False)
         return folder
-    train, val, per_source = [], [], {}
-    for i, (name, load) in enumerate(tqdm(OFFLINE_SOURCES.items(), desc="pretraining corpus", disable=not progress)):
-        docs = [d for d in load() if in_pretraining_share(d)]
-        tokens = tokenize_documents(docs, seed=0, category=i)[:MAX_TOKENS_PER_SOURCE]
-        cut = len(tokens) - len(tokens) // VAL_SHARE
-        train.append(tokens[:cut])
-        val.append(tokens[cut:])
-        per_source[name] = int(len(tokens))
-    files = {"train.bin": write_tokens(folder / "train.bin", np.concatenate(train)),
-             "val.bin": write_tokens(folder / "val.bin", np.concatenate(val))}
-    write_json(folder / MANIFEST, {"sources": per_source, "files": files})
+    train, val, sizes = [], [], {}
+    for name in tqdm(offline.CORPORA, desc="pretraining corpus", disable=not progress):
+        reserved = [d for d in offline.corpus(name) if offline.for_pretraining(d)]
+        held_out = [d for d in reserved if offline.hash_permille(d) < offline.PRETRAIN_VAL_PERMILLE]
+        rest = [d for d in reserved if offline.hash_permille(d) >= offline.PRETRAIN_VAL_PERMILLE]
+        rest = [rest[i] for i in np.random.default_rng(0).permutation(len(rest))]  # the cap takes a sample
+        corpus_train = _tokenized(rest, max_tokens_per_corpus)
+        corpus_val = _tokenized(held_out, max_tokens_per_corpus // 10)
+        sizes[name] = {"train": sum(map(len, corpus_train)), "val": sum(map(len, corpus_val))}
+        train += corpus_train
+        val += corpus_val
+    files = {"train.bin": write_tokens(folder / "train.bin", _interleaved(train)),
+             "val.bin": write_tokens(folder / "val.bin", _interleaved(val))}
+    write_json(folder / MANIFEST, {
+        "share": f"documents whose sha1 falls in the first {offline.PRETRAIN_PERMILLE / 10:g}% of the hash range "
+                 f"(validation: the first {offline.PRETRAIN_VAL_PERMILLE / 10:g}%); never given to a client",
+        "corpus_version": offline.CORPUS_VERSION, "max_tokens_per_corpus": max_tokens_per_corpus,
+        "corpora": sizes, "files": files})
     return folder

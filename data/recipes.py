@@ -1,118 +1,125 @@
-"""The dataset recipes: where each category's documents come from, how clients split them,
-and how many tokens each client gets."""
+"""The dataset recipes: where each category's documents come from, how clients split them, and
+how many tokens each client gets.
+
+Paper recipes stream from the Hugging Face hub; offline recipes use text from Debian's archive
+(`sources/offline.py`); a path (folder, `.csv`, `.jsonl`) is a recipe of your own data, split
+the specific way, or the mixed way when the path ends in `:mixed`.
+"""
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
-from .sources import debian, hf
-from .sources.local import load_local
+import numpy as np
 
-PRETRAIN_SHARE = 3  # of every 10 offline documents (by content hash) go to base pretraining only
+from .sources import hf, offline
+from .sources.local import TABLE_SUFFIXES, fingerprint, load_local
+from .split import KINDS, Budget
 
-
-@dataclass(frozen=True)
-class Budget:
-    """Tokens per client in each split, and per category in the shared reference stream."""
-
-    train: int
-    val: int
-    trust: int
-    ref: int
+Documents = dict[str, Iterable[str]]  # category -> its documents, in a seed-dependent order
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    split: str  # "specific": one category per client; "mixed": 3/4 one category, 1/4 another
-    num_clients: int  # default client count
-    load: Callable[[int], dict[str, list[str]]]  # tokens needed per category -> documents by category
+    kind: str  # "specific": one category per client; "mixed": 3/4 one category, 1/4 another
+    num_clients: int | None  # the default client count (None: one per category)
     budget: Budget
-    offline: bool  # built from Debian's archive: documents of the pretraining share are left out
+    load: Callable[[int], Documents]  # seed -> documents by category
+    description: str
+    source_id: str  # what the text is: part of a prepared folder's identity
 
 
-def in_pretraining_share(doc: str) -> bool:
-    """Whether an offline document is reserved for base pretraining (never given to a client)."""
-    return int(hashlib.sha1(doc.encode()).hexdigest()[:8], 16) % 10 < PRETRAIN_SHARE
+# Paper budgets. Three-language: ~840k train and ~160k val tokens per client and 300k reference
+# tokens per category; GitHub/Wikipedia as three-language with the reference code's 500k
+# reference tokens; AG News: its categories hold ~1.5M tokens, so two clients each get a third.
+THREE_MULTI_BUDGET = Budget(train=840_000, val=160_000, trust=40_000, ref=300_000)
+GITHUB_WIKI_BUDGET = Budget(train=840_000, val=160_000, trust=40_000, ref=500_000)
+AGNEWS_BUDGET = Budget(train=500_000, val=45_000, trust=10_000, ref=50_000)
+# Offline budgets: small enough that fine-tuning 8 clients takes minutes on a CPU.
+OFFLINE_BUDGET = Budget(train=30_000, val=8_000, trust=4_000, ref=10_000)
+TOPICS_BUDGET = Budget(train=25_000, val=5_000, trust=2_500, ref=5_000)  # the fortune files are small
 
-
-def _offline(sources: dict[str, Callable[[], list[str]]]) -> Callable[[int], dict[str, list[str]]]:
-    def load(tokens_needed: int) -> dict[str, list[str]]:
-        return {cat: [d for d in get() if not in_pretraining_share(d)] for cat, get in sources.items()}
-    return load
-
-
-OFFLINE_SOURCES: dict[str, Callable[[], list[str]]] = {
-    "french": partial(debian.debian_reference, "fr"),
-    "german": partial(debian.debian_reference, "de"),
-    "italian": partial(debian.debian_reference, "it"),
-    "english": partial(debian.debian_reference, "en"),
-    "java": debian.java_sources,
-    "computers": partial(debian.fortunes, "computers"),
-    "songs-poems": partial(debian.fortunes, "songs-poems"),
+# recipe base -> (category -> offline corpora), default clients (specific, mixed), budget, description
+OFFLINE_SHAPES = {
+    "offline_multi": ({"french": ("french",), "german": ("german",), "italian": ("italian",)}, (8, 8),
+                      OFFLINE_BUDGET, "French, German, Italian prose: the Debian Reference manual and man pages"),
+    "offline_code_prose": ({"java": ("java",), "english": ("english_manual",) + tuple(
+                            f"fortunes_{t}" for t in offline.FORTUNE_TOPICS)}, (8, 8), OFFLINE_BUDGET,
+                           "Java (OpenJDK sources) vs English prose (Debian Reference manual, fortunes)"),
+    "offline_topics": ({t: (f"fortunes_{t}",) for t in offline.FORTUNE_TOPICS}, (8, 4), TOPICS_BUDGET,
+                       "four topics of English fortunes: " + ", ".join(offline.FORTUNE_TOPICS)),
+}
+HUB_SHAPES = {  # recipe base -> default clients (specific, mixed), budget, description
+    "agnews": ((8, 4), AGNEWS_BUDGET, "AG News (Hugging Face): World, Sports, Business, Sci/Tech"),
+    "three_multi": ((9, 9), THREE_MULTI_BUDGET, "Wikipedia (Hugging Face) in French, Italian, German"),
+    "github_wiki": ((8, 8), GITHUB_WIKI_BUDGET, "Java from GitHub vs English Wikipedia (Hugging Face)"),
 }
 
-MULTI = {k: OFFLINE_SOURCES[k] for k in ("french", "german", "italian")}
-CODE_PROSE = {k: OFFLINE_SOURCES[k] for k in ("java", "english")}
-TOPICS = {"manual": OFFLINE_SOURCES["english"], "computers": OFFLINE_SOURCES["computers"],
-          "songs-poems": OFFLINE_SOURCES["songs-poems"]}
 
-OFFLINE_BUDGET = Budget(train=30_000, val=6_000, trust=2_000, ref=10_000)
-TOPICS_BUDGET = Budget(train=12_000, val=3_000, trust=1_000, ref=3_000)  # fortune files are small
-# The paper's three-language budget: ~840k train and ~160k validation tokens per client.
-PAPER_BUDGET = Budget(train=840_000, val=160_000, trust=40_000, ref=300_000)
-AGNEWS_BUDGET = Budget(train=200_000, val=40_000, trust=10_000, ref=100_000)
+def shuffled(docs: list[str], seed: int, category: int) -> list[str]:
+    """Documents in the order of seed and category: another seed deals other documents out."""
+    return [docs[i] for i in np.random.default_rng([seed, category]).permutation(len(docs))]
 
 
-def _hf_docs(loader: Callable[..., dict[str, list[str]]], tokens_per_doc: int) -> Callable[[int], dict[str, list[str]]]:
-    def load(tokens_needed: int) -> dict[str, list[str]]:
-        return loader(max_docs=2 * tokens_needed // tokens_per_doc + 10)
-    return load
+def _offline_load(categories: dict[str, tuple[str, ...]], seed: int) -> Documents:
+    return {cat: shuffled(offline.client_documents(corpora), seed, i)
+            for i, (cat, corpora) in enumerate(categories.items())}
 
 
-RECIPES: dict[str, Recipe] = {}
-for _split in ("specific", "mixed"):
-    for _name, _sources, _clients, _budget in (("offline_multi", MULTI, 8, OFFLINE_BUDGET),
-                                               ("offline_code_prose", CODE_PROSE, 8, OFFLINE_BUDGET),
-                                               ("offline_topics", TOPICS, 6, TOPICS_BUDGET)):
-        RECIPES[f"{_name}_{_split}"] = Recipe(f"{_name}_{_split}", _split, _clients, _offline(_sources), _budget, True)
-    RECIPES[f"agnews_{_split}"] = Recipe(f"agnews_{_split}", _split, 4 if _split == "mixed" else 8,
-                                         _hf_docs(hf.ag_news, 50), AGNEWS_BUDGET, False)
-    RECIPES[f"three_multi_{_split}"] = Recipe(f"three_multi_{_split}", _split, 9,
-                                              _hf_docs(partial(hf.wikipedia, ["fr", "it", "de"]), 700),
-                                              PAPER_BUDGET, False)
-    RECIPES[f"github_wiki_{_split}"] = Recipe(f"github_wiki_{_split}", _split, 8,
-                                              _hf_docs(hf.github_wiki, 600), PAPER_BUDGET, False)
+def _local_load(path: Path, seed: int) -> Documents:
+    return {cat: shuffled(docs, seed, i) for i, (cat, docs) in enumerate(load_local(path).items())}
+
+
+def _registry() -> dict[str, Recipe]:
+    recipes = {}
+    for kind in KINDS:
+        for base, (categories, clients, budget, text) in OFFLINE_SHAPES.items():
+            recipes[f"{base}_{kind}"] = Recipe(f"{base}_{kind}", kind, clients[KINDS.index(kind)], budget,
+                                               partial(_offline_load, categories), text,
+                                               f"offline-v{offline.CORPUS_VERSION}")
+        for base, (clients, budget, text) in HUB_SHAPES.items():
+            recipes[f"{base}_{kind}"] = Recipe(f"{base}_{kind}", kind, clients[KINDS.index(kind)], budget,
+                                               partial(hf.load, base), text, "hub")
+    return recipes
+
+
+RECIPES = _registry()
 
 
 def list_recipes() -> list[str]:
+    """Names of the built-in recipes (a path to your own data is a recipe too)."""
     return sorted(RECIPES)
 
 
-def get_recipe(name: str, **budget_overrides: int) -> Recipe:
-    """A named recipe, or a bring-your-own one for a path (`folder`, `.csv`, `.jsonl`).
+def _local_recipe(name: str) -> Recipe | None:
+    path, kind = name, "specific"
+    if name.endswith(tuple(f":{k}" for k in KINDS)) and not Path(name).exists():
+        path, _, kind = name.rpartition(":")
+    if not Path(path).exists():
+        if "/" in path or path.endswith(TABLE_SUFFIXES):  # meant as a path, not a recipe name
+            raise FileNotFoundError(f"{path} does not exist. Fix: give an existing folder, .csv or .jsonl of your "
+                                    f"own data, or a recipe name: {', '.join(list_recipes())}.")
+        return None
+    path = Path(path).resolve()
+    return Recipe(f"{path.name}_{kind}", kind, None, OFFLINE_BUDGET, partial(_local_load, path),
+                  f"your own data: {path}", f"local:{path}:{fingerprint(path)}")
 
-    A path recipe's name may end in `:mixed` to split it the mixed way (default specific).
-    """
-    path_part, _, split = name.partition(":") if not Path(name).exists() else (name, "", "")
-    if name in RECIPES:
-        recipe = RECIPES[name]
-    elif Path(path_part).exists():
-        if split not in ("", "specific", "mixed"):
-            raise ValueError(f"{name!r}: a path recipe may end in ':specific' or ':mixed', not {split!r}.")
-        path = Path(path_part)
-        recipe = Recipe(f"local_{path.stem}", split or "specific", len(load_local(path)),
-                        lambda tokens_needed: load_local(path), OFFLINE_BUDGET, False)
-    else:
-        raise ValueError(f"unknown recipe {name!r}; known recipes: {', '.join(list_recipes())}; or give a "
-                         "folder (one sub-folder or file per category) or a .csv/.jsonl with text and label columns.")
-    overrides = {k: v for k, v in budget_overrides.items() if v is not None}
-    for key, value in overrides.items():
+
+def get_recipe(name: str, **budgets: int | None) -> Recipe:
+    """A built-in recipe by name, or one of your own data by path (optionally ending in `:mixed`),
+    with any budget (`train`, `val`, `trust`, `ref` tokens) replaced where given."""
+    recipe = RECIPES.get(name) or _local_recipe(name)
+    if recipe is None:
+        raise ValueError(f"unknown recipe {name!r}. Known recipes: {', '.join(list_recipes())}. Or give the path "
+                         "of your own data: a folder with one sub-folder or file per category, or a .csv/.jsonl "
+                         "with 'text' and 'label' columns (append ':mixed' for the mixed split).")
+    given = {k: v for k, v in budgets.items() if v is not None}
+    for key, value in given.items():
         if key not in Budget.__dataclass_fields__:
-            raise ValueError(f"unknown budget {key!r}; budgets are train, val, trust, ref.")
-        if value < 1:
-            raise ValueError(f"the {key} budget must be >= 1 token, got {value}.")
-    return replace(recipe, budget=replace(recipe.budget, **overrides)) if overrides else recipe
+            raise ValueError(f"unknown budget {key!r}; the budgets are train, val, trust and ref (tokens).")
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"the {key} budget must be a positive number of tokens, got {value!r}.")
+    return replace(recipe, budget=replace(recipe.budget, **given))

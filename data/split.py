@@ -1,88 +1,111 @@
-"""Carve each category's token stream into disjoint pieces: a shared reference stream and, per
-client, train / val / trust splits. Every token goes to at most one place."""
+"""Which client gets what: each category's documents are dealt out, in order, to the shared
+reference stream first and then to every client's train / val / trust splits. Pieces hold
+whole documents (see `TokenStream.take`), so no document is in two places: not in two clients,
+not in two splits, not in a split and the reference stream."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from .recipes import Budget
+from .tokenize import TextExhausted, TokenStream
 
 SPLITS = ("train", "val", "trust")
-MAJOR_SHARE = 0.75  # mixed clients: 3/4 of one category, 1/4 of the next
+KINDS = ("specific", "mixed")
+MAJOR_SHARE = 0.75  # a mixed client: 3/4 of its own category, 1/4 of the next one
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Tokens per client in each split, and per category in the shared reference stream."""
+
+    train: int
+    val: int
+    trust: int
+    ref: int
 
 
 @dataclass
-class ClientSplit:
-    splits: dict[str, np.ndarray]  # split name -> uint16 tokens
-    counts: np.ndarray  # [C] tokens taken from each category (all splits)
+class Split:
+    clients: list[dict[str, np.ndarray]]  # client -> split name -> uint16 tokens
+    counts: np.ndarray  # [N, C] tokens each client got from each category, all splits together
+    ref: np.ndarray  # the shared reference stream, `budget.ref` tokens of each category in turn
+
+    @property
+    def mixture(self) -> np.ndarray:
+        """`[N, C]`: each client's real share of tokens from each category (rows sum to 1)."""
+        return self.counts / self.counts.sum(axis=1, keepdims=True)
 
 
-def client_categories(kind: str, num_clients: int, num_categories: int) -> list[dict[int, float]]:
-    """Each client's share of each category: round-robin majors; a mixed client's minor is the
-    next category, so every client is really mixed and clients of one major share a minor."""
-    if kind == "specific":
-        if num_clients < num_categories:
-            raise ValueError(f"a specific split of {num_categories} categories needs at least {num_categories} "
-                             f"clients (one per category), got {num_clients}; raise --num_clients.")
-        return [{n % num_categories: 1.0} for n in range(num_clients)]
-    if kind == "mixed":
-        if num_categories < 2:
-            raise ValueError("a mixed split needs at least 2 categories; use the specific split.")
-        return [{n % num_categories: MAJOR_SHARE, (n + 1) % num_categories: 1 - MAJOR_SHARE}
-                for n in range(num_clients)]
-    raise ValueError(f"unknown split {kind!r}; use 'specific' or 'mixed'.")
+def design_shares(kind: str, num_clients: int, num_categories: int) -> np.ndarray:
+    """`[N, C]` planned shares. Client n's main category is n mod C, so clients are spread evenly
+    over categories; a mixed client adds the next category, so every client is really mixed and
+    each category is some client's minor."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown split kind {kind!r}; use one of {', '.join(KINDS)}.")
+    if num_clients < 1:
+        raise ValueError(f"num_clients must be at least 1, got {num_clients}.")
+    if kind == "specific" and num_clients < num_categories:
+        raise ValueError(f"the specific split gives each of the {num_categories} categories at least one client, so "
+                         f"it needs num_clients >= {num_categories}, got {num_clients}. Fix: --num_clients "
+                         f"{num_categories} or more, or the mixed variant of the recipe.")
+    if kind == "mixed" and num_categories < 2:
+        raise ValueError("a mixed split needs at least 2 categories; this data has 1. Fix: use the specific split.")
+    shares = np.zeros((num_clients, num_categories))
+    for n in range(num_clients):
+        if kind == "specific":
+            shares[n, n % num_categories] = 1.0
+        else:
+            shares[n, n % num_categories] = MAJOR_SHARE
+            shares[n, (n + 1) % num_categories] = 1 - MAJOR_SHARE
+    return shares
 
 
-def tokens_needed(shares: list[dict[int, float]], budget: Budget, num_categories: int) -> np.ndarray:
-    need = np.full(num_categories, budget.ref, dtype=np.int64)
-    for client in shares:
+def piece_sizes(shares: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """(category, tokens) pieces of a `size`-token split, largest share first; rounding goes to
+    the largest, so the pieces add up to exactly `size`."""
+    cats = [int(c) for c in np.argsort(-shares, kind="stable") if shares[c] > 0]
+    minor = [(c, int(round(size * shares[c]))) for c in cats[1:]]
+    return [(cats[0], size - sum(s for _, s in minor))] + minor
+
+
+def category_needs(shares: np.ndarray, budget: Budget) -> np.ndarray:
+    """Tokens each category must provide (before the remainders of cut documents)."""
+    need = np.full(shares.shape[1], budget.ref, dtype=np.int64)
+    for row in shares:
         for split in SPLITS:
-            for cat, part in _parts(client, getattr(budget, split)):
-                need[cat] += part
+            for cat, size in piece_sizes(row, getattr(budget, split)):
+                need[cat] += size
     return need
 
 
-def _parts(shares: dict[int, float], size: int) -> list[tuple[int, int]]:
-    """Split `size` tokens over categories by share; the rounding goes to the major category."""
-    cats = sorted(shares, key=lambda c: -shares[c])
-    minor = [(c, int(round(size * shares[c]))) for c in cats[1:]]
-    return [(cats[0], size - sum(p for _, p in minor))] + minor
-
-
-def split_clients(streams: list[np.ndarray], categories: list[str], kind: str, num_clients: int,
-                  budget: Budget) -> tuple[list[ClientSplit], np.ndarray]:
-    """Clients' splits and the shared reference stream (`budget.ref` tokens of each category)."""
-    shares = client_categories(kind, num_clients, len(streams))
-    need = tokens_needed(shares, budget, len(streams))
-    short = [(categories[c], len(s), need[c]) for c, s in enumerate(streams) if len(s) < need[c]]
-    if short:
-        detail = ", ".join(f"{name}: {have:,} of {want:,} tokens" for name, have, want in short)
-        raise ValueError(f"not enough text for {num_clients} clients at these budgets ({detail}); use fewer "
-                         "clients or smaller budgets (--train_tokens, --val_tokens, --trust_tokens, --ref_tokens).")
-    cursor = [0] * len(streams)
+def split_clients(streams: list[TokenStream], categories: list[str], shares: np.ndarray, budget: Budget,
+                  on_tokens: Callable[[int], None] = lambda n: None) -> Split:
+    """Deal documents out: the reference stream, then client by client, split by split."""
 
     def take(cat: int, size: int) -> np.ndarray:
-        piece = streams[cat][cursor[cat]:cursor[cat] + size]
-        cursor[cat] += size
+        try:
+            piece = streams[cat].take(size)
+        except TextExhausted:
+            need = category_needs(shares, budget)
+            raise ValueError(
+                f"not enough text in category {categories[cat]!r} for {len(shares)} clients at these budgets "
+                f"(train {budget.train:,}, val {budget.val:,}, trust {budget.trust:,} per client, ref "
+                f"{budget.ref:,} per category): it needs about {need[cat]:,} tokens, and its "
+                f"{streams[cat].documents_used:,} documents ran out. Fix: fewer clients, or smaller budgets "
+                "(--train_tokens, --val_tokens, --trust_tokens, --ref_tokens).") from None
+        on_tokens(size)
         return piece
 
     ref = np.concatenate([take(c, budget.ref) for c in range(len(streams))])
-    clients = []
-    for client in shares:
-        counts = np.zeros(len(streams), dtype=np.int64)
+    clients, counts = [], np.zeros(shares.shape, dtype=np.int64)
+    for n, row in enumerate(shares):
         splits = {}
         for split in SPLITS:
-            pieces = []
-            for cat, size in _parts(client, getattr(budget, split)):
-                pieces.append(take(cat, size))
-                counts[cat] += size
-            splits[split] = np.concatenate(pieces)
-        clients.append(ClientSplit(splits, counts))
-    return clients, ref
-
-
-def mixture_matrix(clients: list[ClientSplit]) -> np.ndarray:
-    """`[N, C]`: each client's share of tokens from each category (rows sum to 1)."""
-    counts = np.stack([c.counts for c in clients]).astype(np.float64)
-    return counts / counts.sum(axis=1, keepdims=True)
+            pieces = piece_sizes(row, getattr(budget, split))
+            splits[split] = np.concatenate([take(cat, size) for cat, size in pieces])
+            for cat, size in pieces:
+                counts[n, cat] += size
+        clients.append(splits)
+    return Split(clients, counts, ref)

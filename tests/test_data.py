@@ -1,19 +1,26 @@
-"""Data preparation on small generated corpora, and one offline recipe from Debian's archive."""
+"""Data preparation and the DataModule on small generated corpora: split sizes, disjointness,
+mixtures, determinism, resume, atomic writes, manifest checks and error messages."""
 import json
-import shutil
-import subprocess
+import re
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 
-from data import ClientDataModule, ManifestError, get_recipe, list_recipes, prepare_recipe
-from data.sources import hf
-from data.sources.local import load_local
-from lora_gpt.tokenizer import get_tokenizer
+from data import ClientDataModule, DataError, ManifestError, get_recipe, list_recipes, prepare_recipe
+from data.manifest import sha256
+from data.prepare import main as prepare_main
+from lora_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 
-WORDS = {"alpha": "apple anchor arrow", "beta": "banana bridge bottle", "gamma": "cherry castle candle"}
+CATEGORIES = ("alpha", "beta", "gamma")
 SMALL = dict(train=400, val=150, trust=60, ref=100)
+DOC_ID = re.compile(r"(alpha|beta|gamma)(\d{3})w")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tokenizer():
+    return get_tokenizer()  # loaded once from the real cache, before any test swaps the cache
 
 
 @pytest.fixture(autouse=True)
@@ -24,69 +31,98 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture()
 def corpus(tmp_path):
-    """A folder with one sub-folder per category; every document numbered, so n-grams are unique."""
+    """One sub-folder per category, 40 documents each; every word names its document
+    ("beta017w5"), so each piece of text tells which documents it came from."""
     root = tmp_path / "corpus"
-    for cat, words in WORDS.items():
+    for cat in CATEGORIES:
         (root / cat).mkdir(parents=True)
         for d in range(40):
-            text = " ".join(f"{cat} {w} {d}x{i}" for i in range(30) for w in words.split()[:1])
-            (root / cat / f"doc{d}.txt").write_text(text)
+            (root / cat / f"doc{d}.txt").write_text(" ".join(f"{cat}{d:03d}w{i}" for i in range(30)))
     return root
-
-
-def ngrams(tokens, n=12):
-    return {tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)}
 
 
 def read(folder, rel):
     return np.fromfile(folder / rel, dtype=np.uint16)
 
 
-def category_words(tokens):
-    text = get_tokenizer().decode(tokens.tolist())
-    return {cat: text.count(cat) for cat in WORDS}
+def doc_ids(tokens):
+    return set(DOC_ID.findall(get_tokenizer().decode(np.asarray(tokens).tolist())))
 
 
-def test_specific_split_sizes_disjointness_and_mixture(corpus):
+def manifest_of(folder):
+    return json.loads((folder / "manifest.json").read_text())
+
+
+def pieces(folder, num_clients):
+    out = {"ref": read(folder, "ref.bin")}
+    for n in range(num_clients):
+        for split in ("train", "val", "trust"):
+            out[(n, split)] = read(folder, f"client_{n:02d}/{split}.bin")
+    return out
+
+
+def test_specific_split_sizes_disjoint_documents_and_mixture(corpus):
     folder = prepare_recipe(str(corpus), num_clients=5, progress=False, **SMALL)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["categories"] == ["alpha", "beta", "gamma"]
-    assert manifest["client_categories"] == [0, 1, 2, 0, 1]
-    np.testing.assert_allclose(manifest["mixture"], np.eye(3)[[0, 1, 2, 0, 1]])
-    seen = []
-    for n in range(5):
-        for split, size in (("train", 400), ("val", 150), ("trust", 60)):
-            tokens = read(folder, f"client_{n:02d}/{split}.bin")
-            assert len(tokens) == size
-            words = category_words(tokens)
-            assert words[manifest["categories"][manifest["client_categories"][n]]] > 0
-            assert sum(v > 0 for v in words.values()) == 1  # one category only
-            seen.append(ngrams(tokens))
-    seen.append(ngrams(read(folder, "ref.bin")))
-    assert len(read(folder, "ref.bin")) == 300
-    for i in range(len(seen)):
-        for j in range(i + 1, len(seen)):
-            assert not seen[i] & seen[j], (i, j)  # no text shared between any two pieces
+    m = manifest_of(folder)
+    assert m["categories"] == list(CATEGORIES) and m["num_clients"] == 5
+    assert m["client_categories"] == [0, 1, 2, 0, 1]
+    np.testing.assert_array_equal(m["mixture"], np.eye(3)[[0, 1, 2, 0, 1]])
+    parts = pieces(folder, 5)
+    assert len(parts["ref"]) == 3 * SMALL["ref"]
+    owner = {}
+    for key, tokens in parts.items():
+        if key != "ref":
+            assert len(tokens) == SMALL[key[1]], key
+            cats = {cat for cat, _ in doc_ids(tokens)}
+            assert cats == {CATEGORIES[m["client_categories"][key[0]]]}, key  # its own category only
+        for doc in doc_ids(tokens):
+            assert doc not in owner, f"document {doc} is in both {owner[doc]} and {key}"
+            owner[doc] = key
+    # clients 0 and 3 share category alpha, yet no document
+    assert {d for d, k in owner.items() if k[0] == 0} and {d for d, k in owner.items() if k[0] == 3}
+    # the ref stream holds every category, budget.ref tokens each, in turn
+    ref_chunks = [parts["ref"][i * 100:(i + 1) * 100] for i in range(3)]
+    assert [{cat for cat, _ in doc_ids(chunk)} for chunk in ref_chunks] == [{c} for c in CATEGORIES]
+    # documents are separated by EOT, and the manifest's hashes are those of the files
+    assert (parts[(0, "train")] == EOT_TOKEN).sum() >= 2
+    assert all(m["files"][rel]["sha256"] == sha256(folder / rel) for rel in m["files"])
 
 
 def test_mixed_split_is_really_mixed(corpus):
-    folder = prepare_recipe(str(corpus) + ":mixed", num_clients=3, progress=False, **SMALL)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    np.testing.assert_allclose(manifest["mixture"], [[0.75, 0.25, 0], [0, 0.75, 0.25], [0.25, 0, 0.75]], atol=1e-3)
+    folder = prepare_recipe(f"{corpus}:mixed", num_clients=3, progress=False, **SMALL)
+    m = manifest_of(folder)
+    expected = [[0.75, 0.25, 0], [0, 0.75, 0.25], [0.25, 0, 0.75]]
+    np.testing.assert_allclose(m["mixture"], expected, atol=0.01)
+    np.testing.assert_allclose(np.sum(m["mixture"], axis=1), 1.0)
+    assert m["client_categories"] == [0, 1, 2]
+    # real token counts behind the mixture: 3/4 and 1/4 of 610 tokens, split by split
+    assert m["client_category_tokens"][0] == [300 + 112 + 45, 100 + 38 + 15, 0]
     for n, (major, minor) in enumerate([("alpha", "beta"), ("beta", "gamma"), ("gamma", "alpha")]):
-        words = category_words(read(folder, f"client_{n:02d}/train.bin"))
-        assert words[major] > 2 * words[minor] > 0  # both categories really present, major first
+        text = get_tokenizer().decode(read(folder, f"client_{n:02d}/train.bin").tolist())
+        words = {cat: len(re.findall(rf"{cat}\d{{3}}w", text)) for cat in CATEGORIES}
+        assert 2 < words[major] / words[minor] < 4.5, words  # both present, about 3:1
+        assert sum(v > 0 for v in words.values()) == 2
 
 
-def test_prepare_is_idempotent_and_never_overwrites_another_configuration(corpus, tmp_path):
+def test_num_clients_beyond_categories_and_seed_changes_documents(corpus):
+    a = prepare_recipe(str(corpus), num_clients=7, progress=False, **SMALL)
+    b = prepare_recipe(str(corpus), num_clients=7, seed=1, progress=False, **SMALL)
+    assert manifest_of(a)["client_categories"] == [0, 1, 2, 0, 1, 2, 0]
+    assert doc_ids(read(a, "client_06/train.bin")) != doc_ids(read(b, "client_06/train.bin"))
+    assert {c for c, _ in doc_ids(read(b, "client_06/train.bin"))} == {"alpha"}
+
+
+def test_prepare_is_idempotent_and_never_overwrites_another_configuration(corpus):
     first = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
     stamp = (first / "manifest.json").stat().st_mtime_ns
     assert prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL) == first
-    assert (first / "manifest.json").stat().st_mtime_ns == stamp
+    assert (first / "manifest.json").stat().st_mtime_ns == stamp  # reused, not rewritten
     other = prepare_recipe(str(corpus), num_clients=4, progress=False, **SMALL)
     assert other != first and (first / "manifest.json").stat().st_mtime_ns == stamp
-    with pytest.raises(ManifestError, match="another dataset"):
+    with pytest.raises(ManifestError, match="already holds another dataset.*Fix"):
         prepare_recipe(str(corpus), num_clients=4, out=first, progress=False, **SMALL)
+    (corpus / "alpha" / "doc0.txt").write_text("alpha000w0 changed")  # edited data: a new folder
+    assert prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL) != first
 
 
 def test_interrupted_write_leaves_no_complete_looking_file(corpus, tmp_path, monkeypatch):
@@ -94,127 +130,206 @@ def test_interrupted_write_leaves_no_complete_looking_file(corpus, tmp_path, mon
 
     out = tmp_path / "ds"
     real_replace = manifest_module.os.replace
-    calls = []
+    renamed = []
 
     def interrupted(src, dst):
-        calls.append(dst)
-        if len(calls) == 4:
+        if len(renamed) == 4:
             raise KeyboardInterrupt("interrupted while writing")
+        renamed.append(dst)
         real_replace(src, dst)
 
     monkeypatch.setattr(manifest_module.os, "replace", interrupted)
     with pytest.raises(KeyboardInterrupt):
         prepare_recipe(str(corpus), num_clients=3, out=out, progress=False, **SMALL)
+    assert len(renamed) == 4 and all(p.exists() for p in renamed)
+    fifth = out / "client_01" / "train.bin"  # ref, client 0's three splits, then this one
+    assert not fifth.exists() and fifth.with_name("train.bin.tmp").exists()
     assert not (out / "manifest.json").exists()
-    assert not calls[-1].exists()  # the file being written never appeared under its final name
-    assert calls[-1].with_name(calls[-1].name + ".tmp").exists()
-    with pytest.raises(ManifestError, match="no manifest.json"):
+    with pytest.raises(ManifestError, match="no manifest.json.*interrupted"):
         ClientDataModule(out, batch_size=2, sequence_length=8)
     monkeypatch.setattr(manifest_module.os, "replace", real_replace)
     prepare_recipe(str(corpus), num_clients=3, out=out, progress=False, **SMALL)  # starts over cleanly
+    assert not list(out.rglob("*.tmp"))
     ClientDataModule(out, batch_size=2, sequence_length=8).setup()
 
 
-def test_batches_shapes_determinism_and_resume_start(corpus):
-    folder = prepare_recipe(str(corpus), num_clients=4, progress=False, **SMALL)
-    dm = ClientDataModule(folder, batch_size=3, sequence_length=16, seed=7, eval_batches=2, accumulate=2)
-    dm.setup()
-    b0 = dm.train_batch(0)
-    assert b0.shape == (4, 3, 17) and b0.dtype == torch.int64
-    assert torch.equal(b0, ClientDataModule(folder, 3, 16, seed=7).train_batch(0))
-    assert not torch.equal(b0, dm.train_batch(1))
-    assert not torch.equal(b0, ClientDataModule(folder, 3, 16, seed=8).train_batch(0))
-    # client n's windows come from its own train tokens
-    train1 = read(folder, "client_01/train.bin").astype(np.int64)
-    for window in b0[1].numpy():
-        assert any(np.array_equal(train1[s:s + 17], window) for s in range(len(train1) - 16))
+def test_out_folder_with_foreign_files_is_refused(corpus, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(ManifestError, match="not a prepared dataset"):
+        prepare_recipe(str(corpus), num_clients=3, out=out, progress=False, **SMALL)
+    assert (out / "notes.txt").read_text() == "keep me"
 
-    class FakeTrainer:
+
+def test_train_batches_follow_the_seed_client_step_rule(corpus):
+    folder = prepare_recipe(str(corpus), num_clients=4, progress=False, **SMALL)
+    dm = ClientDataModule(folder, batch_size=3, sequence_length=16, seed=7)
+    dm.setup()
+    batch = dm.train_batch(5)
+    assert batch.shape == (4, 3, 17) and batch.dtype == torch.int64
+    for n in range(4):  # b windows of client n's own train tokens, at starts drawn by rng([seed, n, t])
+        tokens = read(folder, f"client_{n:02d}/train.bin").astype(np.int64)
+        starts = np.random.default_rng([7, n, 5]).integers(0, len(tokens) - 16, 3)
+        np.testing.assert_array_equal(batch[n].numpy(), np.stack([tokens[s:s + 17] for s in starts]))
+    assert torch.equal(batch, ClientDataModule(folder, 3, 16, seed=7).train_batch(5))
+    assert not torch.equal(batch, dm.train_batch(6))
+    assert not torch.equal(batch, ClientDataModule(folder, 3, 16, seed=8).train_batch(5))
+    assert isinstance(dm.tokens(0, "train"), np.memmap)
+
+
+def test_train_dataloader_starts_at_global_step_times_accumulate(corpus):
+    folder = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
+    dm = ClientDataModule(folder, batch_size=2, sequence_length=8, seed=3, accumulate=4)
+    first = iter(dm.train_dataloader())
+    assert all(torch.equal(next(first), dm.train_batch(t)) for t in range(3))
+
+    class Attached:
         global_step = 5
 
-    dm.trainer = FakeTrainer()
-    assert torch.equal(next(iter(dm.train_dataloader())), dm.train_batch(10))
+    dm.trainer = Attached()
+    resumed = iter(dm.train_dataloader())
+    assert all(torch.equal(next(resumed), dm.train_batch(t)) for t in range(20, 23))
+
+
+class _Recorder(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append(batch.clone())
+        return self.w * batch.float().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def _trainer(max_steps):
+    return L.Trainer(max_steps=max_steps, accumulate_grad_batches=2, accelerator="cpu", logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     limit_val_batches=0)
+
+
+def test_resumed_lightning_run_sees_exactly_the_batches_of_an_uninterrupted_one(corpus, tmp_path):
+    folder = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
+    make = lambda: ClientDataModule(folder, batch_size=2, sequence_length=8, seed=1, accumulate=2)  # noqa: E731
+    whole = _Recorder()
+    _trainer(5).fit(whole, datamodule=make())
+    first = _Recorder()
+    trainer = _trainer(2)
+    trainer.fit(first, datamodule=make())
+    trainer.save_checkpoint(tmp_path / "step2.ckpt")
+    rest = _Recorder()
+    _trainer(5).fit(rest, datamodule=make(), ckpt_path=tmp_path / "step2.ckpt")
+    assert len(whole.seen) == 10 and len(first.seen) == 4 and len(rest.seen) == 6
+    assert all(torch.equal(a, b) for a, b in zip(first.seen + rest.seen, whole.seen))
+
+
+def test_eval_batches_fixed_non_overlapping_and_from_the_right_split(corpus):
+    folder = prepare_recipe(f"{corpus}:mixed", num_clients=3, progress=False, **SMALL)
+    dm = ClientDataModule(folder, batch_size=2, sequence_length=16, eval_batches=2)
     val = list(dm.val_dataloader())
-    assert len(val) == 2 and val[0].shape == (4, 3, 17)
+    assert len(val) == 2 and all(b.shape == (3, 2, 17) and b.dtype == torch.int64 for b in val)
     assert all(torch.equal(a, b) for a, b in zip(val, dm.val_dataloader()))
-    assert dm.trust_batches()[0].shape[0] == 4
-    ref = dm.ref_batches()
-    assert ref[0].shape == (3, 17)
-    words = category_words(np.concatenate([r.numpy().ravel() for r in ref]))
-    assert all(v > 0 for v in words.values())  # reference windows span every category
+    for n in range(3):
+        tokens = read(folder, f"client_{n:02d}/val.bin").astype(np.int64)
+        windows = torch.cat(val, dim=1)[n].numpy()
+        starts = [next(s for s in range(len(tokens) - 16) if np.array_equal(tokens[s:s + 17], w)) for w in windows]
+        assert np.all(np.diff(starts) >= 17)  # non-overlapping, in order
+        assert {c for c, _ in doc_ids(windows.ravel())} == {CATEGORIES[n], CATEGORIES[(n + 1) % 3]}
+    trust = dm.trust_batches(num_batches=1)
+    assert len(trust) == 1 and trust[0].shape == (3, 2, 17)
+    assert doc_ids(trust[0][0].numpy().ravel()) <= doc_ids(read(folder, "client_00/trust.bin"))
+    assert not doc_ids(trust[0][0].numpy().ravel()) & doc_ids(read(folder, "client_00/val.bin"))
+    ref = dm.ref_batches(num_batches=3)
+    assert len(ref) == 3 and ref[0].shape == (2, 17)
+    assert {c for c, _ in doc_ids(torch.cat(ref).numpy().ravel())} == set(CATEGORIES)  # spans all
+    with pytest.warns(UserWarning, match="fewer than the 8 asked for"):
+        short = dm.trust_batches(num_batches=4)  # 60 trust tokens: 3 windows of 17
+    assert [b.shape[1] for b in short] == [2, 1]
 
 
-def test_corrupt_file_fails_hash_check(corpus):
+def test_corrupt_file_fails_the_hash_check(corpus):
     folder = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
     path = folder / "client_01" / "val.bin"
     data = bytearray(path.read_bytes())
     data[10] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(ManifestError, match=r"client_01/val.bin does not match its sha256.*delete"):
-        ClientDataModule(folder, batch_size=2, sequence_length=8).setup()
+    dm = ClientDataModule(folder, batch_size=2, sequence_length=8)
+    with pytest.raises(ManifestError, match=r"client_01/val.bin does not match its sha256.*Fix: delete the folder"):
+        dm.setup()
+    path.write_bytes(bytes(data[:-2]))
+    with pytest.raises(ManifestError, match="holds 149 tokens where the manifest says 150"):
+        prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
 
 
 def test_bad_inputs_name_the_problem_and_the_fix(corpus, tmp_path):
-    with pytest.raises(ValueError, match="known recipes: .*offline_multi_specific"):
-        get_recipe("no_such_recipe")
-    with pytest.raises(ValueError, match="at least 3 clients"):
+    with pytest.raises(ValueError, match="unknown recipe 'no_such'. Known recipes: .*offline_multi_specific"):
+        prepare_recipe("no_such")
+    with pytest.raises(ValueError, match="needs num_clients >= 3, got 2. Fix: --num_clients 3"):
         prepare_recipe(str(corpus), num_clients=2, progress=False, **SMALL)
-    with pytest.raises(ValueError, match="not enough text"):
-        prepare_recipe(str(corpus), num_clients=3, progress=False, train=10**6)
+    with pytest.raises(ValueError, match="not enough text in category 'alpha'.*Fix: fewer clients"):
+        prepare_recipe(str(corpus), num_clients=3, progress=False, train=100_000)
+    with pytest.raises(ValueError, match="train budget must be a positive"):
+        get_recipe("offline_multi_specific", train=0)
     folder = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
-    with pytest.raises(ValueError, match=r"trust.bin holds 60 tokens, fewer than one window of 101"):
+    with pytest.raises(ValueError, match=r"client 0's trust split holds 60 tokens, fewer than one window of 101.*"
+                                         r"Fix: --sequence_length 59 or less, or .* larger --trust_tokens"):
         ClientDataModule(folder, batch_size=2, sequence_length=100)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        prepare_recipe(str(tmp_path / "missing.jsonl"))  # not a name either: an unknown recipe
     bad = tmp_path / "bad.csv"
     bad.write_text("body,topic\nhello,a\n")
-    with pytest.raises(ValueError, match="needs columns 'text' and 'label'"):
-        load_local(bad)
-    with pytest.raises(ValueError, match="budget must be >= 1"):
-        get_recipe("offline_multi_specific", train=0)
+    with pytest.raises(ValueError, match=r"needs the columns 'text' and 'label'; it lacks \['label', 'text'\]"):
+        prepare_recipe(str(bad), progress=False)
+    (tmp_path / "single").mkdir()
+    (tmp_path / "single" / "only.txt").write_text("one category only")
+    with pytest.raises(ValueError, match="mixed split needs at least 2 categories"):
+        prepare_recipe(f"{tmp_path / 'single'}:mixed", progress=False)
 
 
-def test_csv_and_jsonl_tables(tmp_path):
-    rows = [{"text": f"{'sports' if i % 2 else 'science'} story {i} " * 20, "label": i % 2} for i in range(60)]
+def test_bring_your_own_tables_and_files_per_category(tmp_path):
+    rows = [{"text": f"{'sports' if i % 2 else 'science'}{i:03d}w " * 25, "label": ["science", "sports"][i % 2]}
+            for i in range(60)]
     jsonl = tmp_path / "news.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows))
     csv_path = tmp_path / "news.csv"
     csv_path.write_text("text,label\n" + "\n".join(f"\"{r['text']}\",{r['label']}" for r in rows))
-    for path in (jsonl, csv_path):
-        docs = load_local(path)
-        assert sorted(docs) == ["0", "1"] and len(docs["0"]) == 30
-        folder = prepare_recipe(str(path), num_clients=2, progress=False, **SMALL)
-        assert len(read(folder, "client_01/train.bin")) == 400
+    files = tmp_path / "files"
+    files.mkdir()
+    for label in ("science", "sports"):  # one file per category, documents between blank lines
+        (files / f"{label}.txt").write_text("\n\n".join(r["text"] for r in rows if r["label"] == label))
+    for source in (jsonl, csv_path, files):
+        folder = prepare_recipe(str(source), progress=False, **SMALL)  # default: one client per category
+        m = manifest_of(folder)
+        assert m["categories"] == ["science", "sports"] and m["num_clients"] == 2
+        text = get_tokenizer().decode(read(folder, "client_01/train.bin").tolist())
+        assert "sports" in text and "science" not in text and len(read(folder, "client_01/train.bin")) == 400
 
 
-def test_hub_loader_code_path_on_local_files(tmp_path):
-    path = tmp_path / "agnews.jsonl"
-    path.write_text("\n".join(json.dumps({"text": f"news {i}", "label": i % 4}) for i in range(20)))
-    docs = hf.ag_news(max_docs=3, path="json", data_files=str(path))
-    assert list(docs) == hf.AG_NEWS_LABELS
-    assert docs["Sports"] == ["news 1", "news 5", "news 9"]
-    with pytest.raises(hf.HubUnavailableError, match="offline recipe"):
-        hf.load_texts("no-such-user/no-such-dataset-here", "text", 1)
+def test_cli_lists_recipes_prepares_and_reports_errors(corpus, capsys):
+    assert prepare_main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in list_recipes()) and "offline_multi_specific" in listing
+    assert prepare_main([str(corpus), "--num_clients", "3", "--train_tokens", "400", "--val_tokens", "150",
+                         "--trust_tokens", "60", "--ref_tokens", "100", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "3 clients over alpha, beta, gamma" in out and "train 400, val 150, trust 60" in out
+    with pytest.raises(SystemExit) as exit_:
+        prepare_main(["no_such_recipe"])
+    assert exit_.value.code == 2 and "Known recipes" in capsys.readouterr().err
 
 
 def test_every_paper_and_offline_recipe_is_registered():
     names = list_recipes()
-    for split in ("specific", "mixed"):
+    for kind in ("specific", "mixed"):
         for base in ("agnews", "three_multi", "github_wiki", "offline_multi", "offline_code_prose", "offline_topics"):
-            assert f"{base}_{split}" in names
+            assert f"{base}_{kind}" in names
     assert get_recipe("three_multi_specific").budget.train == 840_000
-    assert get_recipe("agnews_mixed").num_clients == 4 and get_recipe("three_multi_mixed").num_clients == 9
-
-
-def test_offline_recipe_end_to_end_from_debian():
-    if shutil.which("apt-get") is None or subprocess.run(
-            ["apt-get", "download", "--print-uris", "debian-reference-fr"], capture_output=True).returncode != 0:
-        pytest.skip("the Debian archive is unreachable from this machine (apt-get download failed)")
-    folder = prepare_recipe("offline_multi_mixed", num_clients=3, progress=False,
-                            train=2000, val=500, trust=200, ref=500)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["categories"] == ["french", "german", "italian"]
-    assert min(manifest["tokens_per_category"]) > 100_000  # the real manuals, not a stub
-    text = get_tokenizer().decode(read(folder, "client_00/train.bin").tolist())
-    assert " le " in text or " la " in text or " les " in text  # French prose
-    dm = ClientDataModule(folder, batch_size=2, sequence_length=32)
-    dm.setup()
-    assert dm.train_batch(0).shape == (3, 2, 33)
+    assert get_recipe("three_multi_specific").budget.val == 160_000
+    assert get_recipe("three_multi_specific").budget.ref == 300_000
+    assert [get_recipe(n).num_clients for n in ("agnews_mixed", "agnews_specific", "three_multi_mixed",
+                                                "github_wiki_specific", "offline_multi_specific")] == [4, 8, 9, 8, 8]
+    assert issubclass(ManifestError, DataError)

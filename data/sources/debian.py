@@ -1,86 +1,87 @@
-"""Real text from Debian's archive, for machines that reach only the package registries.
+"""Packages from Debian's archive, fetched without root: `apt-get download` puts the `.deb` in a
+cache folder, `dpkg-deb -x` unpacks it into a temporary folder while its text is read.
 
-Packages are fetched without root (`apt-get download`), unpacked with `dpkg-deb -x` into the
-cache, and cleaned to plain-text documents: the Debian Reference manual in four languages,
-English fortune files by category, and Java source files from OpenJDK's `src.zip`.
+This is what makes the offline recipes work on a machine that reaches only the package
+registries. The `.deb` files are kept (`$LORA_GPT_DEBS`, default `cache_dir()/debian`), so a
+package is downloaded once; the tests point several temporary caches at one download.
 """
 from __future__ import annotations
 
-import gzip
-import re
+import os
 import shutil
 import subprocess
 import tempfile
-import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from lora_gpt.tokenizer import cache_dir
 
-JAVA_FILES = 1500  # Java sources read from src.zip: plenty of tokens, bounded time
-PARAGRAPHS_PER_DOC = 6
+from ..errors import SourceUnavailableError
+
+DEBS_ENV = "LORA_GPT_DEBS"
 
 
-class DebianSourceError(RuntimeError):
-    """A Debian package could not be fetched or unpacked."""
+def debs_dir() -> Path:
+    """Where downloaded `.deb` files are kept."""
+    return Path(os.environ.get(DEBS_ENV) or cache_dir() / "debs")
 
 
-def package_root(package: str) -> Path:
-    """Unpack `package` into the cache (once) and return the folder."""
-    root = cache_dir() / "debian" / package
-    if (root / ".complete").exists():
-        return root
-    for tool in ("apt-get", "dpkg-deb"):
-        if shutil.which(tool) is None:
-            raise DebianSourceError(f"{tool} not found: the offline recipes need Debian's package tools "
-                                    "(a Debian or Ubuntu machine), or use a recipe of your own data.")
-    with tempfile.TemporaryDirectory() as tmp:
+def _require(tool: str) -> None:
+    if shutil.which(tool) is None:
+        raise SourceUnavailableError(
+            f"`{tool}` was not found: the offline recipes fetch their text from Debian's archive with "
+            "`apt-get download` and `dpkg-deb -x` (no root needed), which exist on Debian and Ubuntu. "
+            "Fix: run on a Debian/Ubuntu machine (or container), copy the needed .deb files into "
+            f"{debs_dir()} (${DEBS_ENV}), or use a recipe of your own data (a folder, .csv or .jsonl).")
+
+
+def _download_failure(package: str, stderr: str) -> str:
+    if "Unable to locate package" in stderr or "no installation candidate" in stderr:
+        return (f"`apt-get download {package}` failed: apt does not know the package, so its package lists "
+                "are missing or out of date (some container images ship without them). Fix: run "
+                "`sudo apt-get update` once, then retry; or use a recipe of your own data.")
+    if any(s in stderr for s in ("Could not resolve", "Failed to fetch", "Temporary failure", "Connection")):
+        return (f"`apt-get download {package}` could not reach the Debian archive. Fix: allow access to your "
+                "apt mirror (e.g. deb.debian.org), or use a recipe of your own data.")
+    return f"`apt-get download {package}` failed: {stderr.strip()[-400:]}"
+
+
+def fetch(package: str) -> Path:
+    """The `.deb` of `package`, downloaded on first use."""
+    folder = debs_dir()
+    found = sorted(folder.glob(f"{package}_*.deb"))
+    if found:
+        return found[-1]
+    _require("apt-get")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:  # same file system: the move below is atomic
         result = subprocess.run(["apt-get", "download", package], cwd=tmp, capture_output=True, text=True)
-        debs = list(Path(tmp).glob("*.deb"))
+        debs = list(Path(tmp).glob(f"{package}_*.deb"))
         if result.returncode != 0 or not debs:
-            raise DebianSourceError(
-                f"`apt-get download {package}` failed: {result.stderr.strip()[-300:]}\n"
-                "Fix: run `apt-get update` once (as root) so apt knows the package lists, check that "
-                "the Debian archive is reachable, or use a recipe of your own data.")
-        staging = root.with_name(root.name + ".tmp")
-        staging.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(staging, ignore_errors=True)
-        subprocess.run(["dpkg-deb", "-x", str(debs[0]), str(staging)], check=True)
-        (staging / ".complete").touch()
-        shutil.rmtree(root, ignore_errors=True)
-        staging.rename(root)
-    return root
+            raise SourceUnavailableError(_download_failure(package, result.stderr))
+        os.replace(debs[0], folder / debs[0].name)
+    return folder / debs[0].name
 
 
-def _paragraph_docs(text: str) -> list[str]:
-    """Group blank-line-separated paragraphs into documents of a few paragraphs each."""
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if len(p.strip()) > 40]
-    return ["\n\n".join(paragraphs[i:i + PARAGRAPHS_PER_DOC])
-            for i in range(0, len(paragraphs), PARAGRAPHS_PER_DOC)]
+def fetch_first(packages: tuple[str, ...]) -> Path:
+    """The first of several alternative packages that the archive has (releases differ)."""
+    errors = []
+    for package in packages:
+        try:
+            return fetch(package)
+        except SourceUnavailableError as err:
+            errors.append(str(err))
+    raise SourceUnavailableError(f"none of {', '.join(packages)} could be fetched:\n" + "\n".join(errors))
 
 
-def debian_reference(language: str) -> list[str]:
-    """The Debian Reference manual in `language` (en, fr, de, it) as documents."""
-    root = package_root(f"debian-reference-{language}")
-    path = root / "usr/share/debian-reference" / f"debian-reference.{language}.txt.gz"
-    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
-        return _paragraph_docs(f.read())
-
-
-def fortunes(category: str) -> list[str]:
-    """One English fortune file (a category such as `computers`), one fortune per document."""
-    root = package_root("fortunes")
-    text = (root / "usr/share/games/fortunes" / category).read_text(encoding="utf-8", errors="replace")
-    return [f.strip() for f in text.split("\n%\n") if len(f.strip()) > 20]
-
-
-def _strip_license_header(source: str) -> str:
-    # every OpenJDK file opens with the same license comment: boilerplate, not code
-    return re.sub(r"\A\s*/\*.*?\*/\s*", "", source, count=1, flags=re.S)
-
-
-def java_sources(limit: int = JAVA_FILES) -> list[str]:
-    """Java files from OpenJDK's `src.zip` (java.base first), license headers removed."""
-    root = package_root("openjdk-17-source")
-    with zipfile.ZipFile(next(root.glob("usr/lib/jvm/openjdk-*/lib/src.zip"))) as z:
-        names = sorted(n for n in z.namelist() if n.endswith(".java") and n.startswith("java.base/java/"))
-        return [_strip_license_header(z.read(n).decode("utf-8", errors="replace")) for n in names[:limit]]
+@contextmanager
+def unpacked(deb: Path) -> Iterator[Path]:
+    """The files of a `.deb`, unpacked into a temporary folder that is removed afterwards."""
+    _require("dpkg-deb")
+    with tempfile.TemporaryDirectory(prefix="lora_gpt-deb-") as tmp:
+        result = subprocess.run(["dpkg-deb", "-x", str(deb), tmp], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise SourceUnavailableError(f"`dpkg-deb -x {deb}` failed: {result.stderr.strip()[-300:]}\n"
+                                         f"Fix: delete {deb} (it may be truncated) and retry.")
+        yield Path(tmp)

@@ -1,52 +1,108 @@
-"""The paper's datasets through Hugging Face `datasets` (needs the network on first use)."""
+"""The paper's datasets through Hugging Face `datasets`, streamed so only what is used is read.
+
+Each category is a `HubSource`: a dataset (hub id, or a packaged builder such as `parquet` or
+`json` with `data_files`), the text column, and optional column filters. The recipes name
+their sources through `SOURCES`, so pointing an entry at local files (as the tests do, or at a
+mirror) runs the very code the real recipe runs.
+"""
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
-AG_NEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+from ..errors import SourceUnavailableError
+
+AG_NEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
+SHUFFLE_BUFFER = 10_000  # documents: a streamed dataset is shuffled within a window this large
+LOCAL_BUILDERS = {"json", "parquet", "csv", "text", "arrow"}
 
 
-class HubUnavailableError(RuntimeError):
-    """A Hugging Face dataset could not be loaded."""
+@dataclass(frozen=True)
+class HubSource:
+    """One category's documents in a Hugging Face dataset."""
+
+    path: str  # hub id ("wikimedia/wikipedia") or packaged builder ("parquet") with data_files
+    text_field: str
+    name: str | None = None  # the dataset's configuration
+    data_files: str | tuple[str, ...] | None = None
+    split: str = "train"
+    where: dict[str, Any] = field(default_factory=dict)  # keep rows whose columns equal these values
 
 
-def load_texts(path: str, text_field: str, max_docs: int, name: str | None = None, split: str = "train",
-               **filters: Any) -> list[str]:
-    """Up to `max_docs` texts of a dataset, streamed so only what is used is downloaded.
+_WIKI = "wikimedia/wikipedia"
+_GITHUB_JAVA = HubSource("parquet", "code", where={"language": "Java"},
+                         data_files="hf://datasets/codeparrot/github-code-clean/data/train-*.parquet")
+SOURCES: dict[str, dict[str, HubSource]] = {
+    "agnews": {label: HubSource("fancyzhx/ag_news", "text", where={"label": i})
+               for i, label in enumerate(AG_NEWS_LABELS)},
+    "three_multi": {lang: HubSource(_WIKI, "text", name=f"20231101.{code}")
+                    for lang, code in (("french", "fr"), ("italian", "it"), ("german", "de"))},
+    "github_wiki": {"java": _GITHUB_JAVA, "wikipedia": HubSource(_WIKI, "text", name="20231101.en")},
+}
 
-    `path` is a hub id or a local builder/file path (`json`, `parquet` with `data_files`), the
-    same call either way: tests point it at local files.
-    """
+
+def _needs_hub(source: HubSource) -> bool:
+    files = [source.data_files] if isinstance(source.data_files, str) else list(source.data_files or ())
+    return source.path not in LOCAL_BUILDERS or any(str(f).startswith("hf://") for f in files)
+
+
+def check_hub() -> None:
+    """Fail fast (instead of after minutes of retries) when the hub cannot be reached."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as err:
+        raise SourceUnavailableError(
+            f"the Hugging Face hub ({host}) cannot be reached ({err}); the paper's recipes stream their "
+            "text from it. Fix: run where the hub is reachable (or set HF_ENDPOINT to a mirror), or use an "
+            "offline recipe such as offline_multi_specific (`python -m data.prepare --list`).") from err
+
+
+def _datasets_module():
     try:
         import datasets
     except ImportError as err:
-        raise HubUnavailableError("the paper's recipes need `pip install datasets`; or use an offline recipe.") from err
-    data_files = filters.pop("data_files", None)
+        raise SourceUnavailableError("the paper's recipes need Hugging Face `datasets`: `pip install datasets`; "
+                                     "or use an offline recipe such as offline_multi_specific.") from err
+    return datasets
+
+
+def stream_texts(source: HubSource, seed: int) -> Iterator[str]:
+    """The texts of `source` in a seed-dependent order, read lazily."""
+    datasets = _datasets_module()
+    label = f"{source.path}{f' ({source.name})' if source.name else ''}"
     try:
-        stream = datasets.load_dataset(path, name, split=split, streaming=True, data_files=data_files)
-        texts = []
+        stream = datasets.load_dataset(source.path, source.name, split=source.split, streaming=True,
+                                       data_files=list(source.data_files) if isinstance(source.data_files, tuple)
+                                       else source.data_files)
+        stream = stream.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
+    except Exception as err:  # the hub client raises many kinds of errors
+        raise SourceUnavailableError(f"could not open the dataset {label}: {type(err).__name__}: {str(err)[:300]}\n"
+                                     "Fix: check the dataset id and your network, or use an offline recipe.") from err
+    return _rows(stream, source, label)
+
+
+def _rows(stream, source: HubSource, label: str) -> Iterator[str]:
+    try:
         for row in stream:
-            if all(row.get(k) == v for k, v in filters.items()):
-                texts.append(row[text_field])
-                if len(texts) >= max_docs:
-                    break
-    except Exception as err:  # the hub client raises many kinds of errors offline
-        raise HubUnavailableError(
-            f"could not load the Hugging Face dataset {path!r}{f' ({name})' if name else ''}: "
-            f"{type(err).__name__}: {str(err)[:200]}\nFix: connect to the internet once (the data is "
-            "then cached), or use an offline recipe such as offline_multi_specific.") from err
-    return texts
+            if all(row.get(k) == v for k, v in source.where.items()) and row[source.text_field]:
+                yield row[source.text_field]
+    except KeyError as err:
+        raise SourceUnavailableError(f"the dataset {label} has no column {err}; fix its HubSource.") from err
+    except (OSError, ConnectionError) as err:
+        raise SourceUnavailableError(f"reading the dataset {label} failed: {err}. Fix: retry where the hub is "
+                                     "reachable, or use an offline recipe.") from err
 
 
-def ag_news(max_docs: int, path: str = "fancyzhx/ag_news", **kw: Any) -> dict[str, list[str]]:
-    return {label: load_texts(path, "text", max_docs, label=i, **kw) for i, label in enumerate(AG_NEWS_LABELS)}
-
-
-def wikipedia(languages: list[str], max_docs: int, path: str = "wikimedia/wikipedia", **kw: Any) -> dict[str, list[str]]:
-    return {lang: load_texts(path, "text", max_docs, name=f"20231101.{lang}", **kw) for lang in languages}
-
-
-def github_wiki(max_docs: int, code_path: str = "codeparrot/github-code-clean",
-                wiki_path: str = "wikimedia/wikipedia", **kw: Any) -> dict[str, list[str]]:
-    return {"java": load_texts(code_path, "code", max_docs, name="Java-all", **kw),
-            "wikipedia": load_texts(wiki_path, "text", max_docs, name="20231101.en", **kw)}
+def load(collection: str, seed: int) -> dict[str, Iterator[str]]:
+    """Documents by category for one of `SOURCES`' collections, each stream read lazily."""
+    sources = SOURCES[collection]
+    _datasets_module()
+    if any(_needs_hub(s) for s in sources.values()):
+        check_hub()
+    return {category: stream_texts(source, seed) for category, source in sources.items()}
