@@ -1,6 +1,6 @@
 """Token files on disk: atomic writes, sha256 hashes, and the manifest that vouches for them.
 
-A file appears under its final name only once complete (written to `NAME.tmp`, then renamed),
+A file appears under its final name only once complete (written to `NAME.<pid>.tmp`, then renamed),
 and the manifest is written last, so a folder with a manifest is a complete dataset and an
 interrupted preparation never leaves anything that looks finished.
 """
@@ -33,7 +33,7 @@ def sha256(path: Path) -> str:
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()

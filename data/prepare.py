@@ -9,11 +9,14 @@ refused, never overwritten.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from lora_gpt.tokenizer import cache_dir
 
 from .errors import DataError, ManifestError
 from .manifest import MANIFEST, client_file, read_manifest, verify, write_json, write_tokens
-from .recipes import RECIPES, get_recipe, list_recipes
+from .recipes import RECIPES, Recipe, get_recipe, list_recipes
 from .split import SPLITS, category_needs, design_shares, split_clients
 from .tokenize import TokenStream
 
@@ -58,21 +61,36 @@ def prepare_recipe(recipe: str, num_clients: int | None = None, out: Path | None
     documents go where. The default folder is `cache_dir()/datasets/<recipe>-n<N>-s<seed>-<key>`.
     """
     spec = get_recipe(recipe, **budgets)
+    if num_clients is not None and num_clients < 1:
+        raise ValueError(f"num_clients must be at least 1, got {num_clients}.")
     options = {"recipe": spec.name, "source": spec.source_id, "kind": spec.kind,
-               "num_clients": num_clients or spec.num_clients, "seed": seed, "budget": asdict(spec.budget),
-               "format": FORMAT_VERSION}
-    if options["num_clients"] is not None and options["num_clients"] < 1:
-        raise ValueError(f"num_clients must be at least 1, got {options['num_clients']}.")
+               "num_clients": num_clients if num_clients is not None else spec.num_clients, "seed": seed,
+               "budget": asdict(spec.budget), "format": FORMAT_VERSION}
     folder = Path(out) if out is not None else default_folder(options)
-    if (folder / MANIFEST).exists():
-        manifest = read_manifest(folder)
-        if manifest.get("options") != options:
-            raise ManifestError(f"{folder} already holds another dataset (options {manifest.get('options')}, asked "
-                                f"for {options}). Fix: choose another --out, or delete that folder.")
-        verify(folder, manifest, hashes=False)  # cheap; the DataModule checks the hashes
-        return folder
-    _clear_partial(folder)
+    with _exclusive(folder):
+        if (folder / MANIFEST).exists():
+            manifest = read_manifest(folder)
+            if manifest.get("options") != options:
+                raise ManifestError(f"{folder} already holds another dataset (options {manifest.get('options')}, "
+                                    f"asked for {options}). Fix: choose another --out, or delete that folder.")
+            verify(folder, manifest, hashes=False)  # cheap; the DataModule checks the hashes
+            return folder
+        _clear_partial(folder)
+        _build(folder, recipe, spec, options, seed, progress)
+    return folder
 
+
+@contextmanager
+def _exclusive(folder: Path) -> Iterator[None]:
+    """One preparation per folder at a time: runs started side by side wait, then reuse it."""
+    locks = cache_dir() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, progress: bool) -> None:
     started = time.perf_counter()
     documents = spec.load(seed)
     categories = list(documents)
@@ -95,7 +113,6 @@ def prepare_recipe(recipe: str, num_clients: int | None = None, out: Path | None
         "seconds": round(time.perf_counter() - started, 2), "files": files,
     }
     write_json(folder / MANIFEST, manifest)  # last: its presence means the folder is complete
-    return folder
 
 
 def summary(folder: Path) -> str:

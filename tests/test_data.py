@@ -2,6 +2,7 @@
 mixtures, determinism, resume, atomic writes, manifest checks and error messages."""
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 import lightning as L
 import numpy as np
@@ -125,6 +126,18 @@ def test_prepare_is_idempotent_and_never_overwrites_another_configuration(corpus
     assert prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL) != first
 
 
+def test_preparations_started_together_build_once(corpus, monkeypatch):
+    import data.prepare as prepare_module
+
+    builds = []
+    real_build = prepare_module._build
+    monkeypatch.setattr(prepare_module, "_build", lambda *a: builds.append(1) or real_build(*a))
+    with ThreadPoolExecutor(3) as pool:
+        folders = list(pool.map(lambda _: prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL), range(3)))
+    assert len(set(folders)) == 1 and len(builds) == 1
+    ClientDataModule(folders[0], batch_size=2, sequence_length=8).setup()
+
+
 def test_interrupted_write_leaves_no_complete_looking_file(corpus, tmp_path, monkeypatch):
     import data.manifest as manifest_module
 
@@ -143,7 +156,7 @@ def test_interrupted_write_leaves_no_complete_looking_file(corpus, tmp_path, mon
         prepare_recipe(str(corpus), num_clients=3, out=out, progress=False, **SMALL)
     assert len(renamed) == 4 and all(p.exists() for p in renamed)
     fifth = out / "client_01" / "train.bin"  # ref, client 0's three splits, then this one
-    assert not fifth.exists() and fifth.with_name("train.bin.tmp").exists()
+    assert not fifth.exists() and len(list(fifth.parent.glob("train.bin.*.tmp"))) == 1
     assert not (out / "manifest.json").exists()
     with pytest.raises(ManifestError, match="no manifest.json.*interrupted"):
         ClientDataModule(out, batch_size=2, sequence_length=8)
