@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 from ..errors import SourceUnavailableError
 
 AG_NEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
-SHUFFLE_BUFFER = 10_000  # documents: a streamed dataset is shuffled within a window this large
+SHUFFLE_BUFFER = 5_000  # documents: a streamed dataset is shuffled within a window this large
 LOCAL_BUILDERS = {"json", "parquet", "csv", "text", "arrow"}
 
 
@@ -27,7 +27,7 @@ class HubSource:
     path: str  # hub id ("wikimedia/wikipedia") or packaged builder ("parquet") with data_files
     text_field: str
     name: str | None = None  # the dataset's configuration
-    data_files: str | tuple[str, ...] | None = None
+    data_files: str | list[str] | None = None
     split: str = "train"
     where: dict[str, Any] = field(default_factory=dict)  # keep rows whose columns equal these values
 
@@ -78,8 +78,9 @@ def stream_texts(source: HubSource, seed: int) -> Iterator[str]:
     label = f"{source.path}{f' ({source.name})' if source.name else ''}"
     try:
         stream = datasets.load_dataset(source.path, source.name, split=source.split, streaming=True,
-                                       data_files=list(source.data_files) if isinstance(source.data_files, tuple)
-                                       else source.data_files)
+                                       data_files=source.data_files)
+        if source.where:  # before the shuffle, so its buffer holds only rows that are kept
+            stream = stream.filter(lambda row: all(row[k] == v for k, v in source.where.items()))
         stream = stream.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
     except Exception as err:  # the hub client raises many kinds of errors
         raise SourceUnavailableError(f"could not open the dataset {label}: {type(err).__name__}: {str(err)[:300]}\n"
@@ -90,11 +91,11 @@ def stream_texts(source: HubSource, seed: int) -> Iterator[str]:
 def _rows(stream, source: HubSource, label: str) -> Iterator[str]:
     try:
         for row in stream:
-            if all(row.get(k) == v for k, v in source.where.items()) and row[source.text_field]:
+            if row[source.text_field]:
                 yield row[source.text_field]
     except KeyError as err:
         raise SourceUnavailableError(f"the dataset {label} has no column {err}; fix its HubSource.") from err
-    except (OSError, ConnectionError) as err:
+    except OSError as err:  # the network clients' errors (connection, HTTP) derive from it
         raise SourceUnavailableError(f"reading the dataset {label} failed: {err}. Fix: retry where the hub is "
                                      "reachable, or use an offline recipe.") from err
 

@@ -76,7 +76,7 @@ def documents(paras: Iterable[str], language: str, seen: set[str], max_chars: in
 
 # --- roff (man pages) -------------------------------------------------------------------------
 
-# Requests that start a new paragraph; their arguments (a section title, a list tag) are kept.
+# Requests that start a new paragraph.
 _BREAKS = {"SH", "SS", "PP", "LP", "P", "IP", "TP", "HP", "sp", "br", "RS", "RE", "nf", "fi", "EX", "EE",
            "Sh", "Ss", "Pp", "Bl", "El", "It", "Bd", "Ed", "TH", "Dd", "Dt", "Os"}
 # Upper-case macros carry text in their arguments, except these (titles, dates, URLs, indents).
