@@ -130,7 +130,7 @@ def agnews_parquet(tmp_path, monkeypatch):
 
     # `datasets` waits 5 s whenever a shuffled parquet stream closes (a guard against an Arrow
     # crash at interpreter exit); the test process lives on, so the wait only costs time here
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0, raising=False)
     words = ["world", "sports", "business", "science"]
     rows = [{"text": " ".join(f"{words[i % 4]}{i:03d}w{j}" for j in range(12)), "label": i % 4} for i in range(400)]
     path = tmp_path / "agnews.parquet"

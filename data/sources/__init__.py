@@ -1,1 +1,1 @@
-"""Where texts come from: each source returns documents grouped by category."""
+"""Where text comes from: Debian's archive (the offline corpora), the Hugging Face hub, local files."""
