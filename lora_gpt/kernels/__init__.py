@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import sys
 import warnings
 
 import torch
@@ -17,16 +18,28 @@ CHOICES = ("auto", "triton", "torch")
 
 @functools.lru_cache(maxsize=None)
 def _triton_importable() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    """Whether `import triton` works (a broken install counts as missing); asked only when the
+    kernel may run, so `import lora_gpt` and the CPU path never import Triton."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+    except Exception:  # noqa: BLE001 - any import failure means: use the PyTorch path
+        return False
+    return True
 
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """Why the fused kernel cannot run on `device`, or None when it can."""
     if not _triton_importable():
-        return "Triton is not installed (`pip install triton`)"
+        return "Triton is not installed or fails to import (`pip install triton`)"
     if device.type == "cuda":
         return None
     if os.environ.get("TRITON_INTERPRET") == "1":
+        module = sys.modules.get(f"{__name__}.triton_lora")
+        if module is not None and not module.INTERPRET:
+            return ("TRITON_INTERPRET=1 was set after the kernel module was imported; set it before "
+                    "starting Python")
         return None
     return (f"the fused kernel needs a CUDA device, and the input is on {device.type} "
             "(set TRITON_INTERPRET=1 before starting Python to run it, slowly, on the CPU)")
@@ -36,15 +49,13 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 def _resolve(kernel: str, device_type: str) -> str:
     if kernel not in CHOICES:
         raise ValueError(f"kernel must be one of {CHOICES}, got {kernel!r}.")
-    if kernel == "torch":
-        return "torch"
+    if kernel == "torch" or (kernel == "auto" and device_type != "cuda"):
+        return "torch"  # auto off CUDA: the PyTorch path, silently (the interpreter is for tests)
     reason = triton_unavailable_reason(torch.device(device_type))
     if kernel == "triton":
         if reason:
             raise RuntimeError(f"kernel='triton' cannot run: {reason}. Use kernel='auto' or 'torch'.")
         return "triton"
-    if device_type != "cuda":
-        return "torch"  # auto on the CPU: the PyTorch path, silently
     if reason:
         warnings.warn(f"LoRA kernel 'auto' falls back to PyTorch on CUDA: {reason}.", stacklevel=3)
         return "torch"
