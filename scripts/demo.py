@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="offline_multi_specific")
     p.add_argument("--num_clients", type=int, default=6)
     p.add_argument("--iterations", type=int, default=60)
+    p.add_argument("--batch_size", type=int, default=2, help="sequences per client per step")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     args, fit_extra = p.parse_known_args(argv)
@@ -42,12 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n=== {strategy} ===", flush=True)
         fit_args = build_parser().parse_args(
             ["--trust", strategy, "--dataset", args.dataset, "--num_clients", str(args.num_clients),
-             "--iterations", str(args.iterations), "--seed", str(args.seed), "--out", str(out), *fit_extra])
+             "--iterations", str(args.iterations), "--batch_size", str(args.batch_size), "--seed", str(args.seed),
+             "--out", str(out), *fit_extra])
         run(fit_args)
     runs = {r["options"]["trust"]: r for r in load_summaries(args.out)}
     ordered = [runs[s] for s in strategies if s in runs]
     print(f"\nFinal validation perplexity per client ({args.dataset}, {args.num_clients} clients, "
-          f"{args.iterations} steps, seed {args.seed}); lower is better:\n")
+          f"{args.iterations} steps of {args.batch_size} sequences per client, seed {args.seed}); lower is better:\n")
     print(client_table(ordered))
     curves = plot_client_curves(ordered, args.out / "client_curves.png")
     heat_source = next((r for r in reversed(ordered) if r["options"]["trust"].startswith("dynamic")), ordered[-1])
