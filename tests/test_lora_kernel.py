@@ -33,7 +33,8 @@ def test_kernels_under_the_interpreter():
     if KERNELS_HERE:
         pytest.skip("the kernel tests run directly in this process")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-rs", "-p", "no:cacheprovider"],
+    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-rs",
+                           "-p", "no:cacheprovider"],
                           cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
                           timeout=600)
     print(proc.stdout[-3000:])
