@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader, IterableDataset
 from .config import GPTConfig
 from .lightning import LitGPT
 from .tokenizer import cache_dir
-from .training import token_cross_entropy
 
 REPORT_NAME = "pretrain_report.json"
 
@@ -102,25 +101,21 @@ def pretrain(config: PretrainConfig, corpus: Path, out: Path, progress: bool = T
     val_batches = fixed_windows(corpus / "val.bin", config.batch_size, config.sequence_length, config.eval_batches)
     trainer = L.Trainer(max_steps=config.steps, accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                        limit_val_batches=0)
+                        val_check_interval=config.steps, check_val_every_n_epoch=None, num_sanity_val_steps=0)
     start = time.time()
-    trainer.fit(module, train_dataloaders=train)
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=DataLoader(val_batches, batch_size=None))
     seconds = time.time() - start
-    model = module.model.eval()
-    with torch.no_grad():
-        losses = [token_cross_entropy(model(b[:, :-1].to(module.device)), b[:, 1:].to(module.device)).mean()
-                  for b in val_batches]
     report = {
         "config": dataclasses.asdict(config),
         "corpus": str(corpus),
-        "val_loss": float(torch.stack(losses).mean()),
+        "val_loss": float(trainer.callback_metrics["val/loss"]),
         "unigram_val_loss": unigram_loss(corpus / "train.bin", corpus / "val.bin", model_config.vocab_size),
         "train_tokens_seen": config.steps * config.batch_size * config.sequence_length,
         "seconds": seconds,
     }
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    module.model.save_pretrained(tmp)
     (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1))
     if out.exists():
         shutil.rmtree(out)
