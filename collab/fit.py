@@ -224,12 +224,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if (out / SUMMARY_FILE).exists():
         raise FileExistsError(f"{out} already holds a finished run ({SUMMARY_FILE}); choose another --out "
                               "or delete the folder to run again.")
+    ckpt = check_resume(out, options)
+    base = load_base(args.init, args.dropout, args.sequence_length)  # a bad --init fails before data work
     datamodule = prepare_data(args)
     num_clients = datamodule.num_clients
     if args.k > num_clients:
         raise ValueError(f"--k {args.k} exceeds the {num_clients} clients of the dataset.")
-    base = load_base(args.init, args.dropout, args.sequence_length)
-    ckpt = check_resume(out, options)
     out.mkdir(parents=True, exist_ok=True)
     (out / RUN_OPTIONS_FILE).write_text(json.dumps(options, indent=1))
 

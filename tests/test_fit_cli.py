@@ -74,3 +74,18 @@ def test_short_run_end_to_end_writes_summary_adapters_and_trust(tmp_path, monkey
     with pytest.raises(SystemExit) as again:  # a finished run is never overwritten
         fit.main(argv)
     assert again.value.code == 2
+
+
+def test_missing_or_mismatched_base_fails_before_any_work(tmp_path, monkeypatch, capsys):
+    from lora_gpt import GPT, GPTConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(fit, "prepare_data", lambda args: pytest.fail("data work started"))
+    with pytest.raises(SystemExit) as missing:
+        fit.main(["--init", str(tmp_path / "no-such-base"), "--out", str(tmp_path / "run")])
+    assert missing.value.code == 2 and "no-such-base" in capsys.readouterr().err
+    GPT(GPTConfig.from_name("gpt2-tiny")).save_pretrained(tmp_path / "tiny")  # block_size 64
+    with pytest.raises(SystemExit) as too_long:
+        fit.main(["--init", str(tmp_path / "tiny"), "--sequence_length", "128", "--out", str(tmp_path / "run")])
+    assert too_long.value.code == 2 and "exceeds the base model's block_size 64" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
