@@ -40,10 +40,6 @@ class Strategy:
     def name(self) -> str:
         return self.base + (f"-{self.variant}" if self.variant else "")
 
-    @property
-    def needs_evaluation(self) -> bool:
-        return self.base in ("dynamic-ref", "dynamic-token")
-
 
 def identity_trust(n: int) -> torch.Tensor:
     """`none`: every client keeps its own adapter (local training)."""

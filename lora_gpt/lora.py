@@ -291,9 +291,10 @@ def load_adapters(model: nn.Module, folder: str | Path, into: slice | int | None
         if saved_lora[key] != mine:
             raise ValueError(f"{folder}: adapters have {key}={saved_lora[key]}, the model has {mine}; "
                              "inject LoRA with the saved adapter_config.json's settings.")
-    if meta.get("model") and _model_signature(model):
-        diff = {k: (v, _model_signature(model).get(k)) for k, v in meta["model"].items()
-                if k != "dropout" and _model_signature(model).get(k) != v}
+    signature = _model_signature(model)
+    if meta.get("model") and signature:
+        diff = {k: (v, signature.get(k)) for k, v in meta["model"].items()
+                if k != "dropout" and signature.get(k) != v}
         if diff:
             raise ValueError(f"{folder}: adapters were made for another model; (saved, this) differ in {diff}.")
     tensors = load_file(str(folder / ADAPTER_WEIGHTS))

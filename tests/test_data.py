@@ -19,15 +19,7 @@ SMALL = dict(train=400, val=150, trust=60, ref=100)
 DOC_ID = re.compile(r"(alpha|beta|gamma)(\d{3})w")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def tokenizer():
-    return get_tokenizer()  # loaded once from the real cache, before any test swaps the cache
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LORA_GPT_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("tokenizer", "cache")
 
 
 @pytest.fixture()

@@ -43,16 +43,7 @@ PROSE = {
 }
 
 
-@pytest.fixture(scope="session", autouse=True)
-def tokenizer():
-    return get_tokenizer()  # loaded once from the real cache, before any test swaps the cache
-
-
-@pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LORA_GPT_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv(debian.DEBS_ENV, raising=False)
-    return tmp_path / "cache"
+pytestmark = pytest.mark.usefixtures("tokenizer", "cache")
 
 
 def read(folder, rel):
