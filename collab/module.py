@@ -114,7 +114,7 @@ class CollabLoRAModule(L.LightningModule):
             with use_adapters(self.model, part):
                 logits = self.model(x)
             for offset, n in enumerate(range(part.start, part.stop)):
-                self.val_metrics[n].update(logits[offset], y[n])
+                self.val_metrics[n].update(logits[offset], y[offset])
 
     def on_validation_epoch_end(self) -> None:
         per_client = [{k: float(v) for k, v in m.compute().items()} for m in self.val_metrics]

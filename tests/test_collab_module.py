@@ -79,6 +79,25 @@ def test_client_chunks_and_accumulation_are_exact():
     assert acc.global_step == 3 and len(acc.train_curve) == 3
 
 
+def test_chunked_validation_gives_the_same_per_client_metrics():
+    """Validation on (as users run it): a chunked run reports what an unchunked one does."""
+    def run(chunk):
+        module = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=2, client_chunk=chunk)
+        trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, val_check_interval=1,
+                            check_val_every_n_epoch=None, num_sanity_val_steps=0)
+        trainer.fit(module, datamodule=SyntheticClients(num_clients=N))
+        return module.curves
+
+    whole, chunked = run(None), run(3)
+    assert [c["step"] for c in chunked] == [c["step"] for c in whole] == [1, 2]
+    for a, b in zip(whole, chunked):
+        for n in range(N):
+            for key in ("loss", "acc"):
+                assert b["clients"][n][key] == pytest.approx(a["clients"][n][key], abs=1e-6)
+    assert len({round(c["loss"], 6) for c in whole[-1]["clients"]}) > 1  # clients really differ
+
+
 def test_per_client_clipping_leaves_small_gradients_alone():
     from collab.module import clip_per_client
 
