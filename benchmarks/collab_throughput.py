@@ -25,7 +25,8 @@ import torch
 from collab.module import CollabLoRAModule
 from lora_gpt import GPT, GPTConfig, LoRAConfig, inject_lora, mark_only_lora_as_trainable
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
-from lora_gpt.training import adamw, token_cross_entropy
+from lora_gpt.cross_entropy import token_cross_entropy
+from lora_gpt.training import adamw
 
 LORA = LoRAConfig(rank=4, alpha=32, dropout=0.1, targets=ATTENTION_TARGETS + MLP_TARGETS)
 

@@ -11,8 +11,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from lora_gpt import GPT, use_adapters
-from lora_gpt.training import token_cross_entropy
+from lora_gpt import GPT, ClientSlice
+from lora_gpt.cross_entropy import linear_predictions
 
 
 @contextlib.contextmanager
@@ -32,11 +32,12 @@ def chunks(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, n))
 
 
-def all_adapters_logits(model: GPT, num_adapters: int, idx: torch.Tensor, chunk: int) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield `(adapters, logits)` with logits `[k, b, T, V]` of adapters `adapters` on `idx` `[b, T]`."""
+def all_adapters_hidden(model: GPT, num_adapters: int, idx: torch.Tensor,
+                        chunk: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield `(adapters, hidden)`: final hidden states `[k, b, T, d]` of adapters `adapters` on `idx` `[b, T]`."""
     for part in chunks(num_adapters, chunk):
-        with use_adapters(model, part):
-            yield part, model(idx.expand(part.stop - part.start, *idx.shape))
+        clients = ClientSlice(part.start, part.stop)
+        yield part, model.hidden_states(idx.expand(len(clients), *idx.shape), clients)
 
 
 def cross_perplexity(model: GPT, num_adapters: int, batches: Sequence[torch.Tensor], chunk: int) -> torch.Tensor:
@@ -50,8 +51,8 @@ def cross_perplexity(model: GPT, num_adapters: int, batches: Sequence[torch.Tens
         for batch in batches:
             x, y = batch[..., :-1], batch[..., 1:]
             for i in range(num_adapters):
-                for part, logits in all_adapters_logits(model, num_adapters, x[i], chunk):
-                    loss = token_cross_entropy(logits, y[i].expand(logits.shape[:-1]))
+                for part, hidden in all_adapters_hidden(model, num_adapters, x[i], chunk):
+                    loss, _ = linear_predictions(hidden, model.lm_head.weight, y[i].expand(hidden.shape[:-1]))
                     total[i, part] += loss.sum(dim=(1, 2)).double().cpu()
             tokens += y[0].numel()
     return (total / tokens).exp().float()
@@ -70,8 +71,8 @@ def token_distance(model: GPT, num_adapters: int, ref_batches: Sequence[torch.Te
     with evaluating(model):
         # one sequence at a time: all N clients' full-vocabulary probabilities are held at once
         for x in (seq[None, :-1] for batch in ref_batches for seq in batch):
-            probs = torch.cat([logits.float().softmax(-1)
-                               for _, logits in all_adapters_logits(model, num_adapters, x, chunk)])
+            probs = torch.cat([model.lm_head(hidden).float().softmax(-1)
+                               for _, hidden in all_adapters_hidden(model, num_adapters, x, chunk)])
             top = probs.topk(top_k, dim=-1).indices  # [N, b, T, k]
             for i in range(num_adapters):
                 p_i = probs[i].gather(-1, top[i])  # [b, T, k]

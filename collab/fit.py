@@ -19,6 +19,7 @@ import torch
 
 from lora_gpt import LoRAConfig, save_adapters
 from lora_gpt.lora import KERNELS
+from lora_gpt.precision import PRECISIONS, resolve_precision
 
 from .aggregation import TrustAggregation
 from .module import CollabLoRAModule
@@ -86,11 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=None, help="output folder (default runs/DATASET/TRUST/seedSEED)")
     g.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     g.add_argument("--devices", default="1")
-    g.add_argument("--precision", default="auto", help="auto (bf16-mixed on a bf16 GPU, else 32-true) or a Lightning precision")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="auto: bf16-mixed where bfloat16 is native (GPUs, CPUs with avx512_bf16/amx), else 32-true")
     g.add_argument("--client_chunk", type=int, default=None,
                    help="clients per forward/backward pass (default all): lower it to cap memory")
-    g.add_argument("--loss_chunk", type=int, default=1024,
-                   help="tokens whose full-vocabulary logits exist at once in the training loss")
+    g.add_argument("--loss_chunk", type=int, default=None,
+                   help="tokens whose full-vocabulary logits exist at once in the loss (default: ~16M logits)")
     g.add_argument("--eval_chunk", type=int, default=None, help="adapters per pass when scoring trust (default client_chunk)")
     g.add_argument("--logger", choices=("csv", "tensorboard", "wandb"), default="csv")
     g.add_argument("--ckpt_freq", type=int, default=None, help="checkpoint every this many steps (default eval_freq)")
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 def validate(args: argparse.Namespace) -> None:
     """Fail before any work, naming the option and the fix."""
     Strategy.parse(args.trust)
+    resolve_precision(args.precision, device_type(args.accelerator))
     positive = ["trust_freq", "k", "token_top_k", "batch_size", "acc_steps", "eval_batches", "lora_rank",
                 "iterations", "eval_freq"]
     for name in positive:
@@ -172,11 +175,10 @@ def make_logger(kind: str, out: Path):
     return loggers.CSVLogger(save_dir=out, name="", version="")
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
-    if precision != "auto":
-        return precision
+def device_type(accelerator: str) -> str:
+    """The torch device type an `--accelerator` choice runs on."""
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    return "cuda" if on_gpu else "cpu"
 
 
 def check_resume(out: Path, options: dict[str, Any]) -> Path | None:
@@ -240,13 +242,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     module = CollabLoRAModule(base, lora, num_clients, lr=args.lr, weight_decay=args.weight_decay,
                               iterations=args.iterations, warmup=args.warmup_percent, acc_steps=args.acc_steps,
                               grad_clip=args.grad_clip, client_chunk=args.client_chunk,
-                              loss_chunk=args.loss_chunk)
+                              loss_chunk=args.loss_chunk, seed=args.seed)
     aggregation = TrustAggregation(args.trust, args.trust_freq, args.pretraining_rounds, args.k, args.similarity,
                                    args.thresh, args.eval_chunk, args.token_top_k, out_dir=out)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
                                                      every_n_train_steps=args.ckpt_freq or args.eval_freq)
     trainer = L.Trainer(max_steps=args.iterations, accelerator=args.accelerator, devices=args.devices,
-                        precision=resolve_precision(args.precision, args.accelerator),
+                        precision=resolve_precision(args.precision, device_type(args.accelerator)),
                         logger=make_logger(args.logger, out), callbacks=[aggregation, checkpoint],
                         val_check_interval=args.eval_freq * args.acc_steps, check_val_every_n_epoch=None,
                         num_sanity_val_steps=0, enable_progress_bar=args.progress,

@@ -4,7 +4,9 @@ A training step takes `[N, b, T+1]` (b windows of each client's own data) and ba
 the **sum** over clients of each client's mean loss, so every adapter gets exactly the gradient
 it would get alone; AdamW is element-wise, so one optimizer over the stack is N optimizers.
 Clients go through the model in chunks of `client_chunk` with gradients accumulated across
-chunks: still exact, with peak activation memory set by the chunk, not by N.
+chunks: still exact, with peak activation memory set by the chunk, not by N. Every client draws
+its dropout masks from its own stream (seeded by run seed, client and micro-step), so chunking
+and resuming leave each client's step unchanged.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from lora_gpt import GPT, LoRAConfig, inject_lora, lora_parameters, mark_only_lora_as_trainable, use_adapters
-from lora_gpt.training import LanguageModelMetrics, adamw, frozen_head_cross_entropy, one_cycle
+from lora_gpt import GPT, ClientSlice, LoRAConfig, client_seeds, inject_lora, lora_parameters, mark_only_lora_as_trainable
+from lora_gpt.cross_entropy import fused_linear_cross_entropy, linear_predictions
+from lora_gpt.training import LanguageModelMetrics, adamw, one_cycle
 
 from .evaluation import chunks
 
@@ -47,7 +50,8 @@ class CollabLoRAModule(L.LightningModule):
     def __init__(self, base: GPT, lora: LoRAConfig, num_clients: int, lr: float = 2e-3,
                  weight_decay: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95),
                  iterations: int = 500, warmup: float = 0.02, acc_steps: int = 1,
-                 grad_clip: float = 0.0, client_chunk: int | None = None, loss_chunk: int = 1024) -> None:
+                 grad_clip: float = 0.0, client_chunk: int | None = None, loss_chunk: int | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         if num_clients < 1:
             raise ValueError(f"num_clients must be >= 1, got {num_clients}.")
@@ -55,7 +59,7 @@ class CollabLoRAModule(L.LightningModule):
                                    "num_clients": num_clients, "lr": lr, "weight_decay": weight_decay,
                                    "betas": list(betas), "iterations": iterations, "warmup": warmup,
                                    "acc_steps": acc_steps, "grad_clip": grad_clip,
-                                   "client_chunk": client_chunk, "loss_chunk": loss_chunk})
+                                   "client_chunk": client_chunk, "loss_chunk": loss_chunk, "seed": seed})
         self.model = mark_only_lora_as_trainable(inject_lora(base, lora, num_adapters=num_clients))
         self.num_clients = num_clients
         self.client_chunk = client_chunk or num_clients
@@ -67,33 +71,44 @@ class CollabLoRAModule(L.LightningModule):
         self.curves: list[dict[str, Any]] = []  # per-client validation metrics at every eval
         self.train_curve: list[dict[str, Any]] = []  # per-client train loss at every step
         self._step_losses = torch.zeros(num_clients)
-        self._pending_rng: tuple | None = None
+        self._micro_in_step = 0  # micro-batches since the last optimizer step
 
     def adapters(self) -> dict[str, torch.nn.Parameter]:
         """The stacked adapter tensors (leading dim = client), by parameter name."""
         return lora_parameters(self.model)
 
-    def client_losses(self, batch: torch.Tensor, part: slice) -> torch.Tensor:
-        """Mean next-token loss of each client in `part` on its own slice of `batch`; the frozen
-        head's logits are formed `loss_chunk` tokens at a time, never all at once."""
+    def client_losses(self, batch: torch.Tensor, part: slice, micro_step: int | None = None,
+                      scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(objective, losses)` for the clients in `part` on their slices of `batch`: `losses` is
+        each client's mean next-token loss (detached), `objective` their sum times `scale`, to
+        back-propagate. With `micro_step`, each client's dropout draws from its own stream. The
+        head's logits are formed a chunk of tokens at a time, never all at once."""
         x, y = batch[part, ..., :-1], batch[part, ..., 1:]
-        with use_adapters(self.model, part):
-            hidden = self.model.hidden_states(x)
-        losses = frozen_head_cross_entropy(hidden, self.model.lm_head.weight, y, self.loss_chunk)
-        return losses.mean(dim=(1, 2))
+        seeds = None
+        if micro_step is not None:
+            seeds = client_seeds(self.hparams.seed, range(part.start, part.stop), micro_step)
+        hidden = self.model.hidden_states(x, ClientSlice(part.start, part.stop, seeds))
+        per_token = scale / y[0].numel()  # the sum over clients of each client's mean
+        objective, token_losses = fused_linear_cross_entropy(
+            hidden, self.model.lm_head.weight, y, torch.full(y.shape, per_token, device=y.device),
+            self.loss_chunk)
+        return objective, token_losses.mean(dim=(1, 2))
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         if batch.shape[0] != self.num_clients:
             raise ValueError(f"batch has {batch.shape[0]} clients, the model {self.num_clients}.")
         acc = self.hparams.acc_steps
+        micro_step = self.global_step * acc + self._micro_in_step
         losses = []
         for part in chunks(self.num_clients, self.client_chunk):
-            loss = self.client_losses(batch, part)
-            self.manual_backward(loss.sum() / acc)
-            losses.append(loss.detach())
+            objective, loss = self.client_losses(batch, part, micro_step, scale=1.0 / acc)
+            self.manual_backward(objective)
+            losses.append(loss)
         losses = torch.cat(losses).float()
         self._step_losses += losses.cpu() / acc
-        if (batch_idx + 1) % acc == 0:
+        self._micro_in_step += 1
+        if self._micro_in_step == acc:
+            self._micro_in_step = 0
             step_losses, self._step_losses = self._step_losses, torch.zeros(self.num_clients)
             self.log("train/loss", step_losses.mean(), prog_bar=True)
             self.log_dict({f"train/loss_client_{n}": float(v) for n, v in enumerate(step_losses)})
@@ -111,10 +126,10 @@ class CollabLoRAModule(L.LightningModule):
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         for part in chunks(self.num_clients, self.client_chunk):
             x, y = batch[part, ..., :-1], batch[part, ..., 1:]
-            with use_adapters(self.model, part):
-                logits = self.model(x)
+            hidden = self.model.hidden_states(x, ClientSlice(part.start, part.stop))
+            losses, correct = linear_predictions(hidden, self.model.lm_head.weight, y, self.loss_chunk)
             for offset, n in enumerate(range(part.start, part.stop)):
-                self.val_metrics[n].update(logits[offset], y[offset])
+                self.val_metrics[n].update(losses[offset], correct[offset])
 
     def on_validation_epoch_end(self) -> None:
         per_client = [{k: float(v) for k, v in m.compute().items()} for m in self.val_metrics]
@@ -142,9 +157,6 @@ class CollabLoRAModule(L.LightningModule):
         checkpoint["base_fingerprint"] = self.base_fingerprint
         checkpoint["curves"] = self.curves
         checkpoint["train_curve"] = self.train_curve
-        checkpoint["torch_rng"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            checkpoint["cuda_rng"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("base_fingerprint")
@@ -161,14 +173,3 @@ class CollabLoRAModule(L.LightningModule):
                              "resume with the options the run started with.")
         self.curves = checkpoint.get("curves", [])
         self.train_curve = checkpoint.get("train_curve", [])
-        # Restored at the first resumed batch, not here: building the dataloader's iterator in
-        # between draws from the global generator, which the straight run did long before.
-        self._pending_rng = (checkpoint["torch_rng"], checkpoint.get("cuda_rng"))
-
-    def on_train_batch_start(self, batch: torch.Tensor, batch_idx: int) -> None:
-        if self._pending_rng is not None:
-            cpu, cuda = self._pending_rng
-            torch.set_rng_state(cpu)
-            if cuda is not None and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(cuda)
-            self._pending_rng = None

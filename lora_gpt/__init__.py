@@ -1,4 +1,5 @@
 """lora_gpt: a hand-written GPT-2 with injectable, stackable LoRA adapters."""
+from .clients import ClientSlice, client_seeds
 from .config import GPTConfig
 from .lora import (
     LoRAConfig,
@@ -11,13 +12,12 @@ from .lora import (
     merge_lora,
     save_adapters,
     unmerge_lora,
-    use_adapters,
 )
 from .model import GPT
 from .tokenizer import get_tokenizer
 
 __all__ = [
-    "GPT", "GPTConfig", "LoRAConfig", "LoRALinear", "export_merged", "get_tokenizer",
+    "ClientSlice", "GPT", "GPTConfig", "client_seeds", "LoRAConfig", "LoRALinear", "export_merged", "get_tokenizer",
     "inject_lora", "load_adapters", "lora_parameters", "mark_only_lora_as_trainable",
-    "merge_lora", "save_adapters", "unmerge_lora", "use_adapters",
+    "merge_lora", "save_adapters", "unmerge_lora",
 ]

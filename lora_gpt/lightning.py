@@ -7,9 +7,10 @@ import lightning as L
 import torch
 
 from .config import GPTConfig
+from .cross_entropy import fused_linear_cross_entropy, linear_predictions
 from .lora import LoRAConfig, inject_lora, mark_only_lora_as_trainable
 from .model import GPT
-from .training import LanguageModelMetrics, adamw, one_cycle, token_cross_entropy
+from .training import LanguageModelMetrics, adamw, one_cycle
 
 
 class LitGPT(L.LightningModule):
@@ -40,13 +41,14 @@ class LitGPT(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x, y = batch[..., :-1], batch[..., 1:]
-        loss = token_cross_entropy(self.model(x), y).mean()
+        # the mean token loss, through the (tied, trainable or frozen) head a chunk at a time
+        loss, _ = fused_linear_cross_entropy(self.model.hidden_states(x), self.model.lm_head.weight, y)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         x, y = batch[..., :-1], batch[..., 1:]
-        self.val_metrics.update(self.model(x), y)
+        self.val_metrics.update(*linear_predictions(self.model.hidden_states(x), self.model.lm_head.weight, y))
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.val_metrics.compute()

@@ -6,12 +6,12 @@ An input `[N, ..., d_in]` runs adapter n on slice n:
 
     y[n] = x[n] @ W.T + bias + (alpha / r) * (dropout(x[n]) @ A[n]) @ B[n]
 
-With N = 1 any input shape is accepted. One stacked tensor per layer makes aggregation across
+A call may run a contiguous subset of the adapters (`clients`, a `ClientSlice`); with one
+adapter any input shape is accepted. One stacked tensor per layer makes aggregation across
 clients a single `einsum`, and the base matmul sees every client's tokens at once.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+
+from .clients import ClientSlice, client_dropout, site_id
 
 ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
@@ -81,7 +83,7 @@ class LoRALinear(nn.Linear):
         self.lora_A = nn.Parameter(torch.empty(num_adapters, in_features, config.rank, device=device, dtype=dtype))
         self.lora_B = nn.Parameter(torch.zeros(num_adapters, config.rank, out_features, device=device, dtype=dtype))
         self.merged_adapter: int | None = None
-        self.active: slice = slice(None)  # which adapters the leading input dim maps to
+        self.site = 0  # the adapter dropout's stream id, set from the module name by inject_lora
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -100,11 +102,15 @@ class LoRALinear(nn.Linear):
         layer.bias = linear.bias
         return layer
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        A, B = self.lora_A[self.active], self.lora_B[self.active]
-        n = A.shape[0]
+    def forward(self, x: torch.Tensor, clients: ClientSlice | None = None) -> torch.Tensor:
         if self.merged_adapter is not None:
             return super().forward(x)
+        adapters = clients.adapters if clients is not None else slice(None)
+        if clients is not None and clients.stop > self.num_adapters:
+            raise IndexError(f"clients {clients.start}..{clients.stop - 1} asked of a layer with {self.num_adapters} "
+                             "adapters.")
+        A, B = self.lora_A[adapters], self.lora_B[adapters]
+        n = A.shape[0]
         if n == 1:
             x3 = x.reshape(1, -1, self.in_features)
         elif x.shape[0] == n:
@@ -114,7 +120,7 @@ class LoRALinear(nn.Linear):
                 f"input has leading dim {x.shape[0]} but {n} adapters are active; feed a batch "
                 f"shaped [num_adapters, ..., {self.in_features}] (one slice per client)."
             )
-        y = lora_linear(x3, self.weight, self.bias, A, B, self.lora_config, self.training)
+        y = lora_linear(x3, self.weight, self.bias, A, B, self.lora_config, self.training, clients, self.site)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def delta_weight(self, adapter: int) -> torch.Tensor:
@@ -126,18 +132,23 @@ class LoRALinear(nn.Linear):
                 f"num_adapters={self.num_adapters}")
 
 
-def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                A: torch.Tensor, B: torch.Tensor, config: LoRAConfig, training: bool) -> torch.Tensor:
-    """`x: [N, M, d_in]` -> `[N, M, d_out]` through the fused kernel or plain PyTorch."""
+def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
+                B: torch.Tensor, config: LoRAConfig, training: bool, clients: ClientSlice | None = None,
+                site: int = 0) -> torch.Tensor:
+    """`x: [N, M, d_in]` -> `[N, M, d_out]` through the fused kernel or plain PyTorch; the adapter
+    dropout draws from each client's stream when `clients` carries seeds."""
     p = config.dropout if training else 0.0
     from .kernels import resolve_kernel
 
     if resolve_kernel(config.kernel, x.device) == "triton":
         from .kernels.triton_lora import fused_lora_linear
 
-        return fused_lora_linear(x, weight, bias, A, B, config.scale, p, None)
+        seeds = None
+        if p > 0 and clients is not None and clients.dropout_seeds is not None:
+            seeds = torch.tensor(clients.site_seeds(site), dtype=torch.int64, device=x.device)
+        return fused_lora_linear(x, weight, bias, A, B, config.scale, p, seeds)
     base = F.linear(x, weight, bias)
-    return base + config.scale * torch.bmm(torch.bmm(F.dropout(x, p, training), A), B)
+    return base + config.scale * torch.bmm(torch.bmm(client_dropout(x, p, training, clients, site), A), B)
 
 
 def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> nn.Module:
@@ -159,6 +170,7 @@ def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> 
             parent_name, _, child = name.rpartition(".")
             layer = LoRALinear.from_linear(module, config, num_adapters)
             layer.reset_lora_parameters(generator)
+            layer.site = site_id(f"{name}.lora_dropout")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
             replaced.append(name)
     if not replaced:
@@ -189,19 +201,6 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> nn.Modu
             if layer.bias is not None:
                 layer.bias.requires_grad = True
     return model
-
-
-@contextlib.contextmanager
-def use_adapters(model: nn.Module, adapters: slice) -> Iterator[None]:
-    """Run only adapters `adapters` (a slice of the stack); the input's leading dim matches it."""
-    layers = [layer for _, layer in lora_layers(model)]
-    for layer in layers:
-        layer.active = adapters
-    try:
-        yield
-    finally:
-        for layer in layers:
-            layer.active = slice(None)
 
 
 @torch.no_grad()

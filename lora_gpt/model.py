@@ -2,7 +2,9 @@
 
 Every module accepts any leading batch shape. A collaborative batch `[N, b, T]` (b sequences
 for each of N clients) therefore flows through unchanged, so that a LoRA linear can run
-adapter n on slice n while the frozen base sees all N*b*T tokens in one matmul.
+adapter n on slice n while the frozen base sees all N*b*T tokens in one matmul. Which clients
+the slices belong to is an argument of the call (`clients`), passed down to every linear and
+dropout, never state left on the layers.
 """
 from __future__ import annotations
 
@@ -13,7 +15,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .clients import ClientSlice, client_dropout, site_id
 from .config import GPTConfig
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` that accepts (and ignores) the call's clients, like `LoRALinear` uses them."""
+
+    def forward(self, x: torch.Tensor, clients: ClientSlice | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+class Dropout(nn.Dropout):
+    """Dropout that draws each client's mask from that client's own stream (see `clients.py`)."""
+
+    site = 0  # set from the module name by GPT
+
+    def forward(self, x: torch.Tensor, clients: ClientSlice | None = None) -> torch.Tensor:
+        return client_dropout(x, self.p, self.training, clients, self.site)
 
 
 class LayerNorm(nn.Module):
@@ -32,36 +51,41 @@ class LayerNorm(nn.Module):
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = Dropout(config.dropout)  # on the attention weights
+        self.resid_dropout = Dropout(config.dropout)
         self.n_head = config.n_head
-        self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, clients: ClientSlice | None = None) -> torch.Tensor:
         *lead, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=-1)
+        q, k, v = self.c_attn(x, clients).split(C, dim=-1)
         # [..., T, C] -> [prod(lead), H, T, C/H] for the fused attention kernel
         heads = lambda t: t.reshape(-1, T, self.n_head, C // self.n_head).transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            heads(q), heads(k), heads(v),
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=True,
-        )
+        q, k, v = heads(q), heads(k), heads(v)
+        p = self.attn_dropout.p if self.training else 0.0
+        if p > 0 and clients is not None and clients.dropout_seeds is not None:
+            # per-client masks on the attention weights: the fused kernel draws from the global generator
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+            y = self.attn_dropout(att.view(*lead, *att.shape[1:]), clients).view(att.shape) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
         y = y.transpose(1, 2).reshape(*lead, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(self.c_proj(y, clients), clients)
 
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, clients: ClientSlice | None = None) -> torch.Tensor:
         # GPT-2 was trained with the tanh approximation of GELU ("gelu_new").
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x, clients), approximate="tanh"), clients), clients)
 
 
 class Block(nn.Module):
@@ -72,9 +96,9 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, clients: ClientSlice | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), clients)
+        return x + self.mlp(self.ln_2(x), clients)
 
 
 class GPT(nn.Module):
@@ -84,11 +108,11 @@ class GPT(nn.Module):
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
+            drop=Dropout(config.dropout),
             h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
             ln_f=LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon),
         ))
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the output projection reuses the token embedding, as in GPT-2.
         self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
@@ -97,6 +121,9 @@ class GPT(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        for name, module in self.named_modules():
+            if isinstance(module, Dropout):
+                module.site = site_id(name)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -112,8 +139,8 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
-    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
-        """Final-LayerNorm activations `[..., T, C]` for token ids `[..., T]`."""
+    def hidden_states(self, idx: torch.Tensor, clients: ClientSlice | None = None) -> torch.Tensor:
+        """Final-LayerNorm activations `[..., T, C]` for token ids `[..., T]` (see `forward`)."""
         T = idx.shape[-1]
         if T > self.config.block_size:
             raise ValueError(
@@ -121,14 +148,18 @@ class GPT(nn.Module):
                 "use shorter sequences or a model with a longer position table."
             )
         pos = torch.arange(T, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos), clients)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, clients)
         return self.transformer.ln_f(x)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits `[..., T, vocab]` for token ids `[..., T]` (e.g. `[b, T]` or `[N, b, T]`)."""
-        return self.lm_head(self.hidden_states(idx))
+    def forward(self, idx: torch.Tensor, clients: ClientSlice | None = None) -> torch.Tensor:
+        """Logits `[..., T, vocab]` for token ids `[..., T]` (e.g. `[b, T]` or `[N, b, T]`).
+
+        With LoRA adapters, `clients` says which adapters the leading slices run (default: all,
+        one slice each; any shape with a single adapter) and gives each client its dropout stream.
+        """
+        return self.lm_head(self.hidden_states(idx, clients))
 
     @torch.no_grad()
     def generate(

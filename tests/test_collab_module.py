@@ -9,8 +9,10 @@ import torch
 from collab.aggregation import TrustAggregation
 from collab.evaluation import cross_perplexity, token_distance
 from collab.module import CollabLoRAModule
-from lora_gpt import GPT, GPTConfig, LoRAConfig, inject_lora, lora_parameters, mark_only_lora_as_trainable, use_adapters
-from lora_gpt.training import adamw, one_cycle, token_cross_entropy
+from lora_gpt import (GPT, ClientSlice, GPTConfig, LoRAConfig, inject_lora, lora_parameters,
+                      mark_only_lora_as_trainable)
+from lora_gpt.cross_entropy import token_cross_entropy
+from lora_gpt.training import adamw, one_cycle
 from synthetic import VOCAB, SyntheticClients
 
 CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=VOCAB)
@@ -64,15 +66,26 @@ def test_none_equals_independent_single_client_runs():
     assert any((got[k][0] - got[k][1]).abs().max() > 1e-4 for k in got)  # clients really differ
 
 
-def test_client_chunks_and_accumulation_are_exact():
-    dm = SyntheticClients(num_clients=N)
-    whole = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=4, grad_clip=0.5)
-    train(whole, dm, 4)
-    chunked = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=4, grad_clip=0.5, client_chunk=3)
-    train(chunked, dm, 4)
-    for k, v in stacked(whole).items():
-        torch.testing.assert_close(stacked(chunked)[k], v, atol=1e-6, rtol=0)
-    # acc_steps=2 with batch b equals acc_steps=1 with batch 2b when the windows are the same
+@pytest.mark.parametrize("base_dropout", [0.0, 0.2])
+def test_client_chunks_and_client_count_leave_each_clients_step_unchanged(base_dropout):
+    """With LoRA dropout (and base dropout) on, each client's masks come from its own stream:
+    chunked == whole, and the first clients of a 4-client run == a 2-client run."""
+    def run(num_clients, chunk=None):
+        torch.manual_seed(0)
+        base = GPT(CFG.replace(dropout=base_dropout))
+        module = CollabLoRAModule(base, lora_cfg(dropout=0.1), num_clients, iterations=4, grad_clip=0.5,
+                                  client_chunk=chunk)
+        train(module, SyntheticClients(num_clients=num_clients), 4)
+        return stacked(module)
+
+    whole, chunked, fewer = run(N), run(N, chunk=3), run(2)
+    for k, v in whole.items():
+        torch.testing.assert_close(chunked[k], v, atol=1e-6, rtol=0)
+        torch.testing.assert_close(fewer[k], v[:2], atol=1e-6, rtol=0)
+    assert any((v[0] - v[2]).abs().max() > 1e-4 for v in whole.values())  # same category, other masks and data
+
+
+def test_accumulation_counts_optimizer_steps():
     dm2 = SyntheticClients(num_clients=N, batch_size=1, accumulate=2)
     acc = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=3, acc_steps=2)
     train(acc, dm2, 3)
@@ -163,16 +176,16 @@ def test_cross_perplexity_and_token_distance_match_per_client_loops():
         singles.append(single)
     for i in range(N):
         for j in range(N):
-            with torch.no_grad(), use_adapters(singles[j], slice(j, j + 1)):
-                losses = [token_cross_entropy(singles[j](b[i, :, :-1]), b[i, :, 1:]) for b in batches]
+            with torch.no_grad():
+                losses = [token_cross_entropy(singles[j](b[i, :, :-1], ClientSlice(j, j + 1)), b[i, :, 1:])
+                          for b in batches]
             assert got[i, j].item() == pytest.approx(torch.cat(losses).mean().exp().item(), rel=1e-4)
     ref = dm.ref_batches()
     dist = token_distance(model, N, ref, chunk=2, top_k=5)
     with torch.no_grad():
         probs = []
         for j in range(N):
-            with use_adapters(singles[j], slice(j, j + 1)):
-                probs.append(torch.cat([singles[j](b[:, :-1]) for b in ref]).softmax(-1))
+            probs.append(torch.cat([singles[j](b[:, :-1], ClientSlice(j, j + 1)) for b in ref]).softmax(-1))
     for i in range(N):
         top = probs[i].topk(5, dim=-1).indices
         for j in range(N):

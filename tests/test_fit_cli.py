@@ -14,6 +14,7 @@ from collab import fit
     (["--num_clients", "4", "--k", "5"], "--k 5 exceeds"),
     (["--no-lora_mlp", "--no-lora_causal_self_attention"], "no LoRA targets"),
     (["--pretraining_rounds", "-1"], "--pretraining_rounds must be >= 0"),
+    (["--precision", "16-mixed", "--accelerator", "cpu"], "16-mixed needs a CUDA GPU"),
 ])
 def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -23,6 +24,20 @@ def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monke
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_bf16_where_the_cpu_lacks_it_fails_at_once_naming_the_fallback(capsys, tmp_path, monkeypatch):
+    from lora_gpt import precision
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(fit, "prepare_data", lambda args: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--precision", "bf16-mixed", "--accelerator", "cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "no native bfloat16" in err and "--precision 32-true" in err
+    assert precision.resolve_precision("auto", "cpu") == "32-true"
 
 
 def test_help_documents_every_paper_option(capsys):

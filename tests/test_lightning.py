@@ -65,20 +65,50 @@ def test_decay_groups_and_one_cycle_shape():
     assert lrs[-1] == pytest.approx(1e-4, rel=1e-2) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
 
 
-def test_frozen_head_cross_entropy_matches_plain_loss_and_gradient():
-    from lora_gpt.training import frozen_head_cross_entropy, token_cross_entropy
+@pytest.mark.parametrize("train_head", [False, True])
+def test_fused_linear_cross_entropy_matches_plain_loss_and_gradients(train_head):
+    from lora_gpt.cross_entropy import fused_linear_cross_entropy, linear_predictions, token_cross_entropy
 
     torch.manual_seed(0)
-    weight = torch.randn(50, 8)
+    weight = torch.randn(50, 8, requires_grad=train_head)
     hidden = torch.randn(3, 7, 8, requires_grad=True)
     targets = torch.randint(0, 50, (3, 7))
-    scale = torch.rand(3, 7)  # a non-uniform upstream gradient, as per-client means give
+    token_weights = torch.rand(3, 7)  # non-uniform, as per-client means with unequal counts give
+    logits = hidden @ weight.T
+    expected = token_cross_entropy(logits, targets)
+    (2.5 * (expected * token_weights).sum()).backward()
+    grads = [hidden.grad] + ([weight.grad] if train_head else [])
+    hidden.grad = weight.grad = None
+    objective, losses = fused_linear_cross_entropy(hidden, weight, targets, token_weights, chunk=4)
+    (2.5 * objective).backward()  # an upstream scale reaches both gradients
+    torch.testing.assert_close(losses, expected.detach())
+    torch.testing.assert_close(objective, (expected * token_weights).sum())
+    torch.testing.assert_close(hidden.grad, grads[0])
+    if train_head:
+        torch.testing.assert_close(weight.grad, grads[1])
+    else:
+        assert weight.grad is None
+    got_losses, correct = linear_predictions(hidden, weight, targets, chunk=5)
+    torch.testing.assert_close(got_losses, expected.detach())
+    assert torch.equal(correct, logits.argmax(-1) == targets)
+
+
+def test_fused_linear_cross_entropy_in_bfloat16_stays_close():
+    """Under bf16 autocast the head runs in bfloat16 with float32 accumulation: the losses stay
+    within bfloat16's rounding of the logits, the mean much closer."""
+    from lora_gpt.cross_entropy import fused_linear_cross_entropy, token_cross_entropy
+
+    torch.manual_seed(0)
+    weight = torch.randn(500, 32) * 0.3
+    hidden = torch.randn(256, 32, requires_grad=True)
+    targets = torch.randint(0, 500, (256,))
     expected = token_cross_entropy(hidden @ weight.T, targets)
-    (expected * scale).sum().backward()
-    grad_expected, hidden.grad = hidden.grad, None
-    got = frozen_head_cross_entropy(hidden, weight, targets, chunk=4)
-    (got * scale).sum().backward()
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(hidden.grad, grad_expected)
-    with pytest.raises(ValueError, match="frozen"):
-        frozen_head_cross_entropy(hidden, weight.requires_grad_(), targets)
+    expected.mean().backward()
+    grad, hidden.grad = hidden.grad, None
+    with torch.autocast("cpu", torch.bfloat16):
+        objective, losses = fused_linear_cross_entropy(hidden, weight, targets)
+    objective.backward()
+    assert losses.dtype == torch.float32 and hidden.grad.dtype == torch.float32
+    assert (losses - expected.detach()).abs().max() < 0.05
+    assert abs(objective.item() - expected.mean().item()) < 2e-3
+    assert ((hidden.grad - grad).norm() / grad.norm()) < 1e-2

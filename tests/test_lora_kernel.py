@@ -65,11 +65,12 @@ def check(n, m, d_in, d_out, r, p=0.0, dtype=torch.float32, bias=True, train_bas
     b = torch.randn(d_out, device=DEVICE).to(dtype).requires_grad_(train_base) if bias else None
     A = (0.3 * torch.randn(n, d_in, r, device=DEVICE)).to(dtype).requires_grad_()
     B = (0.3 * torch.randn(n, r, d_out, device=DEVICE)).to(dtype).requires_grad_()
-    y = k.fused_lora_linear(x, W, b, A, B, scale=2.0, dropout_p=p, seed=42)
+    seeds = torch.arange(42, 42 + n, device=DEVICE)
+    y = k.fused_lora_linear(x, W, b, A, B, scale=2.0, dropout_p=p, seeds=seeds)
     assert y.shape == (n, m, d_out) and y.dtype == dtype
     grad = torch.randn_like(y)
     y.backward(grad)
-    mask = k.dropout_mask(42, (n, m, d_in), p, DEVICE) if p > 0 else None
+    mask = k.dropout_mask(seeds, (n, m, d_in), p) if p > 0 else None
     y_ref, leaves = reference(x, W, b, A, B, 2.0, mask, p)
     y_ref.backward(grad.double())
 
@@ -120,11 +121,13 @@ def test_half_precisions(dtype, tol):
 
 
 @kernel_test
-def test_dropout_mask_is_seeded_and_keeps_one_minus_p():
+def test_dropout_mask_is_seeded_per_client_and_keeps_one_minus_p():
     k = kernel_module()
-    a = k.dropout_mask(7, (2, 64, 128), 0.25, DEVICE)
-    assert torch.equal(a, k.dropout_mask(7, (2, 64, 128), 0.25, DEVICE))
-    assert not torch.equal(a, k.dropout_mask(8, (2, 64, 128), 0.25, DEVICE))
+    seeds = torch.tensor([7, 9], device=DEVICE)
+    a = k.dropout_mask(seeds, (2, 64, 128), 0.25)
+    assert torch.equal(a, k.dropout_mask(seeds, (2, 64, 128), 0.25))
+    assert not torch.equal(a, k.dropout_mask(seeds + 1, (2, 64, 128), 0.25))
+    assert torch.equal(a[1], k.dropout_mask(seeds[1:], (1, 64, 128), 0.25)[0])  # a client's mask is its own
     assert abs(a.float().mean().item() - 0.75) < 0.01
     torch.manual_seed(3)
     x = torch.randn(1, 8, 16, device=DEVICE)
@@ -135,8 +138,9 @@ def test_dropout_mask_is_seeded_and_keeps_one_minus_p():
     torch.manual_seed(5)
     assert torch.equal(y1, k.fused_lora_linear(x, W, None, A, B, 1.0, dropout_p=0.5))
     assert not torch.equal(y1, y2)
-    assert torch.equal(k.fused_lora_linear(x, W, None, A, B, 1.0, 0.5, seed=11),
-                       k.fused_lora_linear(x, W, None, A, B, 1.0, 0.5, seed=11))
+    eleven = torch.tensor([11], device=DEVICE)
+    assert torch.equal(k.fused_lora_linear(x, W, None, A, B, 1.0, 0.5, seeds=eleven),
+                       k.fused_lora_linear(x, W, None, A, B, 1.0, 0.5, seeds=eleven))
 
 
 @kernel_test
@@ -195,6 +199,27 @@ def test_gpt_with_triton_kernel_equals_torch_path():
     out_p.square().mean().backward()
     for (name, pf), pp in zip(lora_parameters(fused).items(), lora_parameters(plain).values()):
         torch.testing.assert_close(pf.grad, pp.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@kernel_test
+def test_fused_dropout_masks_belong_to_each_client():
+    """With per-client seeds, a client's output does not depend on which clients share the launch."""
+    from lora_gpt import GPT, ClientSlice, GPTConfig, LoRAConfig, client_seeds, inject_lora, lora_parameters
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=64)).to(DEVICE)
+    inject_lora(model, LoRAConfig(rank=4, dropout=0.3, kernel="triton", targets=("attn.c_attn", "mlp.c_fc")), 3)
+    with torch.no_grad():
+        for p in lora_parameters(model).values():
+            p.normal_(0, 0.1)
+    idx = torch.randint(0, 64, (3, 2, 8), device=DEVICE)
+    seeds = client_seeds(5, range(3), step=2)
+    with torch.no_grad():
+        whole = model(idx, ClientSlice(0, 3, seeds))
+        tail = model(idx[1:], ClientSlice(1, 3, seeds[1:]))
+        other_step = model(idx, ClientSlice(0, 3, client_seeds(5, range(3), step=3)))
+    torch.testing.assert_close(tail, whole[1:], atol=1e-6, rtol=0)
+    assert not torch.allclose(other_step, whole)
 
 
 @pytest.fixture

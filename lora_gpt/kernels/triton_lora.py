@@ -7,7 +7,8 @@ by `B` before the store. The backward fuses `dy @ W` with the LoRA term the same
 `dA` in a split-M kernel (the reduction runs over all M rows, so it is cut into row blocks whose
 partial sums are added in a fixed order: enough parallelism, deterministic) and `dB` with one
 small batched matmul. The dropout mask is never stored: every kernel regenerates it from
-(seed, element offset) with Philox (`tl.rand`). The rank is padded inside the kernels to a power
+(client n's seed, element offset within client n's rows) with Philox (`tl.rand`), so a client's
+mask does not depend on the other clients in the launch. The rank is padded inside the kernels to a power
 of two >= 16, the smallest shape `tl.dot` takes.
 
 This module imports Triton, so it is imported only when the fused kernel is used; under Triton's
@@ -64,7 +65,7 @@ def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 @triton.autotune(configs=GEMM_CONFIGS, key=["M", "N_OUT", "K_IN", "R"])
 @triton.jit
 def _fused_fwd(x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, y_ptr, xa_ptr,
-               M, N_OUT, K_IN, R, scale, p, seed,
+               M, N_OUT, K_IN, R, scale, p, seed_ptr,
                HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, STORE_XA: tl.constexpr, R_PAD: tl.constexpr,
                PRECISION: tl.constexpr, UPCAST: tl.constexpr,
                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
@@ -88,8 +89,8 @@ def _fused_fwd(x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, y_ptr, xa_ptr,
                     other=0.0)
         acc = _mma(x, w, acc, PRECISION, UPCAST)
         if DROPOUT:
-            offsets = client * M * K_IN + rm[:, None] * K_IN + rk[None, :]
-            x = tl.where(_keep(seed, offsets, p), x / (1 - p), 0.0).to(x.dtype)
+            offsets = rm[:, None] * K_IN + rk[None, :]
+            x = tl.where(_keep(tl.load(seed_ptr + client), offsets, p), x / (1 - p), 0.0).to(x.dtype)
         a = tl.load(a_base + rk[:, None] * R + rr[None, :], mask=(rk[:, None] < K_IN) & (rr[None, :] < R), other=0.0)
         xa = _mma(x, a, xa, PRECISION, UPCAST)
     b = tl.load(b_ptr + client * R * N_OUT + rr[:, None] * N_OUT + rn[None, :],
@@ -109,7 +110,7 @@ def _fused_fwd(x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, y_ptr, xa_ptr,
 @triton.autotune(configs=GEMM_CONFIGS, key=["M", "N_OUT", "K_IN", "R"])
 @triton.jit
 def _fused_dx(dy_ptr, w_ptr, a_ptr, b_ptr, dx_ptr, dyb_ptr,
-              M, N_OUT, K_IN, R, scale, p, seed,
+              M, N_OUT, K_IN, R, scale, p, seed_ptr,
               DROPOUT: tl.constexpr, R_PAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dx = dy @ W + s * keep/(1-p) * (dy @ B[n].T) @ A[n].T; BLOCK_N tiles d_in here, BLOCK_K d_out.
@@ -141,8 +142,8 @@ def _fused_dx(dy_ptr, w_ptr, a_ptr, b_ptr, dx_ptr, dyb_ptr,
     dyb_low = dyb.to(at.dtype)
     lora = _mma(dyb_low, at, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), PRECISION, UPCAST)
     if DROPOUT:  # dropout sits on x's LoRA branch, so its gradient there is masked the same way
-        offsets = client * M * K_IN + rm[:, None] * K_IN + ri[None, :]
-        lora = tl.where(_keep(seed, offsets, p), lora / (1 - p), 0.0)
+        offsets = rm[:, None] * K_IN + ri[None, :]
+        lora = tl.where(_keep(tl.load(seed_ptr + client), offsets, p), lora / (1 - p), 0.0)
     acc += scale * lora
     tl.store(dx_ptr + client * M * K_IN + rm[:, None] * K_IN + ri[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=(rm[:, None] < M) & (ri[None, :] < K_IN))
@@ -153,7 +154,7 @@ def _fused_dx(dy_ptr, w_ptr, a_ptr, b_ptr, dx_ptr, dyb_ptr,
 
 @triton.autotune(configs=DA_CONFIGS, key=["M", "K_IN", "R", "ROWS"])
 @triton.jit
-def _lora_da(x_ptr, dyb_ptr, part_ptr, M, K_IN, R, ROWS, p, seed,
+def _lora_da(x_ptr, dyb_ptr, part_ptr, M, K_IN, R, ROWS, p, seed_ptr,
              DROPOUT: tl.constexpr, R_PAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
              BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Partial dA[n] over one block of ROWS rows: dropout(x[n]).T @ (dy[n] @ B[n].T).
@@ -170,8 +171,8 @@ def _lora_da(x_ptr, dyb_ptr, part_ptr, M, K_IN, R, ROWS, p, seed,
         x = tl.load(x_ptr + client * M * K_IN + rm[:, None] * K_IN + rk[None, :],
                     mask=(rm[:, None] < M) & (rk[None, :] < K_IN), other=0.0)
         if DROPOUT:
-            offsets = client * M * K_IN + rm[:, None] * K_IN + rk[None, :]
-            x = tl.where(_keep(seed, offsets, p), x / (1 - p), 0.0).to(x.dtype)
+            offsets = rm[:, None] * K_IN + rk[None, :]
+            x = tl.where(_keep(tl.load(seed_ptr + client), offsets, p), x / (1 - p), 0.0).to(x.dtype)
         dyb = tl.load(dyb_ptr + client * M * R + rm[:, None] * R + rr[None, :],
                       mask=(rm[:, None] < M) & (rr[None, :] < R), other=0.0)
         acc = _mma(tl.trans(x), dyb, acc, PRECISION, UPCAST)
@@ -181,20 +182,21 @@ def _lora_da(x_ptr, dyb_ptr, part_ptr, M, K_IN, R, ROWS, p, seed,
 
 
 @triton.jit
-def _mask_kernel(out_ptr, numel, p, seed, BLOCK: tl.constexpr):
+def _mask_kernel(out_ptr, numel, p, seed_ptr, BLOCK: tl.constexpr):
+    client = tl.program_id(1)
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    tl.store(out_ptr + offsets, _keep(seed, offsets, p).to(tl.int8), mask=offsets < numel)
+    keep = _keep(tl.load(seed_ptr + client), offsets, p)
+    tl.store(out_ptr + client * numel + offsets, keep.to(tl.int8), mask=offsets < numel)
 
 
-def dropout_mask(seed: int, shape: tuple[int, ...], p: float, device: torch.device | str) -> torch.Tensor:
-    """The keep-mask the kernels use for an input of `shape` (`[N, M, d_in]`), as a bool tensor.
+def dropout_mask(seeds: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor:
+    """The keep-mask the kernels use for an input of `shape` (`[N, M, d_in]`), as a bool tensor;
+    `seeds` are the N clients' seeds (int64, on the device).
 
     For tests and debugging: the kernels themselves never materialise it."""
-    numel = 1
-    for s in shape:
-        numel *= s
-    out = torch.empty(numel, dtype=torch.int8, device=device)
-    _mask_kernel[(triton.cdiv(numel, 1024),)](out, numel, p, seed, BLOCK=1024)
+    n, numel = shape[0], shape[1] * shape[2]
+    out = torch.empty(n, numel, dtype=torch.int8, device=seeds.device)
+    _mask_kernel[(triton.cdiv(numel, 1024), n)](out, numel, p, seeds, BLOCK=1024)
     return out.view(shape).bool()
 
 
@@ -221,24 +223,24 @@ class FusedLoRALinear(torch.autograd.Function):
     """Saves x, W, A, B and the rank-r product dropout(x) @ A; never the dropout mask."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, A, B, scale: float, p: float, seed: int):
+    def forward(ctx, x, weight, bias, A, B, scale: float, p: float, seeds: torch.Tensor):
         n, m, k_in = x.shape
         r, n_out = B.shape[1], B.shape[2]
         y = torch.empty(n, m, n_out, device=x.device, dtype=x.dtype)
         store_xa = ctx.needs_input_grad[4]  # dB needs dropout(x) @ A
         xa = torch.empty(n, m, r, device=x.device, dtype=x.dtype) if store_xa else y
         grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_out, meta["BLOCK_N"]), n)
-        _fused_fwd[grid](x, weight, bias if bias is not None else x, A, B, y, xa, m, n_out, k_in, r, scale, p, seed,
+        _fused_fwd[grid](x, weight, bias if bias is not None else x, A, B, y, xa, m, n_out, k_in, r, scale, p, seeds,
                          HAS_BIAS=bias is not None, DROPOUT=p > 0, STORE_XA=store_xa, R_PAD=_rank_pad(r),
                          PRECISION=_precision(x.dtype), UPCAST=x.dtype in _UPCAST_DTYPES)
-        ctx.save_for_backward(x, weight, A, B, xa if store_xa else None)
-        ctx.scale, ctx.p, ctx.seed, ctx.has_bias = scale, p, seed, bias is not None
+        ctx.save_for_backward(x, weight, A, B, xa if store_xa else None, seeds)
+        ctx.scale, ctx.p, ctx.has_bias = scale, p, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        x, weight, A, B, xa = ctx.saved_tensors
-        scale, p, seed = ctx.scale, ctx.p, ctx.seed
+        x, weight, A, B, xa, seeds = ctx.saved_tensors
+        scale, p = ctx.scale, ctx.p
         need_x, need_w, need_bias, need_a, need_b = ctx.needs_input_grad[:5]
         dy = dy.contiguous()
         n, m, k_in = x.shape
@@ -249,7 +251,7 @@ class FusedLoRALinear(torch.autograd.Function):
             dx = torch.empty_like(x)
             dyb = torch.empty(n, m, r, device=x.device, dtype=x.dtype)
             grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k_in, meta["BLOCK_N"]), n)
-            _fused_dx[grid](dy, weight, A, B, dx, dyb, m, n_out, k_in, r, scale, p, seed,
+            _fused_dx[grid](dy, weight, A, B, dx, dyb, m, n_out, k_in, r, scale, p, seeds,
                             DROPOUT=p > 0, R_PAD=r_pad, PRECISION=precision, UPCAST=upcast)
         elif need_a:  # e.g. the first adapted layer, whose input comes from frozen layers
             dyb = torch.bmm(dy, B.transpose(1, 2))
@@ -257,7 +259,7 @@ class FusedLoRALinear(torch.autograd.Function):
             rows, blocks = _row_blocks(m)
             parts = torch.empty(blocks, n, k_in, r, device=x.device, dtype=torch.float32)
             grid_a = lambda meta: (triton.cdiv(k_in, meta["BLOCK_K"]), blocks, n)
-            _lora_da[grid_a](x, dyb, parts, m, k_in, r, rows, p, seed,
+            _lora_da[grid_a](x, dyb, parts, m, k_in, r, rows, p, seeds,
                              DROPOUT=p > 0, R_PAD=r_pad, PRECISION=precision, UPCAST=upcast)
             dA = (parts.sum(0) * scale).to(A.dtype)
         if need_b:  # dB[n] = s * (dropout(x[n]) @ A[n]).T @ dy[n]: r x M x d_out, cuBLAS does it well
@@ -284,13 +286,15 @@ def _common_dtype(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: tor
 
 
 def fused_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
-                      B: torch.Tensor, scale: float, dropout_p: float = 0.0, seed: int | None = None) -> torch.Tensor:
+                      B: torch.Tensor, scale: float, dropout_p: float = 0.0,
+                      seeds: torch.Tensor | None = None) -> torch.Tensor:
     """`[N, M, d_in]` -> `[N, M, d_out]`: `x @ W.T + bias + s * (dropout(x) @ A[n]) @ B[n]`.
 
     x: `[N, M, d_in]` (client n's rows use adapter n); weight: `[d_out, d_in]`; bias: `[d_out]` or
     None; A: `[N, d_in, r]`; B: `[N, r, d_out]`, r in 1..64. Differentiable in x, A and B, and in
-    weight and bias when they require grad. With dropout_p > 0 and no seed, the seed is drawn from
-    torch's default generator, so `torch.manual_seed` makes a run reproducible.
+    weight and bias when they require grad. `seeds` (`[N]` int64) seed each client's dropout mask;
+    with dropout_p > 0 and none given they are drawn from torch's default generator, so
+    `torch.manual_seed` makes a run reproducible.
     """
     if x.dim() != 3 or A.dim() != 3 or B.dim() != 3:
         raise ValueError(f"expected x [N, M, d_in], A [N, d_in, r], B [N, r, d_out]; got {tuple(x.shape)}, "
@@ -306,11 +310,14 @@ def fused_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}.")
     if n * m * max(k_in, B.shape[2]) >= 2**31:  # the kernels index with int32
         raise ValueError(f"input too large for the fused kernel ({n} x {m} rows); split it into chunks.")
-    if dropout_p > 0 and seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (n,)) if dropout_p > 0 else torch.zeros(n, dtype=torch.int64)
+    if seeds.shape != (n,):
+        raise ValueError(f"seeds must be [N] = [{n}], got {tuple(seeds.shape)}.")
+    seeds = seeds.to(device=x.device, dtype=torch.int64)
     dtype = _common_dtype(x, weight, A, B)
     # the kernels index rows densely: strided views (e.g. a transposed input) are copied once
     x, weight, A, B = (t.to(dtype).contiguous() for t in (x, weight, A, B))
     bias = None if bias is None else bias.to(dtype).contiguous()
     with torch.autocast(x.device.type, enabled=False):
-        return FusedLoRALinear.apply(x, weight, bias, A, B, float(scale), float(dropout_p), int(seed or 0))
+        return FusedLoRALinear.apply(x, weight, bias, A, B, float(scale), float(dropout_p), seeds)

@@ -1,0 +1,61 @@
+"""Per-client calls: which adapters run, and each client's own dropout stream."""
+import copy
+
+import pytest
+import torch
+
+from lora_gpt import GPT, ClientSlice, GPTConfig, LoRAConfig, client_seeds, inject_lora, lora_parameters
+from lora_gpt.clients import client_dropout, mix64
+
+CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=61, dropout=0.2)
+
+
+def test_mix64_is_a_fixed_function_of_its_inputs():
+    assert mix64(0, 1, 2) == mix64(0, 1, 2)
+    assert len({mix64(0, n, t) for n in range(50) for t in range(50)}) == 2500
+    assert mix64(1, 2) != mix64(2, 1) and 0 <= mix64(3) < 2**63
+    assert mix64(0, 1, 2) == 3287953325444517617  # the same on every machine and version
+
+
+def test_client_dropout_keeps_one_minus_p_and_each_client_owns_its_mask():
+    x = torch.ones(3, 400, 50)
+    seeds = client_seeds(7, range(3), step=0)
+    out = client_dropout(x, 0.25, True, ClientSlice(0, 3, seeds), site=5)
+    assert torch.equal(out.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert (out > 0).float().mean().item() == pytest.approx(0.75, abs=0.01)
+    alone = client_dropout(x[1:2], 0.25, True, ClientSlice(1, 2, seeds[1:2]), site=5)
+    assert torch.equal(alone[0], out[1])  # client 1's mask does not depend on clients 0 and 2
+    assert not torch.equal(out[0], out[1])
+    other_site = client_dropout(x, 0.25, True, ClientSlice(0, 3, seeds), site=6)
+    assert not torch.equal(other_site, out)
+    assert torch.equal(client_dropout(x, 0.25, False, ClientSlice(0, 3, seeds), site=5), x)  # eval: identity
+
+
+def test_stacked_clients_with_dropout_equal_separate_single_client_models():
+    """Every dropout (embedding, attention weights, residual, MLP, adapters) of client n draws from
+    client n's stream: a stacked forward/backward equals each client alone with its own seed."""
+    torch.manual_seed(0)
+    base = GPT(CFG)
+    lora = LoRAConfig(rank=4, alpha=8, dropout=0.3, targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+                      kernel="torch", init_seed=3)
+    stacked = inject_lora(copy.deepcopy(base), lora, num_adapters=3).train()
+    with torch.no_grad():
+        for p in lora_parameters(stacked).values():
+            p.normal_(0, 0.1)
+    idx = torch.randint(0, 61, (3, 2, 16))
+    seeds = client_seeds(11, range(3), step=4)
+    out = stacked(idx, ClientSlice(0, 3, seeds))
+    out.square().mean(dim=(1, 2, 3)).sum().backward()
+    for n in range(3):
+        single = inject_lora(copy.deepcopy(base), lora, num_adapters=1).train()
+        with torch.no_grad():
+            for name, p in lora_parameters(single).items():
+                p.copy_(lora_parameters(stacked)[name][n:n + 1])
+        got = single(idx[n], ClientSlice(0, 1, seeds[n:n + 1]))  # client n alone: its seed, adapter 0
+        torch.testing.assert_close(got, out[n], atol=1e-5, rtol=0)
+        got.square().mean().backward()
+        for name, p in lora_parameters(single).items():
+            torch.testing.assert_close(p.grad[0], lora_parameters(stacked)[name].grad[n], atol=1e-6, rtol=1e-4)
+    with torch.no_grad():
+        again = stacked(idx, ClientSlice(0, 3, client_seeds(11, range(3), step=5)))
+    assert not torch.allclose(again, out)  # another micro-step, other masks
