@@ -67,7 +67,7 @@ def test_peft_format_loads_in_peft(run, ours, idx, tmp_path, capsys):
     assert (got - expected).abs().max().item() < TOL
     with torch.no_grad(), model.disable_adapter():
         base = model(idx).logits
-    assert (expected - base).abs().max().item() > 10 * TOL  # the trained adapter does change the logits
+    assert (expected - base).abs().max().item() > 100 * TOL  # the trained adapter does change the logits
 
 
 def test_merged_format_loads_in_transformers(run, ours, idx):
