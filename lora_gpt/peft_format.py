@@ -156,8 +156,10 @@ def _check_base(folder: Path, config: dict, model: GPT) -> None:
 def import_peft(model: GPT, folder: str | Path, into: int) -> GPT:
     """Load a PEFT GPT-2 LoRA adapter into slot `into` of `model`'s stacked adapters.
 
-    A client can so start from an adapter trained elsewhere. Refuses, naming the fix, an adapter
-    whose base, targets, rank, alpha or layout differ from the model's; LoRA dropout may differ.
+    A client can so start from an adapter trained elsewhere. Which modules it adapts is read from
+    its tensors' names, which say it exactly (`target_modules` may be a pattern). Refuses, naming
+    the fix, an adapter whose base, targets, rank, alpha or layout differ from the model's; LoRA
+    dropout may differ, as it does not change what the weights mean.
     """
     folder = Path(folder)
     config, modules = _read_peft(folder)
@@ -172,9 +174,9 @@ def import_peft(model: GPT, folder: str | Path, into: int) -> GPT:
         extra = sorted(set(modules) ^ set(layers))
         raise ValueError(f"{folder}: the adapter's modules differ from the model's LoRA layers (e.g. {extra[:2]}): "
                          "it was made for a base of another depth; load it into a model of that base.")
-    for key, saved, mine in (("r", config["r"], lora.rank), ("lora_alpha", config["lora_alpha"], lora.alpha)):
-        if saved != mine:
-            raise ValueError(f"{folder}: the adapter has {key}={saved}, the model's LoRA {mine}; {fix}.")
+    for key, saved, model_value in (("r", config["r"], lora.rank), ("lora_alpha", config["lora_alpha"], lora.alpha)):
+        if saved != model_value:
+            raise ValueError(f"{folder}: the adapter has {key}={saved}, the model's LoRA {model_value}; {fix}.")
     stacked = {}
     for name, layer in layers.items():
         A, B = modules[name]["A"], modules[name]["B"]
