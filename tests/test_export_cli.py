@@ -3,19 +3,14 @@ import pytest
 import torch
 
 from collab import export, fit
-from lora_gpt import GPT, GPTConfig, inject_lora, load_adapters, lora_parameters, saved_lora_config, use_adapters
+from lora_gpt import GPT, GPTConfig, inject_lora, load_adapters, lora_parameters, saved_lora_config
+from run_adapter import run_client
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 NUM_CLIENTS = 2
 TOL = 1e-4
-
-
-def run_client(model, idx, n):
-    """Our model's logits for `idx` with adapter n: the one place that says how to pick an adapter."""
-    with torch.no_grad(), use_adapters(model, slice(n, n + 1)):
-        return model(idx)
 
 
 @pytest.fixture(scope="module")

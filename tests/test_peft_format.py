@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from lora_gpt import (GPT, GPTConfig, LoRAConfig, export_base, export_merged, export_peft, import_peft, inject_lora,
                       load_adapters, lora_config_from_peft, lora_parameters, mark_only_lora_as_trainable, merge_lora,
-                      save_adapters, use_adapters)
+                      save_adapters)
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
+from run_adapter import run_client
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -21,12 +22,6 @@ CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=97)
 LORA = LoRAConfig(rank=4, alpha=8, dropout=0.1, targets=ATTENTION_TARGETS + MLP_TARGETS, kernel="torch")
 N = 3
 TOL = 1e-4  # max abs logit difference allowed against peft / transformers (float32)
-
-
-def run_client(model, idx, n):
-    """Our model's logits for `idx` with adapter n: the one place that says how to pick an adapter."""
-    with torch.no_grad(), use_adapters(model, slice(n, n + 1)):
-        return model(idx)
 
 
 def max_diff(a, b):
