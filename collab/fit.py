@@ -138,17 +138,25 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def base_source(init: str) -> str | Path:
+    """What `--init` names, as `GPT.from_pretrained` takes it: 'offline' is the cached offline base."""
+    if init == "offline":
+        from lora_gpt.pretrain import ensure_base
+
+        return ensure_base()
+    return init
+
+
+def client_adapters(out: Path, client: int) -> Path:
+    """The folder of a finished run that holds client `client`'s adapter (`save_adapters`' format)."""
+    return out / "adapters" / f"client_{client:02d}"
+
+
 def load_base(init: str, dropout: float, sequence_length: int):
     """The frozen base every client shares."""
     from lora_gpt import GPT
 
-    if init == "offline":
-        from lora_gpt.pretrain import ensure_base
-
-        folder = ensure_base()
-    else:
-        folder = init
-    base = GPT.from_pretrained(folder, dropout=dropout)
+    base = GPT.from_pretrained(base_source(init), dropout=dropout)
     if sequence_length > base.config.block_size:
         raise ValueError(f"--sequence_length {sequence_length} exceeds the base model's block_size "
                          f"{base.config.block_size}; use --sequence_length {base.config.block_size} or less.")
@@ -258,7 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not module.curves or module.curves[-1]["step"] != trainer.global_step:
         trainer.validate(module, datamodule=datamodule, verbose=False)
     for n in range(num_clients):
-        save_adapters(module.model, out / "adapters" / f"client_{n:02d}", adapters=n)
+        save_adapters(module.model, client_adapters(out, n), adapters=n)
     summary = write_summary(out, options, module, aggregation, datamodule, time.time() - start)
     return summary
 

@@ -4,6 +4,7 @@ from .config import GPTConfig
 from .lora import (
     LoRAConfig,
     LoRALinear,
+    export_base,
     export_merged,
     inject_lora,
     load_adapters,
@@ -11,13 +12,15 @@ from .lora import (
     mark_only_lora_as_trainable,
     merge_lora,
     save_adapters,
+    saved_lora_config,
     unmerge_lora,
 )
 from .model import GPT
+from .peft_format import export_peft, import_peft, lora_config_from_peft
 from .tokenizer import get_tokenizer
 
 __all__ = [
-    "ClientSlice", "GPT", "GPTConfig", "client_seeds", "LoRAConfig", "LoRALinear", "export_merged", "get_tokenizer",
-    "inject_lora", "load_adapters", "lora_parameters", "mark_only_lora_as_trainable",
-    "merge_lora", "save_adapters", "unmerge_lora",
+    "ClientSlice", "GPT", "GPTConfig", "LoRAConfig", "client_seeds", "LoRALinear", "export_base", "export_merged", "export_peft",
+    "get_tokenizer", "import_peft", "inject_lora", "load_adapters", "lora_config_from_peft", "lora_parameters",
+    "mark_only_lora_as_trainable", "merge_lora", "save_adapters", "saved_lora_config", "unmerge_lora",
 ]

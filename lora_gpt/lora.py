@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -29,8 +29,15 @@ from .clients import ClientSlice, client_dropout, site_id
 ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
 KERNELS = ("auto", "triton", "torch")
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
+# This project's own stacked format: [N, ...] tensors under our parameter names. Its names differ
+# from PEFT's on purpose (PEFT's single-adapter files: lora_gpt.peft_format).
+STACKED_WEIGHTS = "clients.safetensors"
+STACKED_CONFIG = "clients.json"
+# What save_adapters wrote before the rename: the same contents under PEFT's file names.
+LEGACY_WEIGHTS = "adapter_model.safetensors"
+LEGACY_CONFIG = "adapter_config.json"
+# LoRAConfig fields that change what the saved weights mean; dropout, kernel and init_seed do not.
+MATH_FIELDS = ("rank", "alpha", "targets")
 
 
 @dataclass(frozen=True)
@@ -155,27 +162,28 @@ def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> 
     """Swap every `nn.Linear` whose name ends in one of `config.targets` for a `LoRALinear`.
 
     All adapters start from the same A (seeded by `config.init_seed` when given), so adapter
-    similarity later measures what clients learned, not their random starts.
+    similarity later measures what clients learned, not their random starts. Everything is
+    checked before the first layer is swapped, so a refused call leaves the model as it was.
     """
     if num_adapters < 1:
         raise ValueError(f"num_adapters must be >= 1, got {num_adapters}.")
+    existing = [name for name, _ in lora_layers(model)]
+    if existing:
+        raise ValueError(f"{existing[0]} already has LoRA adapters; inject all targets at once into a fresh model.")
+    matches = [name for name, module in model.named_modules()
+               if isinstance(module, nn.Linear) and name.endswith(config.targets)]
+    if not matches:
+        raise ValueError(f"no nn.Linear matches the LoRA targets {config.targets}; "
+                         f"GPT-2's are {ATTENTION_TARGETS + MLP_TARGETS}.")
     generator = None
     if config.init_seed is not None:
         generator = torch.Generator().manual_seed(config.init_seed)
-    replaced = []
-    for name, module in list(model.named_modules()):
-        if isinstance(module, LoRALinear):
-            raise ValueError(f"{name} already has LoRA adapters; inject into a fresh model.")
-        if isinstance(module, nn.Linear) and name.endswith(config.targets):
-            parent_name, _, child = name.rpartition(".")
-            layer = LoRALinear.from_linear(module, config, num_adapters)
-            layer.reset_lora_parameters(generator)
-            layer.site = site_id(f"{name}.lora_dropout")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
-            replaced.append(name)
-    if not replaced:
-        raise ValueError(f"no nn.Linear matches the LoRA targets {config.targets}; "
-                         f"GPT-2's are {ATTENTION_TARGETS + MLP_TARGETS}.")
+    for name in matches:
+        parent_name, _, child = name.rpartition(".")
+        layer = LoRALinear.from_linear(model.get_submodule(name), config, num_adapters)
+        layer.reset_lora_parameters(generator)
+        layer.site = site_id(f"{name}.lora_dropout")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
     return model
 
 
@@ -203,6 +211,20 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> nn.Modu
     return model
 
 
+def model_lora_config(model: nn.Module) -> LoRAConfig:
+    """The LoRAConfig every LoRA layer of `model` shares (`inject_lora` gives them one)."""
+    layers = lora_layers(model)
+    first = next(layers, None)
+    if first is None:
+        raise ValueError("the model has no LoRA layers; call inject_lora first.")
+    return first[1].lora_config
+
+
+def _check_adapter_index(layer: LoRALinear, adapter: int) -> None:
+    if not 0 <= adapter < layer.num_adapters:
+        raise IndexError(f"adapter {adapter} out of range: the model has {layer.num_adapters}.")
+
+
 @torch.no_grad()
 def merge_lora(model: nn.Module, adapter: int = 0) -> nn.Module:
     """Fold adapter `adapter` into the base weights; the model then runs as a plain GPT.
@@ -213,8 +235,7 @@ def merge_lora(model: nn.Module, adapter: int = 0) -> nn.Module:
     for name, layer in lora_layers(model):
         if layer.merged_adapter is not None:
             raise RuntimeError(f"{name} already has adapter {layer.merged_adapter} merged; unmerge first.")
-        if not 0 <= adapter < layer.num_adapters:
-            raise IndexError(f"adapter {adapter} out of range: the model has {layer.num_adapters}.")
+        _check_adapter_index(layer, adapter)
         layer.weight += layer.delta_weight(adapter).to(layer.weight.dtype)
         layer.merged_adapter = adapter
     return model
@@ -230,19 +251,42 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_merged(model: nn.Module, adapter: int) -> nn.Module:
-    """A plain GPT (no LoRA layers) whose weights include adapter `adapter`: client n's model."""
+@torch.no_grad()
+def _plain_gpt(model: nn.Module, adapter: int | None) -> nn.Module:
+    """A plain GPT: the base weights plus adapter `adapter`'s update (None: the base alone).
+
+    Built from the unmerged base whatever adapter is merged, so a merged model never gets an
+    update twice; where `adapter` is the merged one, its weights are taken as they are.
+    """
     from .model import GPT
 
     if not isinstance(model, GPT):
-        raise TypeError("export_merged expects a lora_gpt.GPT.")
+        raise TypeError("expected a lora_gpt.GPT.")
     plain = GPT(model.config)
     state = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
-    with torch.no_grad():
-        for name, layer in lora_layers(model):
-            state[f"{name}.weight"] = layer.weight + layer.delta_weight(adapter).to(layer.weight.dtype)
+    for name, layer in lora_layers(model):
+        if adapter is not None:
+            _check_adapter_index(layer, adapter)
+        if layer.merged_adapter == adapter:
+            continue
+        weight = layer.weight
+        if layer.merged_adapter is not None:
+            weight = weight - layer.delta_weight(layer.merged_adapter).to(weight.dtype)
+        if adapter is not None:
+            weight = weight + layer.delta_weight(adapter).to(weight.dtype)
+        state[f"{name}.weight"] = weight
     plain.load_state_dict(state)
     return plain
+
+
+def export_merged(model: nn.Module, adapter: int) -> nn.Module:
+    """A plain GPT (no LoRA layers) whose weights include adapter `adapter`: client n's model."""
+    return _plain_gpt(model, adapter)
+
+
+def export_base(model: nn.Module) -> nn.Module:
+    """The frozen base as a plain GPT, without any adapter's update even while one is merged."""
+    return _plain_gpt(model, None)
 
 
 def _model_signature(model: nn.Module) -> dict:
@@ -250,64 +294,102 @@ def _model_signature(model: nn.Module) -> dict:
     return config.to_dict() if hasattr(config, "to_dict") else {}
 
 
+def _select(adapters: slice | int | None) -> slice:
+    return slice(adapters, adapters + 1) if isinstance(adapters, int) else (adapters or slice(None))
+
+
 def save_adapters(model: nn.Module, folder: str | Path, adapters: slice | int | None = None) -> Path:
-    """Save stacked adapters as `adapter_model.safetensors` + `adapter_config.json`."""
-    layers = dict(lora_layers(model))
-    if not layers:
-        raise ValueError("the model has no LoRA layers; call inject_lora first.")
-    config = next(iter(layers.values())).lora_config
-    select = slice(adapters, adapters + 1) if isinstance(adapters, int) else (adapters or slice(None))
+    """Save stacked adapters (all, or `adapters`) as `clients.safetensors` + `clients.json`.
+
+    This project's own format, `[N, ...]` tensors under our parameter names; to hand one client's
+    adapter to other tools, use `export_peft` (PEFT's format) or `export_merged`.
+    """
+    config = model_lora_config(model)
+    select = _select(adapters)
     tensors = {name: p.detach()[select].contiguous().cpu() for name, p in lora_parameters(model).items()}
     num = next(iter(tensors.values())).shape[0]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (ADAPTER_WEIGHTS + ".tmp")
+    tmp = folder / (STACKED_WEIGHTS + ".tmp")
     save_file(tensors, str(tmp))
-    tmp.replace(folder / ADAPTER_WEIGHTS)
+    tmp.replace(folder / STACKED_WEIGHTS)
     meta = {"lora": config.to_dict(), "num_adapters": num, "model": _model_signature(model)}
-    (folder / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2))
+    (folder / STACKED_CONFIG).write_text(json.dumps(meta, indent=2))
     return folder
+
+
+def _stacked_files(folder: Path) -> tuple[dict, Path]:
+    """The metadata and weights file of a stacked-adapter folder, new names or the old ones."""
+    if (folder / STACKED_CONFIG).is_file():
+        config, weights = folder / STACKED_CONFIG, folder / STACKED_WEIGHTS
+    elif (folder / LEGACY_CONFIG).is_file():
+        config, weights = folder / LEGACY_CONFIG, folder / LEGACY_WEIGHTS
+    else:
+        raise FileNotFoundError(f"{folder} holds neither {STACKED_CONFIG} nor {LEGACY_CONFIG}; "
+                                "save adapters with save_adapters().")
+    meta = json.loads(config.read_text())
+    if "peft_type" in meta:
+        raise ValueError(f"{folder} holds a PEFT adapter, not this project's stacked adapters; load it with "
+                         "lora_gpt.import_peft(model, folder, into=n).")
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found beside {config.name}; save the adapters again.")
+    return meta, weights
+
+
+def saved_lora_config(folder: str | Path) -> LoRAConfig:
+    """The LoRAConfig adapters saved by `save_adapters` were made with: inject it to load them."""
+    meta, _ = _stacked_files(Path(folder))
+    return LoRAConfig(**meta["lora"])
+
+
+@torch.no_grad()
+def write_adapters(model: nn.Module, tensors: dict[str, torch.Tensor], into: slice | int | None,
+                   source: str | Path) -> nn.Module:
+    """Copy stacked tensors, named as `lora_parameters` names them, into slots `into` of every layer.
+
+    Checks every name, shape and slot before the first copy. A slot whose adapter is merged is
+    refused: `unmerge_lora` would subtract the new adapter from a base that holds the old one.
+    """
+    select = _select(into)
+    params = lora_parameters(model)
+    if set(tensors) != set(params):
+        raise ValueError(f"{source}: adapter tensors do not match the model's LoRA layers "
+                         f"(missing {sorted(set(params) - set(tensors))[:3]}, "
+                         f"unexpected {sorted(set(tensors) - set(params))[:3]}).")
+    for name, layer in lora_layers(model):
+        merged = layer.merged_adapter
+        if merged is not None and merged in range(layer.num_adapters)[select]:
+            raise RuntimeError(f"{source}: adapter {merged} is merged into {name}'s base weights; "
+                               "call unmerge_lora(model) first, then load.")
+    for name, p in params.items():
+        if tensors[name].shape != p[select].shape:
+            raise ValueError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
+                             f"the model slots take {tuple(p[select].shape)}.")
+    for name, p in params.items():
+        p[select] = tensors[name].to(p.dtype)
+    return model
 
 
 def load_adapters(model: nn.Module, folder: str | Path, into: slice | int | None = None) -> nn.Module:
     """Load adapters saved by `save_adapters` into `model`'s stack (all, or slots `into`).
 
-    Refuses adapters made for another model configuration, LoRA rank or target set, naming
-    the difference, rather than loading weights that cannot mean the same thing.
+    Refuses adapters made for another model configuration or another rank, alpha or target set
+    (`MATH_FIELDS`), naming the difference, rather than loading weights that cannot mean the same
+    thing; LoRA dropout, kernel and init seed may differ, as they do not change the weights'
+    meaning. Folders written before the rename (`adapter_model.safetensors` + `adapter_config.json`
+    in this format) load as they are.
     """
     folder = Path(folder)
-    for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder / name} not found; save adapters with save_adapters().")
-    meta = json.loads((folder / ADAPTER_CONFIG).read_text())
-    layers = dict(lora_layers(model))
-    if not layers:
-        raise ValueError("the model has no LoRA layers; call inject_lora with the saved config first.")
-    ours = next(iter(layers.values())).lora_config
-    saved_lora = meta["lora"]
-    for key in ("rank", "targets"):
-        mine = list(ours.targets) if key == "targets" else ours.rank
-        if saved_lora[key] != mine:
-            raise ValueError(f"{folder}: adapters have {key}={saved_lora[key]}, the model has {mine}; "
-                             "inject LoRA with the saved adapter_config.json's settings.")
+    meta, weights = _stacked_files(folder)
+    ours = model_lora_config(model).to_dict()
+    for key in MATH_FIELDS:
+        if meta["lora"][key] != ours[key]:
+            raise ValueError(f"{folder}: adapters have {key}={meta['lora'][key]}, the model has {ours[key]}; "
+                             "inject LoRA with lora_gpt.saved_lora_config(folder).")
     signature = _model_signature(model)
     if meta.get("model") and signature:
         diff = {k: (v, signature.get(k)) for k, v in meta["model"].items()
                 if k != "dropout" and signature.get(k) != v}
         if diff:
             raise ValueError(f"{folder}: adapters were made for another model; (saved, this) differ in {diff}.")
-    tensors = load_file(str(folder / ADAPTER_WEIGHTS))
-    params = lora_parameters(model)
-    if set(tensors) != set(params):
-        raise ValueError(f"{folder}: adapter tensors do not match the model's LoRA layers "
-                         f"(missing {sorted(set(params) - set(tensors))[:3]}, "
-                         f"unexpected {sorted(set(tensors) - set(params))[:3]}).")
-    select = slice(into, into + 1) if isinstance(into, int) else (into or slice(None))
-    with torch.no_grad():
-        for name, p in params.items():
-            target = p[select]
-            if tensors[name].shape != target.shape:
-                raise ValueError(f"{folder}: {name} has shape {tuple(tensors[name].shape)}, "
-                                 f"the model slots take {tuple(target.shape)}.")
-            target.copy_(tensors[name])
-    return model
+    return write_adapters(model, load_file(str(weights)), into, folder)

@@ -83,7 +83,7 @@ def test_short_run_end_to_end_writes_summary_adapters_and_trust(tmp_path, monkey
     assert sorted(p.name for p in (out / "trust").iterdir()) == ["step_000002.json", "step_000004.json"]
     trust = json.loads((out / "trust" / "step_000004.json").read_text())["trust"]
     assert all(sum(w > 0 for w in row) == 2 for row in trust)
-    assert all((out / "adapters" / f"client_{n:02d}" / "adapter_model.safetensors").exists() for n in range(4))
+    assert all((out / "adapters" / f"client_{n:02d}" / "clients.safetensors").exists() for n in range(4))
     assert (out / "checkpoints" / "last.ckpt").exists() and (out / "metrics.csv").exists()
     assert "val loss" in capsys.readouterr().out
     with pytest.raises(SystemExit) as again:  # a finished run is never overwritten

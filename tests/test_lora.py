@@ -4,19 +4,19 @@ import copy
 import pytest
 import torch
 
-from lora_gpt import (GPT, GPTConfig, LoRAConfig, LoRALinear, export_merged, inject_lora,
+from lora_gpt import (GPT, GPTConfig, LoRAConfig, LoRALinear, export_base, export_merged, inject_lora,
                       load_adapters, lora_parameters, mark_only_lora_as_trainable, merge_lora,
-                      save_adapters, unmerge_lora)
-from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
+                      save_adapters, saved_lora_config, unmerge_lora)
+from lora_gpt.lora import ATTENTION_TARGETS, LEGACY_CONFIG, LEGACY_WEIGHTS, MLP_TARGETS, lora_layers
 
 CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=97)
 ALL_TARGETS = ATTENTION_TARGETS + MLP_TARGETS
 
 
-def lora_model(num_adapters=1, seed=0, dropout=0.0, targets=ALL_TARGETS, randomize_b=True):
+def lora_model(num_adapters=1, seed=0, dropout=0.0, targets=ALL_TARGETS, randomize_b=True, alpha=8):
     torch.manual_seed(seed)
     model = GPT(CFG)
-    inject_lora(model, LoRAConfig(rank=4, alpha=8, dropout=dropout, targets=targets, kernel="torch"), num_adapters)
+    inject_lora(model, LoRAConfig(rank=4, alpha=alpha, dropout=dropout, targets=targets, kernel="torch"), num_adapters)
     if randomize_b:  # B starts at zero; give it values so the adapter path is exercised
         with torch.no_grad():
             for name, p in lora_parameters(model).items():
@@ -131,10 +131,23 @@ def test_wrong_leading_dim_is_refused():
         model(torch.randint(0, 97, (2, 2, 8)))
 
 
+def base_weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+
+
+def assert_same_base(model, before):
+    for k, v in base_weights(model).items():
+        torch.testing.assert_close(v, before[k], atol=1e-6, rtol=0, msg=k)
+
+
 def test_adapter_save_load_round_trip(tmp_path):
     model = lora_model(num_adapters=2, seed=3)
     save_adapters(model, tmp_path / "all")
     save_adapters(model, tmp_path / "one", adapters=1)
+    # Our own stacked format has its own names: nothing in it pretends to be a PEFT adapter.
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["clients.json", "clients.safetensors"]
+    assert saved_lora_config(tmp_path / "one") == LoRAConfig(rank=4, alpha=8, dropout=0.0, targets=ALL_TARGETS,
+                                                             kernel="torch")
     fresh = lora_model(num_adapters=2, seed=4)
     load_adapters(fresh, tmp_path / "all")
     for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values()):
@@ -145,17 +158,85 @@ def test_adapter_save_load_round_trip(tmp_path):
         assert torch.equal(p[1:2], q)
 
 
+def test_folders_saved_under_the_old_names_still_load(tmp_path):
+    """Before the rename, save_adapters wrote the same contents as adapter_model.safetensors + adapter_config.json."""
+    model = lora_model(num_adapters=2, seed=3)
+    save_adapters(model, tmp_path)
+    (tmp_path / "clients.safetensors").rename(tmp_path / LEGACY_WEIGHTS)
+    (tmp_path / "clients.json").rename(tmp_path / LEGACY_CONFIG)
+    fresh = load_adapters(lora_model(num_adapters=2, seed=4), tmp_path)
+    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values()):
+        assert torch.equal(p, q)
+
+
 def test_adapters_for_another_config_are_refused(tmp_path):
     save_adapters(lora_model(num_adapters=1), tmp_path)
-    other_rank = inject_lora(GPT(CFG), LoRAConfig(rank=8, targets=ALL_TARGETS))
+    other_rank = inject_lora(GPT(CFG), LoRAConfig(rank=8, alpha=8, targets=ALL_TARGETS))
     with pytest.raises(ValueError, match="rank=4"):
         load_adapters(other_rank, tmp_path)
-    other_targets = inject_lora(GPT(CFG), LoRAConfig(rank=4))
+    other_targets = inject_lora(GPT(CFG), LoRAConfig(rank=4, alpha=8))
     with pytest.raises(ValueError, match="targets"):
         load_adapters(other_targets, tmp_path)
-    wider = inject_lora(GPT(CFG.replace(n_embd=64)), LoRAConfig(rank=4, targets=ALL_TARGETS))
+    wider = inject_lora(GPT(CFG.replace(n_embd=64)), LoRAConfig(rank=4, alpha=8, targets=ALL_TARGETS))
     with pytest.raises(ValueError, match="another model"):
         load_adapters(wider, tmp_path)
+
+
+def test_adapters_for_another_alpha_are_refused_dropout_and_kernel_may_differ(tmp_path):
+    """Issue 10.4: adapters saved at alpha 4 loaded into an alpha-64 model acted 16x larger."""
+    saved = lora_model(num_adapters=1, alpha=4).eval()
+    save_adapters(saved, tmp_path)
+    with pytest.raises(ValueError, match="alpha=4.*saved_lora_config"):
+        load_adapters(lora_model(num_adapters=1, alpha=64), tmp_path)
+    # Dropout, kernel and init seed do not change what the weights mean: such adapters load and compute the same.
+    other = inject_lora(GPT(CFG), LoRAConfig(rank=4, alpha=4, dropout=0.3, targets=ALL_TARGETS, kernel="auto",
+                                             init_seed=9))
+    other.load_state_dict(base_weights(saved), strict=False)
+    load_adapters(other, tmp_path)
+    idx = torch.randint(0, 97, (2, 10))
+    with torch.no_grad():
+        torch.testing.assert_close(other.eval()(idx), saved(idx))
+
+
+def test_export_merged_and_base_ignore_which_adapter_is_merged():
+    """Issue 10.5: export_merged added the update twice when that adapter was already merged."""
+    model = lora_model(num_adapters=3).eval()
+    idx = torch.randint(0, 97, (2, 10))
+    before = base_weights(model)
+    with torch.no_grad():
+        stacked = model(idx.expand(3, 2, 10))
+        merge_lora(model, adapter=1)
+        for n in range(3):
+            torch.testing.assert_close(export_merged(model, n).eval()(idx), stacked[n], atol=1e-5, rtol=1e-5)
+        assert_same_base(export_base(model), before)
+    with pytest.raises(IndexError, match="out of range"):
+        export_merged(model, 3)
+
+
+def test_refused_injection_leaves_the_model_unchanged():
+    """Issue 10.17: attention targets onto a model with MLP adapters swapped attention layers, then refused."""
+    model = lora_model(targets=MLP_TARGETS)
+    layers_before = [name for name, _ in lora_layers(model)]
+    state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="already has LoRA adapters"):
+        inject_lora(model, LoRAConfig(rank=4, targets=ATTENTION_TARGETS))
+    assert [name for name, _ in lora_layers(model)] == layers_before
+    assert model.state_dict().keys() == state_before.keys()
+    assert all(torch.equal(v, state_before[k]) for k, v in model.state_dict().items())
+
+
+def test_loading_into_a_merged_slot_is_refused(tmp_path):
+    """Issue 10.17: loading over a merged adapter, then unmerge_lora, left the base off by the difference."""
+    model = lora_model(num_adapters=2, seed=1)
+    save_adapters(lora_model(num_adapters=1, seed=2), tmp_path)
+    before = base_weights(model)
+    merge_lora(model, adapter=0)
+    with pytest.raises(RuntimeError, match=r"adapter 0 is merged.*unmerge_lora\(model\) first"):
+        load_adapters(model, tmp_path, into=0)
+    load_adapters(model, tmp_path, into=1)  # another slot is free to change
+    unmerge_lora(model)
+    assert_same_base(model, before)
+    load_adapters(model, tmp_path, into=0)  # unmerged: loads
 
 
 def test_lora_config_validation():

@@ -1,0 +1,83 @@
+"""`python -m collab.export RUN --client n --format peft|merged|stacked`: one client's model out of a run.
+
+peft: `adapter_model.safetensors` + `adapter_config.json` that `peft` loads onto `transformers`' GPT-2,
+with that base model in `OUT/base`. merged: client n's whole model in Hugging Face's GPT-2 layout
+(`config.json` + `model.safetensors`). stacked: this project's own format (`clients.safetensors` +
+`clients.json`), which also converts an adapter folder written before that rename.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from lora_gpt import GPT, export_merged, export_peft, inject_lora, load_adapters, save_adapters, saved_lora_config
+
+from .fit import RUN_OPTIONS_FILE, base_source, client_adapters
+
+FORMATS = ("peft", "merged", "stacked")
+PEFT_USAGE = """load it with:
+    from transformers import GPT2LMHeadModel
+    from peft import PeftModel
+    model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained("{out}/base"), "{out}")"""
+
+
+def run_init(run: Path) -> str:
+    """The base model the run started from (its `--init`), read from the run's saved options."""
+    options = run / RUN_OPTIONS_FILE
+    if not options.is_file():
+        raise FileNotFoundError(f"{options} not found; pass a run folder written by python -m collab.fit.")
+    return json.loads(options.read_text())["init"]
+
+
+def client_model(run: Path, client: int) -> GPT:
+    """The run's base model with client `client`'s final adapter as its one adapter."""
+    init = run_init(run)
+    folder = client_adapters(run, client)
+    if not folder.is_dir():
+        saved = sorted(p.name for p in (run / "adapters").glob("client_*"))
+        raise FileNotFoundError(f"{folder} not found; " + (
+            f"the run saved {saved[0]} to {saved[-1]}." if saved else
+            "adapters are saved when a run finishes: rerun its python -m collab.fit command to finish it."))
+    model = GPT.from_pretrained(base_source(init))
+    inject_lora(model, saved_lora_config(folder))
+    return load_adapters(model, folder)
+
+
+def export(run: Path, client: int, fmt: str, out: Path | None = None) -> Path:
+    """Write client `client` of `run` in format `fmt` to `out` (default `RUN/export/client_NN_FORMAT`)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}.")
+    out = out or run / "export" / f"client_{client:02d}_{fmt}"
+    model = client_model(run, client)
+    if fmt == "peft":
+        export_peft(model, 0, out)
+    elif fmt == "merged":
+        export_merged(model, 0).save_pretrained(out)
+    else:
+        save_adapters(model, out)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m collab.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run", type=Path, help="a run folder written by python -m collab.fit")
+    parser.add_argument("--client", type=int, required=True, help="which client's model to export")
+    parser.add_argument("--format", choices=FORMATS, required=True)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN/export/client_NN_FORMAT)")
+    args = parser.parse_args(argv)
+    try:
+        out = export(args.run, args.client, args.format, args.out)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
+    print(f"client {args.client} of {args.run} written to {out} ({args.format})")
+    if args.format == "peft":
+        print(PEFT_USAGE.format(out=out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
