@@ -12,6 +12,7 @@ import torch
 from data import ClientDataModule, DataError, ManifestError, get_recipe, list_recipes, prepare_recipe
 from data.manifest import sha256
 from data.prepare import main as prepare_main
+from data.sources.local import load_local
 from lora_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 
 CATEGORIES = ("alpha", "beta", "gamma")
@@ -312,6 +313,38 @@ def test_bring_your_own_tables_and_files_per_category(tmp_path):
         assert m["categories"] == ["science", "sports"] and m["num_clients"] == 2
         text = get_tokenizer().decode(read(folder, "client_01/train.bin").tolist())
         assert "sports" in text and "science" not in text and len(read(folder, "client_01/train.bin")) == 400
+
+
+def paragraphs_of(tag, count):
+    """`count` paragraphs of exactly 500 characters, each word naming its paragraph ("es007w")."""
+    return [(f"{tag}{i:03d}w " * 80)[:499] + "." for i in range(count)]
+
+
+def test_a_big_file_is_many_documents_at_the_top_or_in_a_category_folder(tmp_path):
+    root = tmp_path / "byo"
+    (root / "es").mkdir(parents=True)
+    (root / "es" / "manual.txt").write_text("\n\n".join(paragraphs_of("es", 12)))
+    (root / "en.txt").write_text("\n\n".join(paragraphs_of("en", 12)))
+    (root / "de.txt").write_text("\n".join(paragraphs_of("de", 12)))  # one paragraph a line, no blank lines
+    (root / "fr").mkdir()
+    for i in range(5):
+        (root / "fr" / f"note{i}.txt").write_text(f"fr{i:03d}w short note\n\nand its second paragraph\n")
+    docs = load_local(root)
+    # 500-character paragraphs, grouped up to 2,000 characters: four to a document, in order
+    for tag in ("es", "en"):
+        paras = paragraphs_of(tag, 12)
+        assert docs[tag] == ["\n\n".join(paras[k:k + 4]) for k in (0, 4, 8)], tag
+    lines = paragraphs_of("de", 12)  # a 6,000-character paragraph is cut at its line ends
+    assert docs["de"] == ["\n".join(lines[k:k + 4]) for k in (0, 4, 8)]
+    # many small files: each file one document, never merged with another
+    assert docs["fr"] == [f"fr{i:03d}w short note\n\nand its second paragraph" for i in range(5)]
+    big = tmp_path / "big"
+    (big / "es").mkdir(parents=True)
+    (big / "es" / "manual.txt").write_text("\n\n".join(paragraphs_of("es", 60)))
+    (big / "en.txt").write_text("\n\n".join(paragraphs_of("en", 60)))
+    folder = prepare_recipe(str(big), num_clients=6, progress=False, **SMALL)  # was: "its 1 documents ran out"
+    m = manifest_of(folder)
+    assert m["categories"] == ["en", "es"] and m["documents_used"] == {"en": 10, "es": 10}  # ref + 3 clients x 3
 
 
 def test_cli_lists_recipes_prepares_and_reports_errors(corpus, capsys):

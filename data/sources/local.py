@@ -1,28 +1,53 @@
 """Bring your own clients: documents by category from local files.
 
-- a folder with one sub-folder per category (every text file inside is one document), or one
-  file per category (documents separated by blank lines);
+- a folder with one sub-folder per category (all text files inside, at any depth), or one file
+  per category (`es.txt`: category `es`), or both;
 - a `.csv` or `.jsonl` table with `text` and `label` columns (one row per document).
+
+Every text file becomes documents by one rule, wherever it sits: its paragraphs (separated by
+blank lines; a paragraph longer than a document is cut at its line ends) are grouped, in order,
+into documents of about 2,000 characters. So a folder of many small files gives one document per
+file (files are never merged), and one big file (`es/manual.txt` or `es.txt` alike) gives many
+documents that can be dealt out to many clients. Clients get whole documents, never a piece of
+one that another client or split also holds.
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
+
+from .text import DOCUMENT_CHARS, group
 
 TABLE_SUFFIXES = (".csv", ".jsonl")
 BINARY_SUFFIXES = {".gz", ".zip", ".bin", ".npy", ".pt", ".png", ".jpg", ".pdf"}
 
 
+def _is_text(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in BINARY_SUFFIXES
+
+
 def _text_files(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")
-            and p.suffix.lower() not in BINARY_SUFFIXES]
+    return [p for p in sorted(folder.rglob("*")) if _is_text(p)]
 
 
 def _read(path: Path) -> str:
     return path.read_text(encoding="utf-8", errors="replace")
+
+
+def file_documents(text: str) -> list[str]:
+    """A file's documents: blank-line paragraphs (cut at line ends when longer than a document),
+    grouped in order into documents of about `DOCUMENT_CHARS` characters."""
+    pieces = []
+    for block in re.split(r"\n\s*\n", text):
+        block = block.rstrip().lstrip("\n")
+        if not block.strip():
+            continue
+        pieces += group(block.split("\n"), sep="\n") if len(block) > DOCUMENT_CHARS else [block]
+    return group(pieces)
 
 
 def _table(path: Path) -> dict[str, list[str]]:
@@ -42,6 +67,23 @@ def _table(path: Path) -> dict[str, list[str]]:
     return dict(sorted(grouped.items()))
 
 
+def _folder(path: Path) -> dict[str, list[str]]:
+    """Documents by category from a folder: each sub-folder or top-level file is one category."""
+    docs: dict[str, list[str]] = {}
+    where: dict[str, Path] = {}
+    for child in sorted(path.iterdir()):
+        if child.name.startswith(".") or not (child.is_dir() or _is_text(child)):
+            continue
+        category = child.name if child.is_dir() else child.stem
+        if category in where:
+            raise ValueError(f"{where[category]} and {child} both hold the category {category!r}. Fix: keep each "
+                             "category in one place (a sub-folder holding all its files, or one file).")
+        where[category] = child
+        files = _text_files(child) if child.is_dir() else [child]
+        docs[category] = [d for f in files for d in file_documents(_read(f))]
+    return docs
+
+
 def load_local(path: Path) -> dict[str, list[str]]:
     """Documents by category (categories in sorted order) from a folder, `.csv` or `.jsonl`."""
     path = Path(path)
@@ -49,14 +91,7 @@ def load_local(path: Path) -> dict[str, list[str]]:
         raise FileNotFoundError(f"{path} does not exist. Fix: give a folder with one sub-folder or file per "
                                 "category, or a .csv/.jsonl with 'text' and 'label' columns.")
     if path.is_dir():
-        docs = {}
-        for child in sorted(path.iterdir()):
-            if child.name.startswith("."):
-                continue
-            if child.is_dir():
-                docs[child.name] = [t for t in map(_read, _text_files(child)) if t.strip()]
-            else:
-                docs[child.stem] = [d.strip() for d in _read(child).split("\n\n") if d.strip()]
+        docs = _folder(path)
     elif path.suffix in TABLE_SUFFIXES:
         docs = _table(path)
     else:
