@@ -347,6 +347,47 @@ def test_a_big_file_is_many_documents_at_the_top_or_in_a_category_folder(tmp_pat
     assert m["categories"] == ["en", "es"] and m["documents_used"] == {"en": 10, "es": 10}  # ref + 3 clients x 3
 
 
+def test_bad_input_files_name_the_file_the_line_and_the_fix(tmp_path):
+    def refused(path, content, message):
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        with pytest.raises(ValueError, match=re.escape(str(path)) + message):
+            load_local(path)
+
+    table = tmp_path / "news.csv"
+    refused(table, "text,label\nfirst story,sports\nsecond story\n", r", line 3: 1 cell where the header has 2 "
+            r"\(text, label\)\. Fix: give every row its text and label.*double quotes")
+    refused(table, 'text,label\n"a story,\nover two lines",sports\nhello, world,sports\n',  # an unquoted comma
+            r", line 4: 3 cells where the header has 2")
+    refused(table, "text,label\nfirst story,sports\nsecond story,  \n", r", line 3: the label is empty\. Fix: give "
+            r"every row a label")
+    refused(table, "text,label\nfirst story,sports\ncaf\xc3\xa9\n".encode() + b"caf\xe9,sports\n",
+            r", line 4: not UTF-8 text \(byte b'\\xe9'\)\. Fix: save it as UTF-8, e.g. `iconv -f latin1 -t utf-8")
+    rows = tmp_path / "news.jsonl"
+    good = json.dumps({"text": "first story", "label": "sports"})
+    refused(rows, f"{good}\n\n{json.dumps({'label': 'sports'})}\n",
+            r", line 3: no 'text' key \(the row has \['label'\]\)\. Fix: give every row 'text' and 'label'")
+    refused(rows, f"{good}\n{good}\n\n{{\"text\": \"a\", label: 1}}\n", r", line 4: not valid JSON \(Expecting "
+            r"property name enclosed in double quotes, column 15\)\. Fix: one JSON object per line")
+    refused(rows, f"{good}\n[\"a\", \"sports\"]\n", r", line 2: a JSON array where an object with 'text' and "
+            r"'label' is needed")
+    refused(rows, f"{good}\n{json.dumps({'text': None, 'label': 'sports'})}\n", r", line 2: the text is None, "
+            r"not a string")
+    refused(rows, f"{good}\n{json.dumps({'text': 'x', 'label': None})}\n", r", line 2: the label is empty")
+    # what is right still loads: a byte-order mark (Excel's UTF-8), Windows line ends, number labels
+    table.write_bytes("\ufefftext,label\r\n\"caf\u00e9, bar\",1\r\nrunning,2\r\n".encode())
+    assert load_local(table) == {"1": ["caf\u00e9, bar"], "2": ["running"]}
+    folder = tmp_path / "own"
+    (folder / "es").mkdir(parents=True)
+    (folder / "es" / "a.txt").write_text("uno")
+    (folder / "es.txt").write_text("dos")
+    with pytest.raises(ValueError, match=r"es and .*es.txt both hold the category 'es'\. Fix: keep each category"):
+        load_local(folder)
+    (folder / "es.txt").unlink()
+    (folder / "es" / "b.txt").write_bytes(b"ni\xf1o")
+    with pytest.raises(ValueError, match=r"es/b.txt, line 1: not UTF-8 text \(byte b'\\xf1'\)"):
+        load_local(folder)
+
+
 def test_cli_lists_recipes_prepares_and_reports_errors(corpus, capsys):
     assert prepare_main(["--list"]) == 0
     listing = capsys.readouterr().out
