@@ -27,7 +27,7 @@ from lora_gpt.tokenizer import cache_dir
 from .errors import DataError, ManifestError
 from .manifest import MANIFEST, client_file, read_manifest, verify, write_json, write_tokens
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
-from .split import SPLITS, category_needs, design_shares, split_clients
+from .split import PAIRINGS, SPLITS, category_needs, design_shares, resolve_pairing, split_clients
 from .tokenize import TokenStream
 
 FORMAT_VERSION = 2
@@ -53,17 +53,19 @@ def _clear_partial(folder: Path) -> None:
 
 
 def prepare_recipe(recipe: str, num_clients: int | None = None, out: Path | None = None, seed: int = 0,
-                   progress: bool = True, **budgets: int | None) -> Path:
+                   progress: bool = True, pairing: str | None = None, **budgets: int | None) -> Path:
     """Prepare, or reuse, the token files of `recipe` for `num_clients` clients; returns the folder.
 
     `recipe` is a name from `list_recipes()` or the path of your own data; `budgets` (`train`,
     `val`, `trust`, `ref`, in tokens) replace the recipe's defaults; `seed` chooses which
-    documents go where. The default folder is `cache_dir()/datasets/<recipe>-n<N>-s<seed>-<key>`.
+    documents go where; `pairing` (mixed split only) is `ring` (default) or the reference code's
+    `pairs`. The default folder is `cache_dir()/datasets/<recipe>-n<N>-s<seed>-<key>`.
     """
     spec = get_recipe(recipe, **budgets)
     if num_clients is not None and num_clients < 1:
         raise ValueError(f"num_clients must be at least 1, got {num_clients}.")
     options = {"recipe": spec.name, "source": spec.source_id, "kind": spec.kind,
+               "pairing": resolve_pairing(spec.kind, pairing),
                "num_clients": num_clients if num_clients is not None else spec.num_clients, "seed": seed,
                "budget": asdict(spec.budget), "format": FORMAT_VERSION}
     folder = Path(out) if out is not None else default_folder(options)
@@ -95,7 +97,7 @@ def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, pr
     documents = spec.load(seed)
     categories = list(documents)
     n = options["num_clients"] or len(categories)
-    shares = design_shares(spec.kind, n, len(categories))
+    shares = design_shares(spec.kind, n, len(categories), options["pairing"])
     streams = [TokenStream(documents[c]) for c in categories]
     with tqdm(total=int(category_needs(shares, spec.budget).sum()), desc=f"tokenizing {spec.name}", unit="tok",
               unit_scale=True, disable=not progress) as bar:
@@ -118,7 +120,9 @@ def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, pr
 def summary(folder: Path) -> str:
     """A few lines describing a prepared dataset: clients, their mixtures, token counts."""
     m = read_manifest(folder)
-    lines = [f"{folder}", f"{m['recipe']}: {m['num_clients']} clients over {', '.join(m['categories'])}"]
+    pairing = m["options"].get("pairing")
+    lines = [f"{folder}", f"{m['recipe']}: {m['num_clients']} clients over {', '.join(m['categories'])}"
+             + (f" (mixed, pairing {pairing})" if pairing else "")]
     for i, row in enumerate(m["mixture"]):
         mix = " + ".join(f"{w:.2f} {c}" for w, c in sorted(zip(row, m["categories"]), reverse=True) if w > 0)
         sizes = ", ".join(f"{s} {m['files'][client_file(i, s)]['tokens']:,}" for s in SPLITS)
@@ -136,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_clients", type=int, default=None, help="clients (default: the recipe's own count)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: under the cache, keyed by options)")
     p.add_argument("--seed", type=int, default=0, help="which documents go to which client and split")
+    p.add_argument("--pairing", choices=PAIRINGS, default=None,
+                   help="mixed split: whose main category a client takes as its minor 1/4: ring (default: client "
+                        "n+1's) or pairs (the reference code's AG News: clients 2k and 2k+1 swap)")
     for name in ("train", "val", "trust", "ref"):
         p.add_argument(f"--{name}_tokens", type=int, default=None,
                        help=f"{name} tokens {'per category' if name == 'ref' else 'per client'} (default: the recipe's)")
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe is None:
         p.error("give a RECIPE (see --list)")
     try:
-        folder = prepare_recipe(args.recipe, args.num_clients, args.out, args.seed, args.progress,
+        folder = prepare_recipe(args.recipe, args.num_clients, args.out, args.seed, args.progress, args.pairing,
                                 train=args.train_tokens, val=args.val_tokens, trust=args.trust_tokens,
                                 ref=args.ref_tokens)
     except (ValueError, FileNotFoundError, DataError) as err:

@@ -13,7 +13,11 @@ from .tokenize import TextExhausted, TokenStream
 
 SPLITS = ("train", "val", "trust")
 KINDS = ("specific", "mixed")
-MAJOR_SHARE = 0.75  # a mixed client: 3/4 of its own category, 1/4 of the next one
+MAJOR_SHARE = 0.75  # a mixed client: 3/4 of its own category, 1/4 of a partner's
+# Whose major category a mixed client takes as its minor: `ring` (ours), client n+1's, so every
+# category is some client's minor; `pairs` (the reference code's AG News), its partner's in the
+# pairs (0, 1), (2, 3), ..., so two clients share the same two categories.
+PAIRINGS = ("ring", "pairs")
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,30 @@ class Split:
         return self.counts / self.counts.sum(axis=1, keepdims=True)
 
 
-def design_shares(kind: str, num_clients: int, num_categories: int) -> np.ndarray:
+def resolve_pairing(kind: str, pairing: str | None) -> str | None:
+    """The pairing a split uses: `ring` unless asked for a mixed split; none for a specific one."""
+    if pairing is not None and pairing not in PAIRINGS:
+        raise ValueError(f"unknown pairing {pairing!r}; use {' or '.join(PAIRINGS)}.")
+    if kind == "specific" and pairing is not None:
+        raise ValueError(f"--pairing applies to the mixed split; this recipe's split is specific (one category per "
+                         "client). Fix: the mixed recipe (RECIPE_mixed, or PATH:mixed for your own data), or no "
+                         "--pairing.")
+    return (pairing or PAIRINGS[0]) if kind == "mixed" else None
+
+
+def minor_category(n: int, num_categories: int, pairing: str) -> int:
+    """A mixed client's minor category: the major one (`m mod C`) of client m, its neighbour or partner."""
+    partner = n + 1 if pairing == "ring" else n ^ 1
+    return partner % num_categories
+
+
+def design_shares(kind: str, num_clients: int, num_categories: int, pairing: str | None = None) -> np.ndarray:
     """`[N, C]` planned shares. Client n's main category is n mod C, so clients are spread evenly
-    over categories; a mixed client adds the next category, so every client is really mixed and
-    each category is some client's minor."""
+    over categories; a mixed client adds the main category of its neighbour (`ring`: every
+    category is some client's minor) or of its partner (`pairs`: clients 2k and 2k+1 swap)."""
     if kind not in KINDS:
         raise ValueError(f"unknown split kind {kind!r}; use one of {', '.join(KINDS)}.")
+    pairing = resolve_pairing(kind, pairing)
     if num_clients < 1:
         raise ValueError(f"num_clients must be at least 1, got {num_clients}.")
     if kind == "specific" and num_clients < num_categories:
@@ -52,13 +74,17 @@ def design_shares(kind: str, num_clients: int, num_categories: int) -> np.ndarra
                          f"{num_categories} or more, or the mixed variant of the recipe.")
     if kind == "mixed" and num_categories < 2:
         raise ValueError("a mixed split needs at least 2 categories; this data has 1. Fix: use the specific split.")
+    if pairing == "pairs" and num_clients % 2:
+        raise ValueError(f"--pairing pairs makes pairs of clients 2k and 2k+1, so it needs an even num_clients, "
+                         f"got {num_clients}. Fix: --num_clients {num_clients - 1} or {num_clients + 1}, or --pairing "
+                         "ring.")
     shares = np.zeros((num_clients, num_categories))
     for n in range(num_clients):
         if kind == "specific":
             shares[n, n % num_categories] = 1.0
         else:
             shares[n, n % num_categories] = MAJOR_SHARE
-            shares[n, (n + 1) % num_categories] = 1 - MAJOR_SHARE
+            shares[n, minor_category(n, num_categories, pairing)] = 1 - MAJOR_SHARE
     return shares
 
 

@@ -13,6 +13,7 @@ from data import ClientDataModule, DataError, ManifestError, get_recipe, list_re
 from data.manifest import sha256
 from data.prepare import main as prepare_main
 from data.sources.local import load_local
+from data.split import design_shares
 from lora_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 
 CATEGORIES = ("alpha", "beta", "gamma")
@@ -96,6 +97,39 @@ def test_mixed_split_is_really_mixed(corpus):
         words = {cat: len(re.findall(rf"{cat}\d{{3}}w", text)) for cat in CATEGORIES}
         assert 2 < words[major] / words[minor] < 4.5, words  # both present, about 3:1
         assert sum(v > 0 for v in words.values()) == 2
+
+
+def test_mixed_pairing_ring_or_the_reference_pairs():
+    ring = design_shares("mixed", 6, 3)  # ours: client n's minor category is client n+1's major
+    np.testing.assert_array_equal(ring, [[.75, .25, 0], [0, .75, .25], [.25, 0, .75],
+                                         [.75, .25, 0], [0, .75, .25], [.25, 0, .75]])
+    # the reference's AG News: clients 2k and 2k+1 each take the other's major as their minor
+    np.testing.assert_array_equal(design_shares("mixed", 4, 4, pairing="pairs"),
+                                  [[.75, .25, 0, 0], [.25, .75, 0, 0], [0, 0, .75, .25], [0, 0, .25, .75]])
+    np.testing.assert_array_equal(design_shares("mixed", 6, 3, pairing="pairs"),
+                                  [[.75, .25, 0], [.25, .75, 0], [.25, 0, .75],
+                                   [.75, 0, .25], [0, .75, .25], [0, .25, .75]])
+    with pytest.raises(ValueError, match="pairs of clients 2k and 2k.1, so it needs an even num_clients, got 5. "
+                                         "Fix: --num_clients 4 or 6, or --pairing ring"):
+        design_shares("mixed", 5, 3, pairing="pairs")
+    with pytest.raises(ValueError, match="unknown pairing 'star'; use ring or pairs"):
+        design_shares("mixed", 4, 3, pairing="star")
+
+
+def test_pairing_is_part_of_a_prepared_folder(corpus, capsys):
+    ring = prepare_recipe(f"{corpus}:mixed", num_clients=4, progress=False, **SMALL)
+    pairs = prepare_recipe(f"{corpus}:mixed", num_clients=4, pairing="pairs", progress=False, **SMALL)
+    assert pairs != ring and manifest_of(ring)["options"]["pairing"] == "ring"
+    m = manifest_of(pairs)
+    assert m["options"]["pairing"] == "pairs"
+    np.testing.assert_allclose(m["mixture"], [[.75, .25, 0], [.25, .75, 0], [.25, 0, .75], [.75, 0, .25]], atol=0.01)
+    assert m["client_category_tokens"][1] == [100 + 38 + 15, 300 + 112 + 45, 0]  # 1/4 and 3/4 of each split
+    assert prepare_main([f"{corpus}:mixed", "--num_clients", "4", "--pairing", "pairs", "--train_tokens", "400",
+                         "--val_tokens", "150", "--trust_tokens", "60", "--ref_tokens", "100", "--no-progress"]) == 0
+    assert str(pairs) in capsys.readouterr().out  # the CLI reuses the same folder
+    assert manifest_of(prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL))["options"]["pairing"] is None
+    with pytest.raises(ValueError, match="pairing applies to the mixed split.*Fix: the mixed recipe"):
+        prepare_recipe(str(corpus), num_clients=3, pairing="pairs", progress=False, **SMALL)
 
 
 def test_num_clients_beyond_categories_and_seed_changes_documents(corpus):
