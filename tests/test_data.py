@@ -127,7 +127,8 @@ def test_pairing_is_part_of_a_prepared_folder(corpus, capsys):
     assert prepare_main([f"{corpus}:mixed", "--num_clients", "4", "--pairing", "pairs", "--train_tokens", "400",
                          "--val_tokens", "150", "--trust_tokens", "60", "--ref_tokens", "100", "--no-progress"]) == 0
     assert str(pairs) in capsys.readouterr().out  # the CLI reuses the same folder
-    assert manifest_of(prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL))["options"]["pairing"] is None
+    specific = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
+    assert manifest_of(specific)["options"]["pairing"] is None
     with pytest.raises(ValueError, match="pairing applies to the mixed split.*Fix: the mixed recipe"):
         prepare_recipe(str(corpus), num_clients=3, pairing="pairs", progress=False, **SMALL)
 

@@ -37,5 +37,6 @@ def test_seed_table_keeps_client_counts_apart():
                 "final": {"clients": [{"ppl": ppl}] * clients, "mean": {"ppl": ppl}}}
 
     table = seed_table([run(4, 10.0), run(4, 12.0), run(8, 20.0)])
-    assert table.splitlines()[0] == "| strategy | offline_multi_specific, 4 clients | offline_multi_specific, 8 clients |"
+    head = "| strategy | offline_multi_specific, 4 clients | offline_multi_specific, 8 clients |"
+    assert table.splitlines()[0] == head
     assert table.splitlines()[2] == "| none | **11.00 ± 1.41 (n=2)** | **20.00 ± 0.00 (n=1)** |"
