@@ -12,8 +12,9 @@ import torch
 from data import ClientDataModule, DataError, ManifestError, get_recipe, list_recipes, prepare_recipe
 from data.manifest import sha256
 from data.prepare import main as prepare_main
+from data.prepare import summary as prepare_summary
 from data.sources.local import load_local
-from data.split import design_shares
+from data.split import Budget, design_shares, scaled
 from lora_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 
 CATEGORIES = ("alpha", "beta", "gamma")
@@ -141,6 +142,60 @@ def test_num_clients_beyond_categories_and_seed_changes_documents(corpus):
     assert {c for c, _ in doc_ids(read(b, "client_06/train.bin"))} == {"alpha"}
 
 
+@pytest.fixture()
+def even_corpus(tmp_path):
+    """Two categories of 120 documents of exactly 100 tokens ("the" x 99 and EOT): a piece of s
+    tokens takes ceil(s / 100) documents, so what fits is a hand computation."""
+    root = tmp_path / "even"
+    for cat in ("a", "b"):
+        (root / cat).mkdir(parents=True)
+        for d in range(120):
+            (root / cat / f"{d:03d}.txt").write_text(" ".join(["the"] * 99))
+    return root
+
+
+def test_more_clients_than_the_default_shrink_the_budgets_to_fit(even_corpus):
+    # the recipe: 2 clients (one per category) at train 30,000, val 8,000, trust 4,000, ref 10,000;
+    # 8 clients: at train t, val and trust are max(516, 8t/30, 4t/30), ref max(1032, t/3), so
+    # a category's 4 clients and its ref take 11 + 4 (ceil(t/100) + 6 + 6) documents: at most
+    # 120 for t <= 1,500
+    recipe = Budget(train=30_000, val=8_000, trust=4_000, ref=10_000)
+    assert scaled(recipe, 6_000) == Budget(6_000, 1_600, 800, 2_000)  # in proportion, above the floor
+    assert scaled(recipe, 1_500) == Budget(1_500, 516, 516, 1_032)  # 400, 200, 500: held at the floor
+    folder = prepare_recipe(str(even_corpus), num_clients=8, progress=False)
+    m = manifest_of(folder)
+    assert m["budget"] == {"train": 1500, "val": 516, "trust": 516, "ref": 1032}
+    assert m["options"]["budget"]["train"] == 30_000 and m["options"]["budget_given"] is False
+    assert m["documents_used"] == {"a": 11 + 4 * (15 + 6 + 6), "b": 119}
+    assert [m["files"][f"client_07/{s}.bin"]["tokens"] for s in ("train", "val", "trust")] == [1500, 516, 516]
+    assert m["files"]["ref.bin"]["tokens"] == 2 * 1032
+    assert "train 1,500, val 516, trust 516 per client" in prepare_summary(folder)
+    ClientDataModule(folder, batch_size=4, sequence_length=128).setup()  # the floor holds windows of 129
+    # at the floor (1,032 / 516 / 516 / 1,032: 11 + 6 + 6 documents a client, 11 for ref), a
+    # category serves 4 clients in 120 documents: 8 clients, not 10
+    with pytest.raises(ValueError, match=r"not enough text in category 'a' for 10 clients even at the smallest "
+                                         r"budgets \(train 1,032, val 516, trust 516 per client, ref 1,032 per "
+                                         r"category;.*its 120 documents \(12,000 tokens\) ran out, where these "
+                                         r"clients need at least 11,352 tokens.*Fix: --num_clients 8 or fewer "
+                                         r"\(the most this text serves at the smallest budgets\), or more text in "
+                                         r"that category\."):
+        prepare_recipe(str(even_corpus), num_clients=10, progress=False)
+
+
+def test_given_budgets_or_the_default_count_never_shrink(even_corpus):
+    # given budgets stay: 30 + 10 + 10 documents a client and 20 for ref serve 2 clients a category
+    given = dict(train=3000, val=1000, trust=1000, ref=2000)
+    with pytest.raises(ValueError, match=r"for 8 clients at these budgets \(train 3,000, val 1,000, trust 1,000 per "
+                                         r"client, ref 2,000 per category\).*Fix: --num_clients 4 or fewer \(the most "
+                                         r"this text serves at these budgets\), or smaller budgets"):
+        prepare_recipe(str(even_corpus), num_clients=8, progress=False, **given)
+    folder = prepare_recipe(str(even_corpus), num_clients=4, progress=False, **given)
+    assert manifest_of(folder)["budget"] == given and manifest_of(folder)["options"]["budget_given"] is True
+    # the recipe's own count keeps the recipe's budgets: 300 documents for one client's train alone
+    with pytest.raises(ValueError, match=r"for 2 clients at these budgets \(train 30,000.*Fix: smaller budgets"):
+        prepare_recipe(str(even_corpus), progress=False)
+
+
 def test_prepare_is_idempotent_and_never_overwrites_another_configuration(corpus):
     first = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
     stamp = (first / "manifest.json").stat().st_mtime_ns
@@ -161,7 +216,8 @@ def test_preparations_started_together_build_once(corpus, monkeypatch):
     real_build = prepare_module._build
     monkeypatch.setattr(prepare_module, "_build", lambda *a: builds.append(1) or real_build(*a))
     with ThreadPoolExecutor(3) as pool:
-        folders = list(pool.map(lambda _: prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL), range(3)))
+        folders = list(pool.map(lambda _: prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL),
+                                range(3)))
     assert len(set(folders)) == 1 and len(builds) == 1
     ClientDataModule(folders[0], batch_size=2, sequence_length=8).setup()
 
@@ -311,7 +367,8 @@ def test_bad_inputs_name_the_problem_and_the_fix(corpus, tmp_path):
         prepare_recipe("no_such")
     with pytest.raises(ValueError, match="needs num_clients >= 3, got 2. Fix: --num_clients 3"):
         prepare_recipe(str(corpus), num_clients=2, progress=False, **SMALL)
-    with pytest.raises(ValueError, match="not enough text in category 'alpha'.*Fix: fewer clients"):
+    with pytest.raises(ValueError, match="not enough text in category 'alpha' for 3 clients at these budgets.*"
+                                         "Fix: smaller budgets"):
         prepare_recipe(str(corpus), num_clients=3, progress=False, train=100_000)
     with pytest.raises(ValueError, match="train budget must be a positive"):
         get_recipe("offline_multi_specific", train=0)
