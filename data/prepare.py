@@ -62,8 +62,9 @@ def prepare_recipe(recipe: str, num_clients: int | None = None, out: Path | None
     `val`, `trust`, `ref`, in tokens) replace the recipe's defaults; with none given and more
     clients than the recipe's default, the budgets shrink in proportion (down to
     `data.split.FLOOR`) until the text suffices, and the manifest's `budget` records those used;
-    `seed` chooses which documents go where; `pairing` (mixed split only) is `ring` (default) or the reference code's
-    `pairs`. The default folder is `cache_dir()/datasets/<recipe>-n<N>-s<seed>-<key>`.
+    `seed` chooses which documents go where; `pairing` (mixed split only) is `ring` (default) or
+    the reference code's `pairs`. The default folder is
+    `cache_dir()/datasets/<recipe>-n<N>-s<seed>-<key>`.
     """
     spec = get_recipe(recipe, **budgets)
     if num_clients is not None and num_clients < 1:

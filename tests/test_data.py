@@ -465,9 +465,11 @@ def test_bad_input_files_name_the_file_the_line_and_the_fix(tmp_path):
     refused(rows, f"{good}\n{json.dumps({'text': None, 'label': 'sports'})}\n", r", line 2: the text is None, "
             r"not a string")
     refused(rows, f"{good}\n{json.dumps({'text': 'x', 'label': None})}\n", r", line 2: the label is empty")
+    refused(rows, f"{good}\n{json.dumps({'text': 'x', 'label': ['a']})}\n", r", line 2: the label is \['a'\], not a "
+            r"name\. Fix: give every row a label naming its category")
     # what is right still loads: a byte-order mark (Excel's UTF-8), Windows line ends, number labels
-    table.write_bytes("\ufefftext,label\r\n\"caf\u00e9, bar\",1\r\nrunning,2\r\n".encode())
-    assert load_local(table) == {"1": ["caf\u00e9, bar"], "2": ["running"]}
+    table.write_bytes("\ufefftext,label\r\n\"caf\u00e9, bar\",1\r\nrunning, 2\r\n".encode())
+    assert load_local(table) == {"1": ["caf\u00e9, bar"], "2": ["running"]}  # the label " 2" is 2
     folder = tmp_path / "own"
     (folder / "es").mkdir(parents=True)
     (folder / "es" / "a.txt").write_text("uno")

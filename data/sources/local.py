@@ -117,10 +117,13 @@ def _labelled(path: Path, line: int, row: dict) -> tuple[str, str]:
     text, label = row["text"], row["label"]
     if not isinstance(text, str):
         raise ValueError(f"{path}, line {line}: the text is {text!r}, not a string. Fix: give every row its text.")
-    if label is None or isinstance(label, (dict, list)) or not str(label).strip():
+    if isinstance(label, (dict, list)):
+        raise ValueError(f"{path}, line {line}: the label is {label!r}, not a name. Fix: give every row a label "
+                         "naming its category (a string or a number).")
+    if label is None or not str(label).strip():
         raise ValueError(f"{path}, line {line}: the label is empty. Fix: give every row a label (the name of its "
                          "category), or remove the row.")
-    return str(label), text
+    return str(label).strip(), text  # "a, sports" and "a,sports" are both in category "sports"
 
 
 def _table(path: Path) -> dict[str, list[str]]:
