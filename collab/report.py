@@ -27,10 +27,11 @@ def final_mean_ppl(summary: dict[str, Any]) -> float:
 
 def seed_table(runs: Iterable[dict[str, Any]], strategies: list[str] | None = None) -> str:
     """Markdown: mean +/- std over seeds of the final mean validation perplexity, strategy x
-    dataset; the best (lowest) mean of each column in bold."""
+    (dataset, client count); the best (lowest) mean of each column in bold."""
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for run in runs:
-        cells[(run["options"]["trust"], run["options"]["dataset"])].append(final_mean_ppl(run))
+    for run in runs:  # one column per dataset and client count: 4 and 8 clients are different experiments
+        column = f"{run['options']['dataset']}, {len(run['final']['clients'])} clients"
+        cells[(run["options"]["trust"], column)].append(final_mean_ppl(run))
     datasets = sorted({d for _, d in cells})
     strategies = strategies or sorted({s for s, _ in cells})
     best = {d: min((statistics.mean(v) for (s, dd), v in cells.items() if dd == d), default=math.nan)

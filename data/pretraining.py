@@ -19,7 +19,7 @@ from lora_gpt.tokenizer import cache_dir
 
 from .manifest import MANIFEST, read_manifest, verify, write_json, write_tokens
 from .sources import offline
-from .tokenize import TextExhausted, TokenStream
+from .tokenize import TextExhausted, TokenizedDocuments, TokenStream
 
 MAX_TOKENS_PER_CORPUS = 300_000
 FORMAT_VERSION = 1
@@ -27,7 +27,7 @@ FORMAT_VERSION = 1
 
 def _tokenized(texts: list[str], limit: int) -> list[np.ndarray]:
     """Whole documents' tokens, in order, until `limit` tokens (the last one cut to fit)."""
-    stream, docs, total = TokenStream(texts), [], 0
+    stream, docs, total = TokenStream(TokenizedDocuments(texts)), [], 0
     while total < limit:
         try:
             doc = stream.next_document()[:limit - total]

@@ -1,10 +1,10 @@
 """GPT-2 tokens of a category's documents, produced lazily: documents are tokenized a batch at a
 time with tiktoken's threaded batch encoder, only as far as the splits need them, so a large
-or streamed source costs what is used, not what exists."""
+or streamed source costs what is used, not what exists. Tokenized documents are kept, so
+dealing them out again (to find budgets that fit, see `split.fitted_budget`) tokenizes nothing."""
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import Iterable, Iterator
 from itertools import islice
 
@@ -19,26 +19,43 @@ class TextExhausted(Exception):
     """A category ran out of documents before its splits were filled."""
 
 
-class TokenStream:
-    """One category's documents as token arrays (each ending in EOT), in the given order."""
+class TokenizedDocuments:
+    """One category's documents as token arrays (each ending in EOT), in the given order,
+    tokenized on first access and kept."""
 
     def __init__(self, documents: Iterable[str], threads: int | None = None) -> None:
         self._documents: Iterator[str] = iter(documents)
-        self._ready: deque[np.ndarray] = deque()
+        self._tokens: list[np.ndarray] = []
         self._threads = threads or min(8, os.cpu_count() or 1)
-        self.documents_used = 0
 
-    def next_document(self) -> np.ndarray:
-        """The next document's tokens; `TextExhausted` at the end."""
-        while not self._ready:
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Document i's tokens; `TextExhausted` past the last document."""
+        while i >= len(self._tokens):
             batch = list(islice(self._documents, BATCH_DOCUMENTS))
             if not batch:
                 raise TextExhausted
             for ids in get_tokenizer().encode_ordinary_batch(batch, num_threads=self._threads):
                 if ids:
-                    self._ready.append(np.array(ids + [EOT_TOKEN], dtype=np.uint16))
+                    self._tokens.append(np.array(ids + [EOT_TOKEN], dtype=np.uint16))
+        return self._tokens[i]
+
+    def tokenized(self) -> tuple[int, int]:
+        """(documents, tokens) tokenized so far: all of them once the text is exhausted."""
+        return len(self._tokens), sum(map(len, self._tokens))
+
+
+class TokenStream:
+    """A reading position in a category's documents: hands them out whole, in order."""
+
+    def __init__(self, documents: TokenizedDocuments) -> None:
+        self.documents = documents
+        self.documents_used = 0
+
+    def next_document(self) -> np.ndarray:
+        """The next document's tokens; `TextExhausted` at the end."""
+        tokens = self.documents[self.documents_used]
         self.documents_used += 1
-        return self._ready.popleft()
+        return tokens
 
     def take(self, size: int) -> np.ndarray:
         """Exactly `size` tokens of whole documents; the last one is cut to fit and its rest is

@@ -1,8 +1,9 @@
 """Seed-repeat reproduction: run every (strategy, recipe, seed) of a grid with `collab.fit`.
 
 The default grid is the paper's: six strategies, the six recipes with 4, 8, 9, 9, 8 and 8
-clients, ten seeds. Finished runs (a `summary.json` in their folder) are skipped, so an
-interrupted grid resumes; an interrupted run resumes from its last checkpoint. Options after
+clients, ten seeds. Each run has its folder `OUT/RECIPE[-nCLIENTS]/STRATEGY/seedSEED`. Finished
+runs (a `summary.json` in their folder) are skipped, so an interrupted grid resumes; an
+interrupted run resumes from its last checkpoint. Options after
 `--` go to every `collab.fit` call.
 
     python scripts/reproduce.py                                   # the paper's grid
@@ -33,6 +34,13 @@ def parse_recipe(spec: str, known: list[str]) -> tuple[str, int | None]:
     return name, int(clients) if clients else None
 
 
+def run_folder(root: Path, strategy: str, recipe: str, clients: int | None, seed: int) -> Path:
+    """Where one run of the grid lives: both the finished-run check and the run use it, and the
+    client count is part of it, so `R:4` and `R:8` never share a folder."""
+    name = recipe.replace("/", "_") + (f"-n{clients}" if clients else "")
+    return root / name / strategy / f"seed{seed}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     fit_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -53,10 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.exit(2, f"error: {err}\n")
     grid = [(s, r, n, seed) for r, n in recipes for s in strategies for seed in args.seeds]
-    todo = [g for g in grid if not (args.out / g[1].replace("/", "_") / g[0] / f"seed{g[3]}" / SUMMARY_FILE).exists()]
+    todo = [g for g in grid if not (run_folder(args.out, *g) / SUMMARY_FILE).exists()]
     print(f"{len(grid)} runs in the grid, {len(grid) - len(todo)} already finished, {len(todo)} to run.")
     for i, (strategy, recipe, clients, seed) in enumerate(todo, 1):
-        out = args.out / recipe.replace("/", "_") / strategy / f"seed{seed}"
+        out = run_folder(args.out, strategy, recipe, clients, seed)
         cmd = [sys.executable, "-m", "collab.fit", "--trust", strategy, "--dataset", recipe, "--seed", str(seed),
                "--out", str(out), "--no-progress", *(["--num_clients", str(clients)] if clients else []), *fit_args]
         print(f"[{i}/{len(todo)}] {' '.join(cmd[2:])}", flush=True)

@@ -12,6 +12,9 @@ import torch
 from data import ClientDataModule, DataError, ManifestError, get_recipe, list_recipes, prepare_recipe
 from data.manifest import sha256
 from data.prepare import main as prepare_main
+from data.prepare import summary as prepare_summary
+from data.sources.local import load_local
+from data.split import Budget, design_shares, scaled
 from lora_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 
 CATEGORIES = ("alpha", "beta", "gamma")
@@ -97,12 +100,100 @@ def test_mixed_split_is_really_mixed(corpus):
         assert sum(v > 0 for v in words.values()) == 2
 
 
+def test_mixed_pairing_ring_or_the_reference_pairs():
+    ring = design_shares("mixed", 6, 3)  # ours: client n's minor category is client n+1's major
+    np.testing.assert_array_equal(ring, [[.75, .25, 0], [0, .75, .25], [.25, 0, .75],
+                                         [.75, .25, 0], [0, .75, .25], [.25, 0, .75]])
+    # the reference's AG News: clients 2k and 2k+1 each take the other's major as their minor
+    np.testing.assert_array_equal(design_shares("mixed", 4, 4, pairing="pairs"),
+                                  [[.75, .25, 0, 0], [.25, .75, 0, 0], [0, 0, .75, .25], [0, 0, .25, .75]])
+    np.testing.assert_array_equal(design_shares("mixed", 6, 3, pairing="pairs"),
+                                  [[.75, .25, 0], [.25, .75, 0], [.25, 0, .75],
+                                   [.75, 0, .25], [0, .75, .25], [0, .25, .75]])
+    with pytest.raises(ValueError, match="pairs of clients 2k and 2k.1, so it needs an even num_clients, got 5. "
+                                         "Fix: --num_clients 4 or 6, or --pairing ring"):
+        design_shares("mixed", 5, 3, pairing="pairs")
+    with pytest.raises(ValueError, match="unknown pairing 'star'; use ring or pairs"):
+        design_shares("mixed", 4, 3, pairing="star")
+
+
+def test_pairing_is_part_of_a_prepared_folder(corpus, capsys):
+    ring = prepare_recipe(f"{corpus}:mixed", num_clients=4, progress=False, **SMALL)
+    pairs = prepare_recipe(f"{corpus}:mixed", num_clients=4, pairing="pairs", progress=False, **SMALL)
+    assert pairs != ring and manifest_of(ring)["options"]["pairing"] == "ring"
+    m = manifest_of(pairs)
+    assert m["options"]["pairing"] == "pairs"
+    np.testing.assert_allclose(m["mixture"], [[.75, .25, 0], [.25, .75, 0], [.25, 0, .75], [.75, 0, .25]], atol=0.01)
+    assert m["client_category_tokens"][1] == [100 + 38 + 15, 300 + 112 + 45, 0]  # 1/4 and 3/4 of each split
+    assert prepare_main([f"{corpus}:mixed", "--num_clients", "4", "--pairing", "pairs", "--train_tokens", "400",
+                         "--val_tokens", "150", "--trust_tokens", "60", "--ref_tokens", "100", "--no-progress"]) == 0
+    assert str(pairs) in capsys.readouterr().out  # the CLI reuses the same folder
+    specific = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
+    assert manifest_of(specific)["options"]["pairing"] is None
+    with pytest.raises(ValueError, match="pairing applies to the mixed split.*Fix: the mixed recipe"):
+        prepare_recipe(str(corpus), num_clients=3, pairing="pairs", progress=False, **SMALL)
+
+
 def test_num_clients_beyond_categories_and_seed_changes_documents(corpus):
     a = prepare_recipe(str(corpus), num_clients=7, progress=False, **SMALL)
     b = prepare_recipe(str(corpus), num_clients=7, seed=1, progress=False, **SMALL)
     assert manifest_of(a)["client_categories"] == [0, 1, 2, 0, 1, 2, 0]
     assert doc_ids(read(a, "client_06/train.bin")) != doc_ids(read(b, "client_06/train.bin"))
     assert {c for c, _ in doc_ids(read(b, "client_06/train.bin"))} == {"alpha"}
+
+
+@pytest.fixture()
+def even_corpus(tmp_path):
+    """Two categories of 120 documents of exactly 100 tokens ("the" x 99 and EOT): a piece of s
+    tokens takes ceil(s / 100) documents, so what fits is a hand computation."""
+    root = tmp_path / "even"
+    for cat in ("a", "b"):
+        (root / cat).mkdir(parents=True)
+        for d in range(120):
+            (root / cat / f"{d:03d}.txt").write_text(" ".join(["the"] * 99))
+    return root
+
+
+def test_more_clients_than_the_default_shrink_the_budgets_to_fit(even_corpus):
+    # the recipe: 2 clients (one per category) at train 30,000, val 8,000, trust 4,000, ref 10,000;
+    # 8 clients: at train t, val and trust are max(516, 8t/30, 4t/30), ref max(1032, t/3), so
+    # a category's 4 clients and its ref take 11 + 4 (ceil(t/100) + 6 + 6) documents: at most
+    # 120 for t <= 1,500
+    recipe = Budget(train=30_000, val=8_000, trust=4_000, ref=10_000)
+    assert scaled(recipe, 6_000) == Budget(6_000, 1_600, 800, 2_000)  # in proportion, above the floor
+    assert scaled(recipe, 1_500) == Budget(1_500, 516, 516, 1_032)  # 400, 200, 500: held at the floor
+    folder = prepare_recipe(str(even_corpus), num_clients=8, progress=False)
+    m = manifest_of(folder)
+    assert m["budget"] == {"train": 1500, "val": 516, "trust": 516, "ref": 1032}
+    assert m["options"]["budget"]["train"] == 30_000 and m["options"]["budget_given"] is False
+    assert m["documents_used"] == {"a": 11 + 4 * (15 + 6 + 6), "b": 119}
+    assert [m["files"][f"client_07/{s}.bin"]["tokens"] for s in ("train", "val", "trust")] == [1500, 516, 516]
+    assert m["files"]["ref.bin"]["tokens"] == 2 * 1032
+    assert "train 1,500, val 516, trust 516 per client" in prepare_summary(folder)
+    ClientDataModule(folder, batch_size=4, sequence_length=128).setup()  # the floor holds windows of 129
+    # at the floor (1,032 / 516 / 516 / 1,032: 11 + 6 + 6 documents a client, 11 for ref), a
+    # category serves 4 clients in 120 documents: 8 clients, not 10
+    with pytest.raises(ValueError, match=r"not enough text in category 'a' for 10 clients even at the smallest "
+                                         r"budgets \(train 1,032, val 516, trust 516 per client, ref 1,032 per "
+                                         r"category;.*its 120 documents \(12,000 tokens\) ran out, where these "
+                                         r"clients need at least 11,352 tokens.*Fix: --num_clients 8 or fewer "
+                                         r"\(the most this text serves at the smallest budgets\), or more text in "
+                                         r"that category\."):
+        prepare_recipe(str(even_corpus), num_clients=10, progress=False)
+
+
+def test_given_budgets_or_the_default_count_never_shrink(even_corpus):
+    # given budgets stay: 30 + 10 + 10 documents a client and 20 for ref serve 2 clients a category
+    given = dict(train=3000, val=1000, trust=1000, ref=2000)
+    with pytest.raises(ValueError, match=r"for 8 clients at these budgets \(train 3,000, val 1,000, trust 1,000 per "
+                                         r"client, ref 2,000 per category\).*Fix: --num_clients 4 or fewer \(the most "
+                                         r"this text serves at these budgets\), or smaller budgets"):
+        prepare_recipe(str(even_corpus), num_clients=8, progress=False, **given)
+    folder = prepare_recipe(str(even_corpus), num_clients=4, progress=False, **given)
+    assert manifest_of(folder)["budget"] == given and manifest_of(folder)["options"]["budget_given"] is True
+    # the recipe's own count keeps the recipe's budgets: 300 documents for one client's train alone
+    with pytest.raises(ValueError, match=r"for 2 clients at these budgets \(train 30,000.*Fix: smaller budgets"):
+        prepare_recipe(str(even_corpus), progress=False)
 
 
 def test_prepare_is_idempotent_and_never_overwrites_another_configuration(corpus):
@@ -125,7 +216,8 @@ def test_preparations_started_together_build_once(corpus, monkeypatch):
     real_build = prepare_module._build
     monkeypatch.setattr(prepare_module, "_build", lambda *a: builds.append(1) or real_build(*a))
     with ThreadPoolExecutor(3) as pool:
-        folders = list(pool.map(lambda _: prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL), range(3)))
+        folders = list(pool.map(lambda _: prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL),
+                                range(3)))
     assert len(set(folders)) == 1 and len(builds) == 1
     ClientDataModule(folders[0], batch_size=2, sequence_length=8).setup()
 
@@ -275,7 +367,8 @@ def test_bad_inputs_name_the_problem_and_the_fix(corpus, tmp_path):
         prepare_recipe("no_such")
     with pytest.raises(ValueError, match="needs num_clients >= 3, got 2. Fix: --num_clients 3"):
         prepare_recipe(str(corpus), num_clients=2, progress=False, **SMALL)
-    with pytest.raises(ValueError, match="not enough text in category 'alpha'.*Fix: fewer clients"):
+    with pytest.raises(ValueError, match="not enough text in category 'alpha' for 3 clients at these budgets.*"
+                                         "Fix: smaller budgets"):
         prepare_recipe(str(corpus), num_clients=3, progress=False, train=100_000)
     with pytest.raises(ValueError, match="train budget must be a positive"):
         get_recipe("offline_multi_specific", train=0)
@@ -312,6 +405,81 @@ def test_bring_your_own_tables_and_files_per_category(tmp_path):
         assert m["categories"] == ["science", "sports"] and m["num_clients"] == 2
         text = get_tokenizer().decode(read(folder, "client_01/train.bin").tolist())
         assert "sports" in text and "science" not in text and len(read(folder, "client_01/train.bin")) == 400
+
+
+def paragraphs_of(tag, count):
+    """`count` paragraphs of exactly 500 characters, each word naming its paragraph ("es007w")."""
+    return [(f"{tag}{i:03d}w " * 80)[:499] + "." for i in range(count)]
+
+
+def test_a_big_file_is_many_documents_at_the_top_or_in_a_category_folder(tmp_path):
+    root = tmp_path / "byo"
+    (root / "es").mkdir(parents=True)
+    (root / "es" / "manual.txt").write_text("\n\n".join(paragraphs_of("es", 12)))
+    (root / "en.txt").write_text("\n\n".join(paragraphs_of("en", 12)))
+    (root / "de.txt").write_text("\n".join(paragraphs_of("de", 12)))  # one paragraph a line, no blank lines
+    (root / "fr").mkdir()
+    for i in range(5):
+        (root / "fr" / f"note{i}.txt").write_text(f"fr{i:03d}w short note\n\nand its second paragraph\n")
+    docs = load_local(root)
+    # 500-character paragraphs, grouped up to 2,000 characters: four to a document, in order
+    for tag in ("es", "en"):
+        paras = paragraphs_of(tag, 12)
+        assert docs[tag] == ["\n\n".join(paras[k:k + 4]) for k in (0, 4, 8)], tag
+    lines = paragraphs_of("de", 12)  # a 6,000-character paragraph is cut at its line ends
+    assert docs["de"] == ["\n".join(lines[k:k + 4]) for k in (0, 4, 8)]
+    # many small files: each file one document, never merged with another
+    assert docs["fr"] == [f"fr{i:03d}w short note\n\nand its second paragraph" for i in range(5)]
+    big = tmp_path / "big"
+    (big / "es").mkdir(parents=True)
+    (big / "es" / "manual.txt").write_text("\n\n".join(paragraphs_of("es", 60)))
+    (big / "en.txt").write_text("\n\n".join(paragraphs_of("en", 60)))
+    folder = prepare_recipe(str(big), num_clients=6, progress=False, **SMALL)  # was: "its 1 documents ran out"
+    m = manifest_of(folder)
+    assert m["categories"] == ["en", "es"] and m["documents_used"] == {"en": 10, "es": 10}  # ref + 3 clients x 3
+
+
+def test_bad_input_files_name_the_file_the_line_and_the_fix(tmp_path):
+    def refused(path, content, message):
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        with pytest.raises(ValueError, match=re.escape(str(path)) + message):
+            load_local(path)
+
+    table = tmp_path / "news.csv"
+    refused(table, "text,label\nfirst story,sports\nsecond story\n", r", line 3: 1 cell where the header has 2 "
+            r"\(text, label\)\. Fix: give every row its text and label.*double quotes")
+    refused(table, 'text,label\n"a story,\nover two lines",sports\nhello, world,sports\n',  # an unquoted comma
+            r", line 4: 3 cells where the header has 2")
+    refused(table, "text,label\nfirst story,sports\nsecond story,  \n", r", line 3: the label is empty\. Fix: give "
+            r"every row a label")
+    refused(table, "text,label\nfirst story,sports\ncaf\xc3\xa9\n".encode() + b"caf\xe9,sports\n",
+            r", line 4: not UTF-8 text \(byte b'\\xe9'\)\. Fix: save it as UTF-8, e.g. `iconv -f latin1 -t utf-8")
+    rows = tmp_path / "news.jsonl"
+    good = json.dumps({"text": "first story", "label": "sports"})
+    refused(rows, f"{good}\n\n{json.dumps({'label': 'sports'})}\n",
+            r", line 3: no 'text' key \(the row has \['label'\]\)\. Fix: give every row 'text' and 'label'")
+    refused(rows, f"{good}\n{good}\n\n{{\"text\": \"a\", label: 1}}\n", r", line 4: not valid JSON \(Expecting "
+            r"property name enclosed in double quotes, column 15\)\. Fix: one JSON object per line")
+    refused(rows, f"{good}\n[\"a\", \"sports\"]\n", r", line 2: a JSON array where an object with 'text' and "
+            r"'label' is needed")
+    refused(rows, f"{good}\n{json.dumps({'text': None, 'label': 'sports'})}\n", r", line 2: the text is None, "
+            r"not a string")
+    refused(rows, f"{good}\n{json.dumps({'text': 'x', 'label': None})}\n", r", line 2: the label is empty")
+    refused(rows, f"{good}\n{json.dumps({'text': 'x', 'label': ['a']})}\n", r", line 2: the label is \['a'\], not a "
+            r"name\. Fix: give every row a label naming its category")
+    # what is right still loads: a byte-order mark (Excel's UTF-8), Windows line ends, number labels
+    table.write_bytes("\ufefftext,label\r\n\"caf\u00e9, bar\",1\r\nrunning, 2\r\n".encode())
+    assert load_local(table) == {"1": ["caf\u00e9, bar"], "2": ["running"]}  # the label " 2" is 2
+    folder = tmp_path / "own"
+    (folder / "es").mkdir(parents=True)
+    (folder / "es" / "a.txt").write_text("uno")
+    (folder / "es.txt").write_text("dos")
+    with pytest.raises(ValueError, match=r"es and .*es.txt both hold the category 'es'\. Fix: keep each category"):
+        load_local(folder)
+    (folder / "es.txt").unlink()
+    (folder / "es" / "b.txt").write_bytes(b"ni\xf1o")
+    with pytest.raises(ValueError, match=r"es/b.txt, line 1: not UTF-8 text \(byte b'\\xf1'\)"):
+        load_local(folder)
 
 
 def test_cli_lists_recipes_prepares_and_reports_errors(corpus, capsys):

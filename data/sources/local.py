@@ -1,45 +1,157 @@
 """Bring your own clients: documents by category from local files.
 
-- a folder with one sub-folder per category (every text file inside is one document), or one
-  file per category (documents separated by blank lines);
+- a folder with one sub-folder per category (all text files inside, at any depth), or one file
+  per category (`es.txt`: category `es`), or both;
 - a `.csv` or `.jsonl` table with `text` and `label` columns (one row per document).
+
+Every text file becomes documents by one rule, wherever it sits: its paragraphs (separated by
+blank lines; a paragraph longer than a document is cut at its line ends) are grouped, in order,
+into documents of about 2,000 characters. So a folder of many small files gives one document per
+file (files are never merged), and one big file (`es/manual.txt` or `es.txt` alike) gives many
+documents that can be dealt out to many clients. Clients get whole documents, never a piece of
+one that another client or split also holds.
+
+Files are read as UTF-8 (a byte-order mark is fine); a byte that is not UTF-8, a table row
+without its text or label, or a line that is not JSON is an error naming the file and the line.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import json
+import re
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
+
+from .text import DOCUMENT_CHARS, group
 
 TABLE_SUFFIXES = (".csv", ".jsonl")
 BINARY_SUFFIXES = {".gz", ".zip", ".bin", ".npy", ".pt", ".png", ".jpg", ".pdf"}
 
 
+def _is_text(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in BINARY_SUFFIXES
+
+
 def _text_files(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")
-            and p.suffix.lower() not in BINARY_SUFFIXES]
+    return [p for p in sorted(folder.rglob("*")) if _is_text(p)]
 
 
 def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
+    """A file's text, decoded strictly as UTF-8 (a byte-order mark dropped, line ends made `\\n`):
+    text decoded wrongly would train clients on mojibake without a word."""
+    raw = path.read_bytes()
+    body = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = body[:err.start].count(b"\n") + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {body[err.start:err.start + 1]!r}). Fix: save "
+                         f"it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` (latin1 for "
+                         "older Windows or Excel exports), or remove it if it is not text.") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def file_documents(text: str) -> list[str]:
+    """A file's documents: blank-line paragraphs (cut at line ends when longer than a document),
+    grouped in order into documents of about `DOCUMENT_CHARS` characters."""
+    pieces = []
+    for block in re.split(r"\n\s*\n", text):
+        block = block.rstrip().lstrip("\n")
+        if not block.strip():
+            continue
+        pieces += group(block.split("\n"), sep="\n") if len(block) > DOCUMENT_CHARS else [block]
+    return group(pieces)
+
+
+ROW_FIX = "Fix: one JSON object per line, such as {\"text\": \"...\", \"label\": \"sports\"}."
+
+
+def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """(first line, cells by column) of every row below the header."""
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, [])
+    missing = sorted({"text", "label"} - set(header))
+    if missing:
+        raise ValueError(f"{path}, line 1: needs the columns 'text' and 'label'; it lacks {missing} (it has "
+                         f"{header}). Fix: rename its columns.")
+    end = reader.line_num
+    for cells in reader:
+        start, end = end + 1, reader.line_num
+        if not cells:
+            continue  # a blank line
+        if len(cells) != len(header):
+            cell_s = f"{len(cells)} cell{'s' * (len(cells) != 1)}"
+            raise ValueError(f"{path}, line {start}: {cell_s} where the header has {len(header)} ({', '.join(header)})."
+                             " Fix: give every row its text and label, and put text that holds commas, quotes or line "
+                             'breaks in double quotes ("like, this").')
+        yield start, dict(zip(header, cells))
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """(line, object) of every non-blank line."""
+    for line, raw in enumerate(text.split("\n"), 1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {line}: not valid JSON ({err.msg}, column {err.colno}). "
+                             f"{ROW_FIX}") from None
+        if not isinstance(row, dict):
+            kind = {list: "array", str: "string", bool: "true/false", type(None): "null"}.get(type(row), "number")
+            raise ValueError(f"{path}, line {line}: a JSON {kind} where an object with 'text' and 'label' is "
+                             f"needed. {ROW_FIX}")
+        missing = [key for key in ("text", "label") if key not in row]
+        if missing:
+            raise ValueError(f"{path}, line {line}: no {' or '.join(map(repr, missing))} key (the row has "
+                             f"{sorted(row)}). Fix: give every row 'text' and 'label'.")
+        yield line, row
+
+
+def _labelled(path: Path, line: int, row: dict) -> tuple[str, str]:
+    """A row's (category, text), or an error naming the row."""
+    text, label = row["text"], row["label"]
+    if not isinstance(text, str):
+        raise ValueError(f"{path}, line {line}: the text is {text!r}, not a string. Fix: give every row its text.")
+    if isinstance(label, (dict, list)):
+        raise ValueError(f"{path}, line {line}: the label is {label!r}, not a name. Fix: give every row a label "
+                         "naming its category (a string or a number).")
+    if label is None or not str(label).strip():
+        raise ValueError(f"{path}, line {line}: the label is empty. Fix: give every row a label (the name of its "
+                         "category), or remove the row.")
+    return str(label).strip(), text  # "a, sports" and "a,sports" are both in category "sports"
 
 
 def _table(path: Path) -> dict[str, list[str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        if path.suffix == ".csv":
-            rows = list(csv.DictReader(f))
-        else:
-            rows = [json.loads(line) for line in f if line.strip()]
-    missing = {"text", "label"} - set(rows[0] if rows else ())
-    if missing:
-        raise ValueError(f"{path} needs the columns 'text' and 'label'; it lacks {sorted(missing)} (it has "
-                         f"{sorted(rows[0]) if rows else 'no rows'}). Fix: rename its columns.")
+    text = _read(path)
+    rows = _csv_rows(path, text) if path.suffix == ".csv" else _jsonl_rows(path, text)
     grouped: dict[str, list[str]] = defaultdict(list)
-    for row in rows:
-        if str(row["text"]).strip():
-            grouped[str(row["label"])].append(str(row["text"]))
+    for line, row in rows:
+        label, doc = _labelled(path, line, row)
+        if doc.strip():
+            grouped[label].append(doc)
     return dict(sorted(grouped.items()))
+
+
+def _folder(path: Path) -> dict[str, list[str]]:
+    """Documents by category from a folder: each sub-folder or top-level file is one category."""
+    docs: dict[str, list[str]] = {}
+    where: dict[str, Path] = {}
+    for child in sorted(path.iterdir()):
+        if child.name.startswith(".") or not (child.is_dir() or _is_text(child)):
+            continue
+        category = child.name if child.is_dir() else child.stem
+        if category in where:
+            raise ValueError(f"{where[category]} and {child} both hold the category {category!r}. Fix: keep each "
+                             "category in one place (a sub-folder holding all its files, or one file).")
+        where[category] = child
+        files = _text_files(child) if child.is_dir() else [child]
+        docs[category] = [d for f in files for d in file_documents(_read(f))]
+    return docs
 
 
 def load_local(path: Path) -> dict[str, list[str]]:
@@ -49,14 +161,7 @@ def load_local(path: Path) -> dict[str, list[str]]:
         raise FileNotFoundError(f"{path} does not exist. Fix: give a folder with one sub-folder or file per "
                                 "category, or a .csv/.jsonl with 'text' and 'label' columns.")
     if path.is_dir():
-        docs = {}
-        for child in sorted(path.iterdir()):
-            if child.name.startswith("."):
-                continue
-            if child.is_dir():
-                docs[child.name] = [t for t in map(_read, _text_files(child)) if t.strip()]
-            else:
-                docs[child.stem] = [d.strip() for d in _read(child).split("\n\n") if d.strip()]
+        docs = _folder(path)
     elif path.suffix in TABLE_SUFFIXES:
         docs = _table(path)
     else:

@@ -52,6 +52,22 @@ def paragraphs(text: str) -> list[str]:
     return [p for p in map(reflow, raw) if len(p) >= MIN_PARAGRAPH_CHARS]
 
 
+def group(pieces: Iterable[str], max_chars: int = DOCUMENT_CHARS, sep: str = "\n\n") -> list[str]:
+    """Consecutive pieces joined by `sep` into documents of at most about `max_chars` characters
+    (a piece longer than that is a document of its own): documents long enough to carry
+    context, and many of them, so a big text can be dealt out to many clients."""
+    docs, current, size = [], [], 0
+    for p in pieces:
+        if current and size + len(p) > max_chars:
+            docs.append(sep.join(current))
+            current, size = [], 0
+        current.append(p)
+        size += len(p)
+    if current:
+        docs.append(sep.join(current))
+    return docs
+
+
 def documents(paras: Iterable[str], language: str, seen: set[str], max_chars: int = DOCUMENT_CHARS) -> list[str]:
     """Consecutive paragraphs in `language`, grouped into documents of about `max_chars`.
 
@@ -59,19 +75,13 @@ def documents(paras: Iterable[str], language: str, seen: set[str], max_chars: in
     the translators' note closing every translated man page would otherwise repeat across
     documents, and so across clients and splits.
     """
-    docs, current, size = [], [], 0
+    kept = []
     for p in paras:
         if p in seen or language_of(p) != language:
             continue
         seen.add(p)
-        if current and size + len(p) > max_chars:
-            docs.append("\n\n".join(current))
-            current, size = [], 0
-        current.append(p)
-        size += len(p)
-    if current:
-        docs.append("\n\n".join(current))
-    return docs
+        kept.append(p)
+    return group(kept, max_chars)
 
 
 # --- roff (man pages) -------------------------------------------------------------------------

@@ -1,0 +1,42 @@
+"""Seed-repeat reproduction: every run of a grid gets its own folder, and the results table keeps
+runs of different client counts apart."""
+import importlib.util
+from pathlib import Path
+
+from collab.report import SUMMARY_FILE, seed_table
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def script(name):
+    spec = importlib.util.spec_from_file_location(f"scripts_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grid_runs_of_one_recipe_at_two_client_counts_get_two_folders(tmp_path, capsys):
+    reproduce = script("reproduce")
+    finished = reproduce.run_folder(tmp_path, "none", "offline_multi_specific", 4, 0)
+    assert finished == tmp_path / "offline_multi_specific-n4" / "none" / "seed0"
+    finished.mkdir(parents=True)
+    (finished / SUMMARY_FILE).write_text("{}")
+    argv = ["--recipes", "offline_multi_specific:4", "offline_multi_specific:8", "offline_multi_mixed",
+            "--strategies", "none", "--seeds", "0", "--out", str(tmp_path), "--dry_run"]
+    assert reproduce.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "3 runs in the grid, 1 already finished, 2 to run." in out
+    assert f"--out {tmp_path / 'offline_multi_specific-n8' / 'none' / 'seed0'} --no-progress --num_clients 8" in out
+    assert f"--out {tmp_path / 'offline_multi_mixed' / 'none' / 'seed0'} --no-progress\n" in out
+    assert not any(p.name != "offline_multi_specific-n4" for p in tmp_path.iterdir())  # a dry run writes nothing
+
+
+def test_seed_table_keeps_client_counts_apart():
+    def run(clients, ppl):
+        return {"options": {"trust": "none", "dataset": "offline_multi_specific"},
+                "final": {"clients": [{"ppl": ppl}] * clients, "mean": {"ppl": ppl}}}
+
+    table = seed_table([run(4, 10.0), run(4, 12.0), run(8, 20.0)])
+    head = "| strategy | offline_multi_specific, 4 clients | offline_multi_specific, 8 clients |"
+    assert table.splitlines()[0] == head
+    assert table.splitlines()[2] == "| none | **11.00 ± 1.41 (n=2)** | **20.00 ± 0.00 (n=1)** |"
