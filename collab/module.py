@@ -18,6 +18,7 @@ import torch
 
 from lora_gpt import GPT, ClientSlice, LoRAConfig, client_seeds, inject_lora, lora_parameters, mark_only_lora_as_trainable
 from lora_gpt.cross_entropy import fused_linear_cross_entropy, linear_predictions
+from lora_gpt.precision import flush_denormals
 from lora_gpt.training import LanguageModelMetrics, adamw, one_cycle
 
 from .evaluation import chunks
@@ -93,6 +94,9 @@ class CollabLoRAModule(L.LightningModule):
             hidden, self.model.lm_head.weight, y, torch.full(y.shape, per_token, device=y.device),
             self.loss_chunk)
         return objective, token_losses.mean(dim=(1, 2))
+
+    def on_fit_start(self) -> None:
+        flush_denormals()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         if batch.shape[0] != self.num_clients:

@@ -10,6 +10,7 @@ from .config import GPTConfig
 from .cross_entropy import fused_linear_cross_entropy, linear_predictions
 from .lora import LoRAConfig, inject_lora, mark_only_lora_as_trainable
 from .model import GPT
+from .precision import flush_denormals
 from .training import LanguageModelMetrics, adamw, one_cycle
 
 
@@ -38,6 +39,9 @@ class LitGPT(L.LightningModule):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
+
+    def on_fit_start(self) -> None:
+        flush_denormals()
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         x, y = batch[..., :-1], batch[..., 1:]

@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from .clients import ClientSlice, client_dropout, site_id
+from .clients import ClientSlice, site_id, zero_dropped
+from .precision import compute_dtype
 
 ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
@@ -154,8 +155,10 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         if p > 0 and clients is not None and clients.dropout_seeds is not None:
             seeds = torch.tensor(clients.site_seeds(site), dtype=torch.int64, device=x.device)
         return fused_lora_linear(x, weight, bias, A, B, config.scale, p, seeds)
-    base = F.linear(x, weight, bias)
-    return base + config.scale * torch.bmm(torch.bmm(client_dropout(x, p, training, clients, site), A), B)
+    x = x.to(compute_dtype(x))  # cast once for both paths (autocast would cast it for each)
+    dropped, factor = zero_dropped(x, p, training, clients, site)
+    # y = x W^T + b + s * (dropout(x) A) B, with the add and both scales inside the last matmul
+    return torch.baddbmm(F.linear(x, weight, bias), torch.bmm(dropped, A), B, alpha=config.scale * factor)
 
 
 def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> nn.Module:

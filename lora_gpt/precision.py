@@ -29,6 +29,21 @@ def cpu_has_native_bf16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"}) or (platform.machine() == "aarch64" and "bf16" in flags)
 
 
+def compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype a matmul on `tensor` runs in: autocast's when it is on for the tensor's device,
+    else the tensor's own."""
+    device = tensor.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return tensor.dtype
+
+
+def flush_denormals() -> None:
+    """Treat float values below 1e-38 as zero on this CPU: denormal arithmetic takes microcode
+    assists on x86, and Adam's second moments of near-zero gradients slowed its step 10x here."""
+    torch.set_flush_denormal(True)
+
+
 def native_bf16(device_type: str) -> bool:
     """Whether `device_type` ("cpu" or "cuda") runs bfloat16 natively."""
     if device_type == "cuda":

@@ -21,11 +21,13 @@ def test_client_dropout_keeps_one_minus_p_and_each_client_owns_its_mask():
     x = torch.ones(3, 400, 50)
     seeds = client_seeds(7, range(3), step=0)
     out = client_dropout(x, 0.25, True, ClientSlice(0, 3, seeds), site=5)
-    assert torch.equal(out.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert torch.equal(out.unique(), torch.tensor([0.0, 1 / 0.75]))  # 0.25 * 65536 is whole: exact
     assert (out > 0).float().mean().item() == pytest.approx(0.75, abs=0.01)
     alone = client_dropout(x[1:2], 0.25, True, ClientSlice(1, 2, seeds[1:2]), site=5)
     assert torch.equal(alone[0], out[1])  # client 1's mask does not depend on clients 0 and 2
     assert not torch.equal(out[0], out[1])
+    unbiased = client_dropout(torch.ones(2, 100_000), 0.1, True, ClientSlice(0, 2, seeds[:2]), site=1)
+    assert unbiased.mean().item() == pytest.approx(1.0, abs=0.005)  # p quantised to 1/65536, rescaled to match
     other_site = client_dropout(x, 0.25, True, ClientSlice(0, 3, seeds), site=6)
     assert not torch.equal(other_site, out)
     assert torch.equal(client_dropout(x, 0.25, False, ClientSlice(0, 3, seeds), site=5), x)  # eval: identity
