@@ -39,6 +39,8 @@ class TrustAggregation(L.Callback):
         self.strategy = T.Strategy.parse(strategy)
         if trust_freq < 1:
             raise ValueError(f"trust_freq must be >= 1, got {trust_freq}.")
+        if k < 1:
+            raise ValueError(f"k must be >= 1 (the peers each client keeps under -top-k), got {k}.")
         if pretraining_rounds < 0:
             raise ValueError(f"pretraining_rounds must be >= 0, got {pretraining_rounds}.")
         self.trust_freq, self.pretraining_rounds, self.k = trust_freq, pretraining_rounds, k

@@ -101,6 +101,8 @@ def filter_scores(scores: torch.Tensor, variant: str, k: int, threshold: float) 
     each row's best two), `top-k` keeps each row's k best. Dropped entries become -inf."""
     if variant == "":
         return scores
+    if variant == "top-k" and k < 1:
+        raise ValueError(f"k must be >= 1 for a -top-k strategy (the peers each client keeps), got {k}.")
     n = scores.shape[1]
     order = scores.argsort(dim=1, descending=True)
     if variant == "top-k":

@@ -125,3 +125,13 @@ def test_trust_quality():
     assert perfect["same_category"] == pytest.approx(1.0) and perfect["static_corr"] == pytest.approx(1.0)
     naive = T.trust_quality(T.uniform_trust(4), P)
     assert naive["same_category"] == pytest.approx(0.5) and naive["static_corr"] is None
+
+
+def test_top_k_below_one_is_refused_where_the_strategy_is_built():
+    """Bug 10.3: k=0 gave an all-NaN trust matrix that passed through."""
+    from collab.aggregation import TrustAggregation
+
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        TrustAggregation("dynamic-top-k", k=0)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        T.trust_from_scores(torch.randn(3, 3), "top-k", k=0)
