@@ -24,7 +24,7 @@ from lora_gpt.precision import PRECISIONS, resolve_precision
 from .aggregation import TrustAggregation
 from .module import CollabLoRAModule
 from .report import SUMMARY_FILE
-from .trust import ALIASES, STRATEGIES, Strategy
+from .trust import ALIASES, SIMILARITIES, STRATEGIES, Strategy, TrustSettings
 
 DEFAULT_DATASET = "offline_multi_specific"
 RUN_OPTIONS_FILE = "options.json"
@@ -45,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k", type=int, default=3, help="peers kept by the -top-k variants")
     g.add_argument("--thresh", type=float, default=None,
                    help="score threshold of the -thresh variants (default: the strategy's own)")
-    g.add_argument("--similarity", choices=("weights", "update"), default="weights",
-                   help="dynamic: cosine similarity of adapter weights (paper) or of their updates A@B")
+    g.add_argument("--similarity", choices=tuple(SIMILARITIES), default="peft-rows",
+                   help="dynamic: cosine similarity of the rows of A and B in PEFT's layout, in the reference code's, "
+                        "or of the updates A@B")
     g.add_argument("--token_top_k", type=int, default=10, help="dynamic-token: tokens compared per position")
 
     g = p.add_argument_group("data")
@@ -251,8 +252,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               iterations=args.iterations, warmup=args.warmup_percent, acc_steps=args.acc_steps,
                               grad_clip=args.grad_clip, client_chunk=args.client_chunk,
                               loss_chunk=args.loss_chunk, seed=args.seed)
-    aggregation = TrustAggregation(args.trust, args.trust_freq, args.pretraining_rounds, args.k, args.similarity,
-                                   args.thresh, args.eval_chunk, args.token_top_k, out_dir=out)
+    trust = TrustSettings(strategy=args.trust, trust_freq=args.trust_freq, pretraining_rounds=args.pretraining_rounds,
+                          k=args.k, threshold=args.thresh, similarity=args.similarity, token_top_k=args.token_top_k,
+                          eval_chunk=args.eval_chunk)
+    aggregation = TrustAggregation(trust, out_dir=out)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
                                                      every_n_train_steps=args.ckpt_freq or args.eval_freq)
     trainer = L.Trainer(max_steps=args.iterations, accelerator=args.accelerator, devices=args.devices,
