@@ -163,10 +163,11 @@ def test_a_module_without_the_protocol_is_refused_before_training():
         train(Plain(), SyntheticClients(num_clients=N), 1, [TrustAggregation(TrustSettings(strategy="dynamic-ref"))])
 
 
-def test_nan_client_does_not_poison_the_others():
+@pytest.mark.parametrize("strategy", ["dynamic", "dynamic-ref", "dynamic-token"])
+def test_nan_client_does_not_poison_the_others(strategy):
     dm = SyntheticClients(num_clients=N)
     module = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=2)
-    agg = TrustAggregation(TrustSettings(strategy="dynamic", trust_freq=2, pretraining_rounds=0))
+    agg = TrustAggregation(TrustSettings(strategy=strategy, trust_freq=2, pretraining_rounds=0))
 
     class Poison(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

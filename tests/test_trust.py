@@ -48,14 +48,14 @@ def test_every_family_is_registered_and_built_from_settings():
 
 def test_naive_aggregation_makes_all_adapters_identical():
     adapters = random_adapters()
-    new = T.aggregate(adapters, T.FedAvg().to_trust(torch.ones(4, 4)))
+    new = T.aggregate(adapters, T.FedAvg().to_trust(T.FedAvg.scores_from_count(4)))
     for name, a in new.items():
         torch.testing.assert_close(a, adapters[name].mean(0, keepdim=True).expand_as(a))
 
 
 def test_none_aggregation_is_identity():
     adapters = random_adapters()
-    for name, a in T.aggregate(adapters, T.Local().to_trust(torch.eye(4))).items():
+    for name, a in T.aggregate(adapters, T.Local().to_trust(T.Local.scores_from_count(4))).items():
         torch.testing.assert_close(a, adapters[name])
 
 
@@ -262,6 +262,12 @@ def test_nonfinite_clients_are_excluded_and_reset():
     trust = family("dynamic-ref").to_trust(scores, healthy)
     assert (trust[:, 1:3] == 0).all() and torch.equal(trust[1], torch.tensor([0.5, 0.0, 0.0, 0.5]))
     torch.testing.assert_close(trust.sum(1), torch.ones(4))
+    # a broken client's token distances leave the other clients' scores as they would be without it
+    dist = torch.tensor([[0.0, 1.0, 3.0], [2.0, 0.0, 2.0], [float("nan")] * 3])
+    dist[:, 2] = float("nan")
+    scores = T.token_scores(dist)
+    torch.testing.assert_close(scores[:2, :2], torch.tensor([[0.0, -10.0], [-10.0, 0.0]]))
+    assert T.usable_clients(scores).tolist() == [True, True, False]
     with pytest.raises(FloatingPointError, match="every client"):
         T.exclude_nonfinite(T.FedAvg().to_trust(torch.ones(2, 2)), torch.tensor([False, False]))
 

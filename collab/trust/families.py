@@ -103,7 +103,11 @@ class Local(FixedTrust):
         return cls()
 
     def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
-        return torch.eye(model.num_clients)
+        return self.scores_from_count(model.num_clients)
+
+    @staticmethod
+    def scores_from_count(n: int) -> torch.Tensor:
+        return torch.eye(n)
 
 
 @register
@@ -118,7 +122,11 @@ class FedAvg(FixedTrust):
         return cls()
 
     def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
-        return torch.ones(model.num_clients, model.num_clients)
+        return self.scores_from_count(model.num_clients)
+
+    @staticmethod
+    def scores_from_count(n: int) -> torch.Tensor:
+        return torch.ones(n, n)
 
 
 @register

@@ -69,11 +69,14 @@ def finite_clients(adapters: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 def usable_clients(scores: torch.Tensor, finite: torch.Tensor | None = None) -> torch.Tensor:
-    """`[N]` bool: clients with a finite adapter (`finite`, default all) whose column of `scores` is
-    finite on every such client's row; a model that scores NaN or inf on a healthy client's data
-    is as broken as a NaN adapter."""
-    usable = torch.ones(scores.shape[0], dtype=torch.bool) if finite is None else finite.cpu().clone()
-    return usable & scores.cpu()[usable].isfinite().all(0)
+    """`[N]` bool: clients with a finite adapter (`finite`, default all) and a finite score of their
+    own, whose column of `scores` is finite on every such client's row: a model that scores NaN or
+    inf on a healthy client's data is as broken as a NaN adapter."""
+    scores = scores.cpu()
+    usable = scores.diagonal().isfinite()
+    if finite is not None:
+        usable &= finite.cpu()
+    return usable & scores[usable].isfinite().all(0)
 
 
 def exclude_nonfinite(trust: torch.Tensor, healthy: torch.Tensor) -> torch.Tensor:

@@ -90,9 +90,11 @@ PEER_LOSS_SCORES = {
 
 def token_scores(distances: torch.Tensor) -> torch.Tensor:
     """Minus the distances with each row scaled to sum to 10, as the reference code scales them:
-    scores lie in [-10, 0] whatever the distance's units."""
+    scores lie in [-10, 0] whatever the distance's units. A non-finite distance (a broken client)
+    stays non-finite and leaves the rest of its row as it would be without it."""
     distances = distances.float()
-    return -10.0 * distances / distances.abs().sum(dim=1, keepdim=True).clamp_min(1e-12)
+    row_sums = distances.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs().sum(dim=1, keepdim=True)
+    return -10.0 * distances / row_sums.clamp_min(1e-12)
 
 
 @dataclass(frozen=True)
