@@ -12,7 +12,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 
@@ -68,11 +68,11 @@ class ScoredTrust(TrustFamily):
 
     def __post_init__(self) -> None:
         if self.selection.threshold is None:
-            object.__setattr__(self, "selection", replace(self.selection, threshold=self.threshold))
+            object.__setattr__(self, "selection", replace(self.selection, threshold=self.default_threshold))
 
     @property
     @abstractmethod
-    def threshold(self) -> float:
+    def default_threshold(self) -> float:
         """The `-thresh` threshold tuned to this family's score."""
 
     @staticmethod
@@ -84,9 +84,10 @@ class ScoredTrust(TrustFamily):
 
 
 FAMILIES: dict[str, type[TrustFamily]] = {}
+Family = TypeVar("Family", bound=type[TrustFamily])
 
 
-def register(cls: type[TrustFamily]) -> type[TrustFamily]:
+def register(cls: Family) -> Family:
     FAMILIES[cls.name] = cls
     return cls
 
@@ -165,7 +166,7 @@ class AdapterSimilarity(ScoredTrust):
         super().__post_init__()
 
     @property
-    def threshold(self) -> float:
+    def default_threshold(self) -> float:
         return SIMILARITIES[self.similarity].threshold
 
     @classmethod
@@ -195,7 +196,7 @@ class PeerLoss(ScoredTrust):
         super().__post_init__()
 
     @property
-    def threshold(self) -> float:
+    def default_threshold(self) -> float:
         return PEER_LOSS_SCORES[self.score].threshold
 
     @classmethod
@@ -224,7 +225,7 @@ class TokenAgreement(ScoredTrust):
     eval_chunk: int | None = None  # clients per evaluation pass (None: the model's own)
 
     @property
-    def threshold(self) -> float:
+    def default_threshold(self) -> float:
         return self.measure.threshold
 
     @classmethod
