@@ -19,7 +19,7 @@ import torch
 from .matrices import Selection, exclude_nonfinite, row_normalize, usable_clients
 from .protocols import ClientData, CollaborativeModel
 from .scores import (PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES, TopLogits, TopProbabilities,
-                     token_scores)
+                     check_choice, token_scores)
 
 if TYPE_CHECKING:
     from .settings import TrustSettings
@@ -74,10 +74,6 @@ class ScoredTrust(TrustFamily):
     @abstractmethod
     def default_threshold(self) -> float:
         """The `-thresh` threshold tuned to this family's score."""
-
-    @staticmethod
-    def selection_from(settings: TrustSettings) -> Selection:
-        return Selection(settings.variant, settings.k, settings.threshold, settings.temperature)
 
     def weigh(self, scores: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
         return self.selection(scores.masked_fill(~usable[None, :], float("-inf")).nan_to_num(nan=float("-inf")))
@@ -140,7 +136,7 @@ class StaticMixture(FixedTrust):
     rule: str = "overlap"
 
     def __post_init__(self) -> None:
-        _check_choice("static rule", self.rule, STATIC_RULES)
+        check_choice("static rule", self.rule, STATIC_RULES)
 
     @classmethod
     def from_settings(cls, settings: TrustSettings) -> StaticMixture:
@@ -162,7 +158,7 @@ class AdapterSimilarity(ScoredTrust):
     similarity: str = "peft-rows"
 
     def __post_init__(self) -> None:
-        _check_choice("similarity", self.similarity, SIMILARITIES)
+        check_choice("similarity", self.similarity, SIMILARITIES)
         super().__post_init__()
 
     @property
@@ -171,7 +167,7 @@ class AdapterSimilarity(ScoredTrust):
 
     @classmethod
     def from_settings(cls, settings: TrustSettings) -> AdapterSimilarity:
-        return cls(cls.selection_from(settings), settings.similarity)
+        return cls(settings.selection(), settings.similarity)
 
     def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
         return self.scores_from_adapters(model.adapters())
@@ -192,7 +188,7 @@ class PeerLoss(ScoredTrust):
     eval_chunk: int | None = None  # clients per evaluation pass (None: the model's own)
 
     def __post_init__(self) -> None:
-        _check_choice("dynamic-ref score", self.score, PEER_LOSS_SCORES)
+        check_choice("dynamic-ref score", self.score, PEER_LOSS_SCORES)
         super().__post_init__()
 
     @property
@@ -201,7 +197,7 @@ class PeerLoss(ScoredTrust):
 
     @classmethod
     def from_settings(cls, settings: TrustSettings) -> PeerLoss:
-        return cls(cls.selection_from(settings), settings.ref_score, settings.eval_chunk)
+        return cls(settings.selection(), settings.ref_score, settings.eval_chunk)
 
     def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
         batches = data.trust_batches()
@@ -232,7 +228,7 @@ class TokenAgreement(ScoredTrust):
     def from_settings(cls, settings: TrustSettings) -> TokenAgreement:
         kind = TOKEN_DISTANCES[settings.token_distance]
         measure = kind() if settings.token_top_k is None else kind(settings.token_top_k)
-        return cls(cls.selection_from(settings), measure, settings.eval_chunk)
+        return cls(settings.selection(), measure, settings.eval_chunk)
 
     def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
         n = model.num_clients
@@ -250,7 +246,3 @@ class TokenAgreement(ScoredTrust):
         """Scores from `[N, N]` mean distances (`measure.distance_sum` over positions / positions)."""
         return token_scores(distances)
 
-
-def _check_choice(what: str, value: str, choices: Mapping[str, object]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}.")

@@ -19,6 +19,11 @@ import torch.nn.functional as F
 from .matrices import overlap
 
 
+def check_choice(what: str, value: str, choices: Mapping[str, object]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}.")
+
+
 @dataclass(frozen=True)
 class ScoreDefinition:
     """A score and the `-thresh` threshold tuned to its scale."""

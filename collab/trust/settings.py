@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .families import FAMILIES, ScoredTrust, TrustFamily
-from .matrices import VARIANTS
-from .scores import PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES
+from .matrices import VARIANTS, Selection
+from .scores import PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES, check_choice
 
 STRATEGIES = tuple(name + (f"-{v}" if v else "") for name, family in FAMILIES.items()
                    for v in (VARIANTS if issubclass(family, ScoredTrust) else ("",)))
@@ -75,20 +75,17 @@ class TrustSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "strategy", Strategy.parse(self.strategy).name)
-        for name in ("trust_freq", "k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.trust_freq < 1:
+            raise ValueError(f"trust_freq must be >= 1, got {self.trust_freq}.")
         for name in ("token_top_k", "eval_chunk"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset for the default), got {getattr(self, name)}.")
         if self.pretraining_rounds < 0:
             raise ValueError(f"pretraining_rounds must be >= 0, got {self.pretraining_rounds}.")
-        if not self.temperature > 0:
-            raise ValueError(f"the trust temperature must be > 0, got {self.temperature}; 1 is the paper's softmax.")
+        self.selection()  # checks k and the temperature
         for name, choices in (("similarity", SIMILARITIES), ("ref_score", PEER_LOSS_SCORES),
                               ("token_distance", TOKEN_DISTANCES), ("static_rule", STATIC_RULES)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}.")
+            check_choice(name, getattr(self, name), choices)
 
     @property
     def family(self) -> str:
@@ -97,6 +94,10 @@ class TrustSettings:
     @property
     def variant(self) -> str:
         return Strategy.parse(self.strategy).variant
+
+    def selection(self) -> Selection:
+        """How a scored family's scores become trust under these settings."""
+        return Selection(self.variant, self.k, self.threshold, self.temperature)
 
 
 def build_family(settings: TrustSettings) -> TrustFamily:
