@@ -18,13 +18,14 @@ import lightning as L
 import torch
 
 from lora_gpt import LoRAConfig, save_adapters
-from lora_gpt.lora import KERNELS
+from lora_gpt.lora import INITS, KERNELS
 from lora_gpt.precision import PRECISIONS, resolve_precision
 
 from .aggregation import TrustAggregation
 from .module import CollabLoRAModule
 from .report import SUMMARY_FILE
-from .trust import ALIASES, STRATEGIES, Strategy
+from .trust import (ALIASES, PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, STRATEGIES, TOKEN_DISTANCES, Strategy,
+                    TrustSettings)
 
 DEFAULT_DATASET = "offline_multi_specific"
 RUN_OPTIONS_FILE = "options.json"
@@ -45,9 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k", type=int, default=3, help="peers kept by the -top-k variants")
     g.add_argument("--thresh", type=float, default=None,
                    help="score threshold of the -thresh variants (default: the strategy's own)")
-    g.add_argument("--similarity", choices=("weights", "update"), default="weights",
-                   help="dynamic: cosine similarity of adapter weights (paper) or of their updates A@B")
-    g.add_argument("--token_top_k", type=int, default=10, help="dynamic-token: tokens compared per position")
+    g.add_argument("--trust_temperature", type=float, default=1.0, help=trust_help("temperature"))
+    g.add_argument("--similarity", choices=tuple(SIMILARITIES), default="peft-rows", help=trust_help("similarity"))
+    g.add_argument("--ref_score", choices=tuple(PEER_LOSS_SCORES), default="perplexity", help=trust_help("ref_score"))
+    g.add_argument("--token_distance", choices=tuple(TOKEN_DISTANCES), default="top-probs",
+                   help=trust_help("token_distance"))
+    g.add_argument("--token_top_k", type=int, default=None, help=trust_help("token_top_k"))
+    g.add_argument("--static_rule", choices=tuple(STATIC_RULES), default="overlap", help=trust_help("static_rule"))
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=DEFAULT_DATASET, help="recipe name, or a folder / CSV / JSONL of your own")
@@ -69,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lora_rank", type=int, default=4)
     g.add_argument("--lora_alpha", type=float, default=32.0)
     g.add_argument("--lora_dropout", type=float, default=0.1)
+    g.add_argument("--lora_init", choices=INITS, default="peft",
+                   help="A's init: LoRA's and PEFT's U(+-1/sqrt(d_in)), shared by all clients, or the reference "
+                        "code's U(+-1/sqrt(r)), drawn per client")
     g.add_argument("--lora_mlp", action=argparse.BooleanOptionalAction, default=True, help="adapt the MLP")
     g.add_argument("--lora_causal_self_attention", action=argparse.BooleanOptionalAction, default=True,
                    help="adapt the attention projections")
@@ -100,16 +108,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def trust_help(name: str) -> str:
+    """The help of a trust option, written once beside its field in `TrustSettings`."""
+    return TrustSettings.__dataclass_fields__[name].metadata["help"]
+
+
+def trust_settings(args: argparse.Namespace) -> TrustSettings:
+    return TrustSettings(strategy=args.trust, trust_freq=args.trust_freq, pretraining_rounds=args.pretraining_rounds,
+                         k=args.k, threshold=args.thresh, temperature=args.trust_temperature,
+                         similarity=args.similarity, ref_score=args.ref_score, token_distance=args.token_distance,
+                         token_top_k=args.token_top_k, static_rule=args.static_rule, eval_chunk=args.eval_chunk)
+
+
 def validate(args: argparse.Namespace) -> None:
     """Fail before any work, naming the option and the fix."""
-    Strategy.parse(args.trust)
     resolve_precision(args.precision, device_type(args.accelerator))
-    positive = ["trust_freq", "k", "token_top_k", "batch_size", "acc_steps", "eval_batches", "lora_rank",
+    positive = ["trust_freq", "k", "batch_size", "acc_steps", "eval_batches", "lora_rank",
                 "iterations", "eval_freq"]
     for name in positive:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
-    for name in ("num_clients", "client_chunk", "eval_chunk", "ckpt_freq", "loss_chunk"):
+    for name in ("num_clients", "client_chunk", "eval_chunk", "ckpt_freq", "loss_chunk", "token_top_k"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name} must be >= 1, got {getattr(args, name)}.")
     if args.pretraining_rounds < 0:
@@ -130,6 +149,7 @@ def validate(args: argparse.Namespace) -> None:
         raise ValueError("no LoRA targets: keep --lora_causal_self_attention or --lora_mlp on.")
     if args.num_clients is not None and args.k > args.num_clients:
         raise ValueError(f"--k {args.k} exceeds --num_clients {args.num_clients}.")
+    trust_settings(args)
 
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -246,13 +266,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     L.seed_everything(args.seed, verbose=False)
     lora = LoRAConfig.for_paper(attention=args.lora_causal_self_attention, mlp=args.lora_mlp, rank=args.lora_rank,
                                 alpha=args.lora_alpha, dropout=args.lora_dropout, kernel=args.kernel,
-                                init_seed=args.seed)
+                                init_seed=args.seed, init=args.lora_init)
     module = CollabLoRAModule(base, lora, num_clients, lr=args.lr, weight_decay=args.weight_decay,
                               iterations=args.iterations, warmup=args.warmup_percent, acc_steps=args.acc_steps,
                               grad_clip=args.grad_clip, client_chunk=args.client_chunk,
                               loss_chunk=args.loss_chunk, seed=args.seed)
-    aggregation = TrustAggregation(args.trust, args.trust_freq, args.pretraining_rounds, args.k, args.similarity,
-                                   args.thresh, args.eval_chunk, args.token_top_k, out_dir=out)
+    aggregation = TrustAggregation(trust_settings(args), out_dir=out)
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
                                                      every_n_train_steps=args.ckpt_freq or args.eval_freq)
     trainer = L.Trainer(max_steps=args.iterations, accelerator=args.accelerator, devices=args.devices,

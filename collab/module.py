@@ -11,6 +11,7 @@ and resuming leave each client's step unchanged.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import lightning as L
@@ -21,6 +22,7 @@ from lora_gpt.cross_entropy import fused_linear_cross_entropy, linear_prediction
 from lora_gpt.precision import flush_denormals
 from lora_gpt.training import LanguageModelMetrics, adamw, one_cycle
 
+from . import evaluation
 from .evaluation import chunks
 
 
@@ -77,6 +79,37 @@ class CollabLoRAModule(L.LightningModule):
     def adapters(self) -> dict[str, torch.nn.Parameter]:
         """The stacked adapter tensors (leading dim = client), by parameter name."""
         return lora_parameters(self.model)
+
+    def mean_losses(self, batches: Sequence[torch.Tensor], chunk: int | None = None) -> torch.Tensor:
+        """`[N]`: every client's model's mean next-token loss on the same batches `[b, T+1]`, dropout off."""
+        return evaluation.mean_losses(self.model, self.num_clients, [b.to(self.device) for b in batches],
+                                      chunk or self.client_chunk)
+
+    def client_outputs(self, idx: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor],
+                       positions: slice = slice(None), chunk: int | None = None) -> torch.Tensor:
+        """`reduce` of every client's logits on the same token ids `[b, T]` at `positions`, dropout off."""
+        return evaluation.client_outputs(self.model, self.num_clients, idx.to(self.device), reduce, positions,
+                                         chunk or self.client_chunk)
+
+    @torch.no_grad()
+    def replace_adapters(self, adapters: Mapping[str, torch.Tensor], reset: torch.Tensor) -> None:
+        """Copy in new stacked adapters; clients where `reset` is set also get zeroed optimizer
+        moments, as broken as the adapter they came from. Adam's step count is one per tensor."""
+        params = self.adapters()
+        if set(adapters) != set(params):
+            missing, unexpected = sorted(set(params) - set(adapters)), sorted(set(adapters) - set(params))
+            raise ValueError(f"new adapters do not match the model's: missing {missing[:3]}, "
+                             f"unexpected {unexpected[:3]}.")
+        for name, p in params.items():
+            p.copy_(adapters[name])
+        if not reset.any() or self._trainer is None:
+            return
+        mask = reset.to(self.device)
+        for opt in self.trainer.optimizers:
+            for p in params.values():
+                for value in opt.state.get(p, {}).values():
+                    if torch.is_tensor(value) and value.shape == p.shape:
+                        value[mask] = 0
 
     def client_losses(self, batch: torch.Tensor, part: slice, micro_step: int | None = None,
                       scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,6 +30,11 @@ from .precision import compute_dtype
 ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
 KERNELS = ("auto", "triton", "torch")
+# A's initial distribution (B starts at zero): Kaiming-uniform, as nn.Linear inits, on one of two fan-ins.
+# "peft" (LoRA's and PEFT's): U(+-1/sqrt(d_in)), one draw shared by every client, so adapter similarity
+# measures what clients learned, not their random starts. "reference" (the reference code's, whose A is
+# [d_in, r], so Kaiming takes fan-in r): U(+-1/sqrt(r)), U(+-0.5) at r=4, drawn anew for every client.
+INITS = ("peft", "reference")
 # This project's own stacked format: [N, ...] tensors under our parameter names. Its names differ
 # from PEFT's on purpose (PEFT's single-adapter files: lora_gpt.peft_format).
 STACKED_WEIGHTS = "clients.safetensors"
@@ -37,7 +42,7 @@ STACKED_CONFIG = "clients.json"
 # What save_adapters wrote before the rename: the same contents under PEFT's file names.
 LEGACY_WEIGHTS = "adapter_model.safetensors"
 LEGACY_CONFIG = "adapter_config.json"
-# LoRAConfig fields that change what the saved weights mean; dropout, kernel and init_seed do not.
+# LoRAConfig fields that change what the saved weights mean; dropout, kernel and the init do not.
 MATH_FIELDS = ("rank", "alpha", "targets")
 
 
@@ -48,7 +53,8 @@ class LoRAConfig:
     dropout: float = 0.1  # dropout on the adapter's input only
     targets: tuple[str, ...] = ATTENTION_TARGETS  # suffixes of the linear layers to adapt
     kernel: str = "auto"  # "auto" (Triton on CUDA, else PyTorch), "triton" or "torch"
-    init_seed: int | None = None  # seed for A's init; one seed -> identical adapters across clients
+    init_seed: int | None = None  # seed for A's init, so a run's starting adapters are reproducible
+    init: str = "peft"  # A's init (B is zero): "peft", shared by all clients, or "reference" (see INITS)
 
     def __post_init__(self) -> None:
         if self.rank < 1:
@@ -62,6 +68,8 @@ class LoRAConfig:
                              f"{ATTENTION_TARGETS + MLP_TARGETS}.")
         if self.kernel not in KERNELS:
             raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}.")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
         object.__setattr__(self, "targets", tuple(self.targets))
 
     @classmethod
@@ -95,10 +103,12 @@ class LoRALinear(nn.Linear):
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
-        """A Kaiming-uniform (as `nn.Linear` inits, fan-in d_in), B zero: the update starts at 0."""
-        bound = 1.0 / math.sqrt(self.in_features)  # kaiming_uniform_(a=sqrt(5)) on fan_in
+        """B zero, so every update starts at 0; A uniform as `lora_config.init` says (`INITS`)."""
+        rank, shared = self.lora_config.rank, self.lora_config.init == "peft"
+        bound = 1.0 / math.sqrt(self.in_features if shared else rank)  # kaiming_uniform_(a=sqrt(5)) on the fan-in
+        shape = (self.in_features, rank) if shared else (self.num_adapters, self.in_features, rank)
         with torch.no_grad():
-            a = torch.empty(self.in_features, self.lora_config.rank).uniform_(-bound, bound, generator=generator)
+            a = torch.empty(shape).uniform_(-bound, bound, generator=generator)
             self.lora_A.copy_(a.expand_as(self.lora_A))
             self.lora_B.zero_()
 
@@ -164,8 +174,9 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> nn.Module:
     """Swap every `nn.Linear` whose name ends in one of `config.targets` for a `LoRALinear`.
 
-    All adapters start from the same A (seeded by `config.init_seed` when given), so adapter
-    similarity later measures what clients learned, not their random starts. Everything is
+    A is drawn as `config.init` says (seeded by `config.init_seed` when given): by default every
+    adapter starts from the same A, so adapter similarity later measures what clients learned, not
+    their random starts. Everything is
     checked before the first layer is swapped, so a refused call leaves the model as it was.
     """
     if num_adapters < 1:

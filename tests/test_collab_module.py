@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from collab.aggregation import TrustAggregation
-from collab.evaluation import cross_perplexity, token_distance
 from collab.module import CollabLoRAModule
-from lora_gpt import (GPT, ClientSlice, GPTConfig, LoRAConfig, inject_lora, lora_parameters,
+from collab.trust import PeerLoss, TokenAgreement, TopLogits, TopProbabilities, TrustSettings
+from lora_gpt import (GPT, GPTConfig, LoRAConfig, inject_lora, lora_parameters,
                       mark_only_lora_as_trainable)
 from lora_gpt.cross_entropy import token_cross_entropy
 from lora_gpt.training import adamw, one_cycle
+from run_adapter import run_client
 from synthetic import VOCAB, SyntheticClients
 
 CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=VOCAB)
@@ -48,7 +49,7 @@ def test_none_equals_independent_single_client_runs():
     steps, lr = 6, 5e-3
     dm = SyntheticClients(num_clients=N)
     module = CollabLoRAModule(base_model(), lora_cfg(), N, lr=lr, iterations=steps, weight_decay=0.1)
-    train(module, dm, steps, [TrustAggregation("none")])
+    train(module, dm, steps, [TrustAggregation(TrustSettings(strategy="none", pretraining_rounds=0, trust_freq=1))])
     got = stacked(module)
     for n in range(N):
         single = mark_only_lora_as_trainable(inject_lora(base_model(), lora_cfg(), 1))
@@ -122,11 +123,15 @@ def test_per_client_clipping_leaves_small_gradients_alone():
     assert a.grad[1].norm().item() == pytest.approx(1.0, rel=1e-4)
 
 
-@pytest.mark.parametrize("strategy", ["naive", "dynamic", "dynamic-ref", "dynamic-token-top-k", "static"])
-def test_aggregation_in_the_loop(strategy, tmp_path):
+@pytest.mark.parametrize("strategy, options", [
+    ("naive", {}), ("dynamic", {}), ("dynamic-ref", {}), ("dynamic-token-top-k", {}), ("static", {}),
+    ("dynamic-thresh", {"similarity": "reference-rows", "temperature": 0.5}), ("dynamic-ref", {"ref_score": "loss"}),
+    ("dynamic-token", {"token_distance": "reference-logits"}), ("static", {"static_rule": "own-mixture"})])
+def test_aggregation_in_the_loop(strategy, options, tmp_path):
     dm = SyntheticClients(num_clients=N)
     module = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=4)
-    agg = TrustAggregation(strategy, trust_freq=2, pretraining_rounds=2, k=2, out_dir=tmp_path)
+    agg = TrustAggregation(TrustSettings(strategy=strategy, trust_freq=2, pretraining_rounds=2, k=2, **options),
+                           out_dir=tmp_path)
     train(module, dm, 4, [agg])
     assert [r["step"] for r in agg.history] == [2, 4]
     files = sorted(p.name for p in (tmp_path / "trust").iterdir())
@@ -142,10 +147,27 @@ def test_aggregation_in_the_loop(strategy, tmp_path):
         assert agg.history[-1]["quality"]["same_category"] == pytest.approx(1.0)
 
 
-def test_nan_client_does_not_poison_the_others():
+def test_a_module_without_the_protocol_is_refused_before_training():
+    class Plain(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return self.w.sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    with pytest.raises(TypeError, match="mean_losses"):
+        train(Plain(), SyntheticClients(num_clients=N), 1, [TrustAggregation(TrustSettings(strategy="dynamic-ref"))])
+
+
+@pytest.mark.parametrize("strategy", ["dynamic", "dynamic-ref", "dynamic-token"])
+def test_nan_client_does_not_poison_the_others(strategy):
     dm = SyntheticClients(num_clients=N)
     module = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=2)
-    agg = TrustAggregation("dynamic", trust_freq=2)
+    agg = TrustAggregation(TrustSettings(strategy=strategy, trust_freq=2, pretraining_rounds=0))
 
     class Poison(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -158,48 +180,68 @@ def test_nan_client_does_not_poison_the_others():
     assert agg.history[-1]["excluded"] == [1]
     for v in stacked(module).values():
         assert v.isfinite().all()  # the others stayed finite; client 1 restarted from its peers
+    opt = module.trainer.optimizers[0]
+    for p in module.adapters().values():  # and client 1's Adam moments were reset with it
+        assert all((value[1] == 0).all() and value[[0, 2, 3]].isfinite().all()
+                   for value in opt.state[p].values() if value.shape == p.shape)
 
 
-def test_cross_perplexity_and_token_distance_match_per_client_loops():
-    model = inject_lora(base_model(), lora_cfg(), N)
+def scoring_module():
+    module = CollabLoRAModule(base_model(), lora_cfg(dropout=0.1), N, client_chunk=3)
     with torch.no_grad():
-        for name, p in lora_parameters(model).items():
+        for p in module.adapters().values():
             p.normal_(0, 0.2)
-    model.train()  # the scorers must switch every dropout off themselves
-    dm = SyntheticClients(num_clients=N)
+    module.train()  # the scorers must switch every dropout off themselves
+    return module
+
+
+def client_logits(module, idx, j):
+    single = copy.deepcopy(module.model).eval()
+    return run_client(single, idx, j)
+
+
+def test_peer_loss_scores_match_per_client_loops():
+    module, dm = scoring_module(), SyntheticClients(num_clients=N)
+    got = PeerLoss(score="loss").scores(module, dm)
+    assert module.training
     batches = dm.trust_batches()
-    got = cross_perplexity(model, N, batches, chunk=3)
-    assert model.training
-    singles = []
-    for j in range(N):
-        single = copy.deepcopy(model).eval()
-        singles.append(single)
     for i in range(N):
         for j in range(N):
-            with torch.no_grad():
-                losses = [token_cross_entropy(singles[j](b[i, :, :-1], ClientSlice(j, j + 1)), b[i, :, 1:])
-                          for b in batches]
-            assert got[i, j].item() == pytest.approx(torch.cat(losses).mean().exp().item(), rel=1e-4)
+            losses = [token_cross_entropy(client_logits(module, b[i, :, :-1], j), b[i, :, 1:]) for b in batches]
+            assert -got[i, j].item() == pytest.approx(torch.cat(losses).mean().item(), rel=1e-5)
+    torch.testing.assert_close(PeerLoss(score="perplexity").scores(module, dm), -(-got).exp())
+
+
+def test_token_distances_match_per_client_loops():
+    module, dm = scoring_module(), SyntheticClients(num_clients=N)
     ref = dm.ref_batches()
-    dist = token_distance(model, N, ref, chunk=2, top_k=5)
-    with torch.no_grad():
-        probs = []
-        for j in range(N):
-            probs.append(torch.cat([singles[j](b[:, :-1], ClientSlice(j, j + 1)) for b in ref]).softmax(-1))
+    logits = [torch.cat([client_logits(module, b[:, :-1], j) for b in ref]) for j in range(N)]  # [S, T, V] each
+
+    ours = TokenAgreement(measure=TopProbabilities(top_k=5), eval_chunk=2)
+    probs = [lg.softmax(-1) for lg in logits]
+    expected = torch.zeros(N, N)
     for i in range(N):
         top = probs[i].topk(5, dim=-1).indices
         for j in range(N):
             pi, pj = probs[i].gather(-1, top), probs[j].gather(-1, top)
-            expected = ((pj - pi).abs().sum(-1) / pi.sum(-1)).mean()
-            assert dist[i, j].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
-    assert (dist.diagonal() == 0).all()
+            expected[i, j] = ((pj - pi).abs().sum(-1) / pi.sum(-1)).mean()
+    torch.testing.assert_close(ours.scores(module, dm), -10 * expected / expected.sum(1, keepdim=True),
+                               rtol=1e-4, atol=1e-6)
+
+    reference = TokenAgreement(measure=TopLogits(top_k=5))
+    last = [lg[:, -1] for lg in logits]  # [S, V]: the last position of every reference sequence
+    kept = [lg.masked_fill(lg < lg.topk(5, dim=-1).values[:, -1:], 0) for lg in last]
+    expected = torch.tensor([[(kept[i] - kept[j]).abs().sum(-1).mean().item() for j in range(N)] for i in range(N)])
+    assert torch.equal(expected, expected.T) and (expected.diagonal() == 0).all()
+    torch.testing.assert_close(reference.scores(module, dm), -10 * expected / expected.sum(1, keepdim=True),
+                               rtol=1e-4, atol=1e-6)
 
 
 def test_resume_equals_straight_run(tmp_path):
     """k steps, checkpoint, resume for k more == 2k straight steps (dropout on: RNG restored too)."""
     def fresh():
         return (CollabLoRAModule(base_model(), lora_cfg(dropout=0.1), N, iterations=6),
-                TrustAggregation("dynamic", trust_freq=2, pretraining_rounds=1))
+                TrustAggregation(TrustSettings(strategy="dynamic", trust_freq=2, pretraining_rounds=1)))
 
     L.seed_everything(0)
     straight, agg = fresh()

@@ -14,6 +14,9 @@ from collab import fit
     (["--num_clients", "4", "--k", "5"], "--k 5 exceeds"),
     (["--no-lora_mlp", "--no-lora_causal_self_attention"], "no LoRA targets"),
     (["--pretraining_rounds", "-1"], "--pretraining_rounds must be >= 0"),
+    (["--trust", "dynamic-top-k", "--k", "0"], "k must be >= 1"),
+    (["--trust_temperature", "0"], "temperature must be > 0"),
+    (["--token_top_k", "0"], "token_top_k must be >= 1"),
     (["--precision", "16-mixed", "--accelerator", "cpu"], "16-mixed needs a CUDA GPU"),
 ])
 def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
@@ -70,7 +73,8 @@ def test_short_run_end_to_end_writes_summary_adapters_and_trust(tmp_path, monkey
             "--k", "2", "--iterations", "4", "--eval_freq", "2", "--trust_freq", "2", "--pretraining_rounds", "2",
             "--batch_size", "2", "--sequence_length", "16", "--eval_batches", "1", "--out", str(out),
             "--train_tokens", "400", "--val_tokens", "100", "--trust_tokens", "40", "--ref_tokens", "100",
-            "--accelerator", "cpu", "--no-progress"]
+            "--accelerator", "cpu", "--no-progress", "--lora_init", "reference", "--similarity", "reference-rows",
+            "--trust_temperature", "0.5"]
     assert fit.main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["options"]["trust"] == "dynamic-top-k" and summary["options"]["iterations"] == 4
@@ -84,6 +88,8 @@ def test_short_run_end_to_end_writes_summary_adapters_and_trust(tmp_path, monkey
     trust = json.loads((out / "trust" / "step_000004.json").read_text())["trust"]
     assert all(sum(w > 0 for w in row) == 2 for row in trust)
     assert all((out / "adapters" / f"client_{n:02d}" / "clients.safetensors").exists() for n in range(4))
+    assert json.loads((out / "adapters" / "client_00" / "clients.json").read_text())["lora"]["init"] == "reference"
+    assert (summary["options"]["similarity"], summary["options"]["trust_temperature"]) == ("reference-rows", 0.5)
     assert (out / "checkpoints" / "last.ckpt").exists() and (out / "metrics.csv").exists()
     assert "val loss" in capsys.readouterr().out
     with pytest.raises(SystemExit) as again:  # a finished run is never overwritten

@@ -55,6 +55,23 @@ def test_init_a_kaiming_uniform_b_zero_and_shared_across_adapters():
     assert torch.equal(layer.lora_A[0], layer.lora_A[2])
 
 
+def test_reference_init_is_uniform_on_the_rank_and_drawn_per_client():
+    """The reference code's A: Kaiming-uniform on its [d_in, r] layout takes fan-in r, U(+-1/sqrt(r)) =
+    U(+-0.5) at r=4, and every client's model draws its own."""
+    layer = LoRALinear(256, 8, True, LoRAConfig(rank=4, init="reference"), num_adapters=3)
+    assert layer.lora_A.abs().max() <= 0.5 and layer.lora_A.abs().max() > 0.49
+    assert layer.lora_A.std().item() == pytest.approx(0.5 / 3 ** 0.5, rel=0.05)
+    assert not torch.equal(layer.lora_A[0], layer.lora_A[1]) and torch.count_nonzero(layer.lora_B) == 0
+    # the draw is one U(-0.5, 0.5) tensor [N, d_in, r] from the generator, as PEFT's is one [d_in, r] shared
+    layer.reset_lora_parameters(torch.Generator().manual_seed(3))
+    expected = torch.empty(3, 256, 4).uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(layer.lora_A.detach(), expected, rtol=0, atol=0)
+    shared = LoRALinear(256, 8, True, LoRAConfig(rank=4), num_adapters=3)
+    shared.reset_lora_parameters(torch.Generator().manual_seed(3))
+    expected = torch.empty(256, 4).uniform_(-1 / 16, 1 / 16, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(shared.lora_A.detach(), expected.expand(3, 256, 4), rtol=0, atol=0)
+
+
 def test_init_seed_makes_adapters_reproducible():
     a = inject_lora(GPT(CFG), LoRAConfig(init_seed=7))
     b = inject_lora(GPT(CFG), LoRAConfig(init_seed=7))
@@ -246,5 +263,7 @@ def test_lora_config_validation():
         LoRAConfig(dropout=1.0)
     with pytest.raises(ValueError, match="kernel"):
         LoRAConfig(kernel="cuda")
+    with pytest.raises(ValueError, match="init must be one of"):
+        LoRAConfig(init="kaiming")
     with pytest.raises(ValueError, match="no nn.Linear matches"):
         inject_lora(GPT(CFG), LoRAConfig(targets=("nothing",)))
