@@ -21,8 +21,8 @@ from .manifest import MANIFEST, read_manifest, verify, write_json, write_tokens
 from .sources import offline
 from .tokenize import TextExhausted, TokenizedDocuments, TokenStream
 
-MAX_TOKENS_PER_CORPUS = 300_000
-FORMAT_VERSION = 1
+MAX_TOKENS_PER_CORPUS = 600_000
+FORMAT_VERSION = 2  # bump when the mix of corpora or the cap changes: the corpus is rebuilt
 
 
 def _tokenized(texts: list[str], limit: int) -> list[np.ndarray]:

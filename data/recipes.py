@@ -46,9 +46,9 @@ TOPICS_BUDGET = Budget(train=25_000, val=5_000, trust=2_500, ref=5_000)  # the f
 OFFLINE_SHAPES = {
     "offline_multi": ({"french": ("french",), "german": ("german",), "italian": ("italian",)}, (8, 8),
                       OFFLINE_BUDGET, "French, German, Italian prose: the Debian Reference manual and man pages"),
-    "offline_code_prose": ({"java": ("java",), "english": ("english_manual",) + tuple(
+    "offline_code_prose": ({"java": ("java",), "english": ("english_manual", "english_manpages") + tuple(
                             f"fortunes_{t}" for t in offline.FORTUNE_TOPICS)}, (8, 8), OFFLINE_BUDGET,
-                           "Java (OpenJDK sources) vs English prose (Debian Reference manual, fortunes)"),
+                           "Java (OpenJDK sources) vs English prose (Debian Reference manual, man pages, fortunes)"),
     "offline_topics": ({t: (f"fortunes_{t}",) for t in offline.FORTUNE_TOPICS}, (8, 4), TOPICS_BUDGET,
                        "four topics of English fortunes: " + ", ".join(offline.FORTUNE_TOPICS)),
 }
@@ -79,7 +79,7 @@ def _registry() -> dict[str, Recipe]:
         for base, (categories, clients, budget, text) in OFFLINE_SHAPES.items():
             recipes[f"{base}_{kind}"] = Recipe(f"{base}_{kind}", kind, clients[KINDS.index(kind)], budget,
                                                partial(_offline_load, categories), text,
-                                               f"offline-v{offline.CORPUS_VERSION}")
+                                               f"offline-v{offline.CORPUS_VERSION}:{categories}")
         for base, (clients, budget, text) in HUB_SHAPES.items():
             recipes[f"{base}_{kind}"] = Recipe(f"{base}_{kind}", kind, clients[KINDS.index(kind)], budget,
                                                partial(hf.load, base), text, "hub")

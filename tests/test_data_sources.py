@@ -226,3 +226,27 @@ def test_offline_recipes_end_to_end_from_debian(shared_debs, monkeypatch):
     assert sorted(p.name.split("_")[0] for p in shared_debs.glob("*.deb")) == sorted(
         ["debian-reference-fr", "debian-reference-de", "debian-reference-it", "fortunes",
          "manpages-fr", "manpages-de", "manpages-it"])
+
+
+def test_english_man_pages_come_from_the_top_folder_only(tmp_path, monkeypatch):
+    """Debian's `manpages` keeps English pages directly under usr/share/man; translated packages
+    use usr/share/man/<lang>. Each corpus must read its own pages and no translation."""
+    import gzip
+    from contextlib import contextmanager
+
+    root = tmp_path / "root" / "usr/share/man"
+    for folder, text in (("man1", PROSE["en"]), ("fr/man1", PROSE["fr"]), ("man3", PROSE["en"] + " Again.")):
+        (root / folder).mkdir(parents=True)
+        with gzip.open(root / folder / "ls.1.gz", "wt") as f:
+            f.write(f".TH LS 1\n.SH DESCRIPTION\n{text}\n")
+
+    @contextmanager
+    def fake_unpacked(deb):
+        yield tmp_path / "root"
+
+    monkeypatch.setattr(offline, "fetch", lambda package: package)
+    monkeypatch.setattr(offline, "unpacked", fake_unpacked)
+    english = [f"DESCRIPTION {PROSE['en']}", f"DESCRIPTION {PROSE['en']} Again."]
+    assert offline._manpages("", "en", "manpages", set()) == english
+    assert offline._manpages("fr", "fr", "manpages-fr", set()) == [f"DESCRIPTION {PROSE['fr']}"]
+    assert offline._english_manpages() == english  # the same tree read twice: duplicates dropped

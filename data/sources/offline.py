@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | `french`, `german`, `italian` | `debian-reference-XX`, `manpages-XX` | about 2,000 characters of consecutive paragraphs in that language |
 | `english_manual` | `debian-reference-en` | the same, in English |
+| `english_manpages` | `manpages`, `manpages-dev` | the same, from the English man pages (commands, files, system calls, C library) |
 | `java` | `openjdk-17-source` (or a newer JDK's) | one source file of `src.zip`, licence header removed |
 | `fortunes_<topic>` | `fortunes` | one fortune, from the files listed in `FORTUNE_TOPICS` |
 
@@ -62,18 +63,24 @@ def _debian_reference(language: str, seen: set[str]) -> list[str]:
             return documents(paragraphs(f.read()), language, seen)
 
 
-def _manpages(language: str, seen: set[str]) -> list[str]:
+def _manpages(folder: str, language: str, package: str, seen: set[str]) -> list[str]:
+    """Man pages of `package` under `usr/share/man/<folder>` (English pages sit at its top)."""
     docs = []
-    with unpacked(fetch(f"manpages-{language}")) as root:
-        for page in sorted(root.glob(f"usr/share/man/{language}/man*/*.gz")):
+    with unpacked(fetch(package)) as root:
+        for page in sorted((root / "usr/share/man" / folder).glob("man*/*.gz")):
             with gzip.open(page, "rt", encoding="utf-8", errors="replace") as f:
                 docs += documents(paragraphs(roff_to_text(f.read())), language, seen)
     return docs
 
 
+def _english_manpages() -> list[str]:
+    seen: set[str] = set()
+    return _manpages("", "en", "manpages", seen) + _manpages("", "en", "manpages-dev", seen)
+
+
 def _language(name: str) -> list[str]:
     code, seen = LANGUAGES[name], set()
-    return _debian_reference(code, seen) + _manpages(code, seen)
+    return _debian_reference(code, seen) + _manpages(code, code, f"manpages-{code}", seen)
 
 
 def _fortunes(files: tuple[str, ...]) -> list[str]:
@@ -114,6 +121,7 @@ def _java() -> list[str]:
 CORPORA: dict[str, Callable[[], list[str]]] = {
     **{name: partial(_language, name) for name in LANGUAGES},
     "english_manual": lambda: _debian_reference("en", set()),
+    "english_manpages": _english_manpages,
     "java": _java,
     **{f"fortunes_{topic}": partial(_fortunes, files) for topic, files in FORTUNE_TOPICS.items()},
 }
