@@ -1,8 +1,9 @@
 """The corpus the offline base model is pretrained on: the reserved share of every offline corpus.
 
 A document is reserved when its content hash falls in the first 20% of the hash range
-(`offline.for_pretraining`); no offline recipe ever gives a reserved document to a client or
-to a reference stream, so the base model has seen none of the fine-tuning or evaluation text.
+(`offline.for_pretraining`), or when its corpus is used by no recipe (`offline.PRETRAINING_ONLY`);
+no offline recipe ever gives a reserved document to a client or to a reference stream, so the
+base model has seen none of the fine-tuning or evaluation text.
 Of the reserved documents, those in the first 1% of the hash range are the validation set.
 Each corpus contributes at most `MAX_TOKENS_PER_CORPUS` tokens so the big ones (German man
 pages, Java) do not drown the rest, and documents of all corpora are interleaved so that any
@@ -22,7 +23,7 @@ from .sources import offline
 from .tokenize import TextExhausted, TokenizedDocuments, TokenStream
 
 MAX_TOKENS_PER_CORPUS = 600_000
-FORMAT_VERSION = 2  # bump when the mix of corpora or the cap changes: the corpus is rebuilt
+FORMAT_VERSION = 3  # bump when the mix of corpora or the cap changes: the corpus is rebuilt
 
 
 def _tokenized(texts: list[str], limit: int) -> list[np.ndarray]:
@@ -54,7 +55,8 @@ def pretraining_corpus(out: Path | None = None, progress: bool = True,
         return folder
     train, val, sizes = [], [], {}
     for name in tqdm(offline.CORPORA, desc="pretraining corpus", disable=not progress):
-        reserved = [d for d in offline.corpus(name) if offline.for_pretraining(d)]
+        docs = offline.corpus(name)
+        reserved = docs if name in offline.PRETRAINING_ONLY else [d for d in docs if offline.for_pretraining(d)]
         held_out = [d for d in reserved if offline.hash_permille(d) < offline.PRETRAIN_VAL_PERMILLE]
         rest = [d for d in reserved if offline.hash_permille(d) >= offline.PRETRAIN_VAL_PERMILLE]
         rest = [rest[i] for i in np.random.default_rng(0).permutation(len(rest))]  # the cap takes a sample
@@ -67,7 +69,8 @@ def pretraining_corpus(out: Path | None = None, progress: bool = True,
              "val.bin": write_tokens(folder / "val.bin", _interleaved(val))}
     write_json(folder / MANIFEST, {
         "share": f"documents whose sha1 falls in the first {offline.PRETRAIN_PERMILLE / 10:g}% of the hash range "
-                 f"(validation: the first {offline.PRETRAIN_VAL_PERMILLE / 10:g}%); never given to a client",
+                 f"(validation: the first {offline.PRETRAIN_VAL_PERMILLE / 10:g}%), and all of "
+                 f"{', '.join(sorted(offline.PRETRAINING_ONLY))} (used by no recipe); never given to a client",
         "corpus_version": offline.CORPUS_VERSION, "max_tokens_per_corpus": max_tokens_per_corpus,
         "corpora": sizes, "files": files})
     return folder

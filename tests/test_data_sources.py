@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from data import ClientDataModule, SourceUnavailableError, prepare_recipe, pretraining_corpus
+from data.recipes import OFFLINE_SHAPES
 from data.sources import debian, hf, offline
 from data.sources.text import documents, language_of, paragraphs, roff_to_text
 from lora_gpt.tokenizer import EOT_TOKEN, get_tokenizer
@@ -175,9 +176,13 @@ def test_pretraining_corpus_holds_only_documents_no_client_gets(monkeypatch, tmp
     ids = lambda tokens: set(re.findall(r"([a-z_]+\d{4})w", get_tokenizer().decode(tokens.tolist())))  # noqa: E731
     train, val = ids(read(folder, "train.bin")), ids(read(folder, "val.bin"))
     reserved = {ids(np.array(get_tokenizer().encode(doc))).pop() for name in offline.CORPORA
-                for doc in offline.CORPORA[name]() if offline.for_pretraining(doc)}
+                for doc in offline.CORPORA[name]() if offline.for_pretraining(doc) or name in offline.PRETRAINING_ONLY}
     assert train | val == reserved and not train & val
-    assert 0.15 < len(reserved) / (300 * len(offline.CORPORA)) < 0.25  # the documented 20%
+    shared = len(offline.CORPORA) - len(offline.PRETRAINING_ONLY)
+    assert 0.15 < (len(reserved) - 300 * len(offline.PRETRAINING_ONLY)) / (300 * shared) < 0.25  # the documented 20%
+    assert {f"fortunes_{c}{d:04d}" for c in ("de", "it") for d in range(300)} <= train | val  # all of them
+    used_by_recipes = {c for shape in OFFLINE_SHAPES.values() for corpora in shape[0].values() for c in corpora}
+    assert used_by_recipes == set(offline.CORPORA) - offline.PRETRAINING_ONLY
     assert 0 < len(val) < 0.15 * len(reserved)
     assert json.loads((folder / "manifest.json").read_text())["corpora"]["java"]["train"] > 0
     # no offline recipe hands a reserved document to a client or to the reference stream
@@ -250,3 +255,21 @@ def test_english_man_pages_come_from_the_top_folder_only(tmp_path, monkeypatch):
     assert offline._manpages("", "en", "manpages", set()) == english
     assert offline._manpages("fr", "fr", "manpages-fr", set()) == [f"DESCRIPTION {PROSE['fr']}"]
     assert offline._english_manpages() == english  # the same tree read twice: duplicates dropped
+
+
+def test_foreign_fortunes_keep_their_own_language_only(tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    folder = tmp_path / "root/usr/share/games/fortunes/it"
+    folder.mkdir(parents=True)
+    (folder / "leggi").write_text(f"{PROSE['it']}\n%\n{PROSE['en']}\n%\nciao\n%\n{PROSE['it']} Ancora.\n")
+    (folder / "leggi.dat").write_bytes(b"\x00\x02binary")
+    (folder / "leggi.u8").symlink_to(folder / "leggi")  # the package's UTF-8 alias: read once
+
+    @contextmanager
+    def fake_unpacked(deb):
+        yield tmp_path / "root"
+
+    monkeypatch.setattr(offline, "fetch", lambda package: package)
+    monkeypatch.setattr(offline, "unpacked", fake_unpacked)
+    assert offline._foreign_fortunes("it") == [PROSE["it"], f"{PROSE['it']} Ancora."]

@@ -7,11 +7,13 @@
 | `english_manpages` | `manpages`, `manpages-dev` | the same, from the English man pages (commands, files, system calls, C library) |
 | `java` | `openjdk-17-source` (or a newer JDK's) | one source file of `src.zip`, licence header removed |
 | `fortunes_<topic>` | `fortunes` | one fortune, from the files listed in `FORTUNE_TOPICS` |
+| `fortunes_de`, `fortunes_it` | `fortunes-de`, `fortunes-it` | one fortune in that language (pretraining only) |
 
 Each corpus is cached as JSON lines under `cache_dir()/corpora/`. A fixed share of every
 corpus is reserved for pretraining the offline base model: a document belongs to it when its
 sha1 falls in the first `PRETRAIN_PERMILLE` / 1000 of the hash range, so the rule needs no
-state, holds across recipes and machines, and keeps duplicates on one side.
+state, holds across recipes and machines, and keeps duplicates on one side. The corpora in
+`PRETRAINING_ONLY` are used by no recipe, so all of their documents are pretraining text.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from pathlib import Path
 from lora_gpt.tokenizer import cache_dir
 
 from .debian import fetch, fetch_first, unpacked
-from .text import documents, paragraphs, roff_to_text
+from .text import documents, language_of, paragraphs, reflow, roff_to_text
 
 CORPUS_VERSION = 1  # bump when cleaning changes: cached corpora and prepared datasets are rebuilt
 PRETRAIN_PERMILLE = 200  # 20% of every corpus is for base pretraining only, never for a client
@@ -43,6 +45,9 @@ FORTUNE_TOPICS = {
     "wisdom": ("cookie", "wisdom", "platitudes", "miscellaneous", "definitions"),
 }
 LANGUAGES = {"french": "fr", "german": "de", "italian": "it"}
+# Debian has German and Italian fortunes but no French ones: in the language recipes they would
+# give two of the three languages a genre of their own, so they only feed the base model.
+PRETRAINING_ONLY = frozenset({"fortunes_de", "fortunes_it"})
 
 
 def hash_permille(doc: str) -> int:
@@ -83,15 +88,24 @@ def _language(name: str) -> list[str]:
     return _debian_reference(code, seen) + _manpages(code, code, f"manpages-{code}", seen)
 
 
+def _fortune_file(path: Path) -> list[str]:
+    """The fortunes of one `%`-separated file."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    text = re.sub(r".\x08", "", text)  # old terminals' overstrike (bold as "x\bx")
+    return [d.strip() for d in re.split(r"\n%\n", text) if len(d.strip()) >= 20]
+
+
 def _fortunes(files: tuple[str, ...]) -> list[str]:
-    docs = []
     with unpacked(fetch("fortunes")) as root:
-        folder = root / "usr/share/games/fortunes"
-        for name in files:
-            text = (folder / name).read_text(encoding="utf-8", errors="replace")
-            text = re.sub(r".\x08", "", text)  # old terminals' overstrike (bold as "x\bx")
-            docs += [d.strip() for d in re.split(r"\n%\n", text) if len(d.strip()) >= 20]
-    return docs
+        return [d for name in files for d in _fortune_file(root / "usr/share/games/fortunes" / name)]
+
+
+def _foreign_fortunes(code: str) -> list[str]:
+    """Every fortune of `fortunes-<code>` in that language (quotes in English and the like dropped)."""
+    with unpacked(fetch(f"fortunes-{code}")) as root:
+        files = sorted(p for p in (root / "usr/share/games/fortunes" / code).iterdir()
+                       if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8"))
+        return [d for path in files for d in _fortune_file(path) if language_of(reflow(d)) == code]
 
 
 def _strip_licence(source: str) -> str:
@@ -124,6 +138,7 @@ CORPORA: dict[str, Callable[[], list[str]]] = {
     "english_manpages": _english_manpages,
     "java": _java,
     **{f"fortunes_{topic}": partial(_fortunes, files) for topic, files in FORTUNE_TOPICS.items()},
+    **{f"fortunes_{code}": partial(_foreign_fortunes, code) for code in ("de", "it")},
 }
 
 
