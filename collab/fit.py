@@ -161,9 +161,9 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
 def base_source(init: str) -> str | Path:
     """What `--init` names, as `GPT.from_pretrained` takes it: 'offline' is the cached offline base."""
     if init == "offline":
-        from lora_gpt.pretrain import ensure_base
+        from data.offline_base import offline_base
 
-        return ensure_base()
+        return offline_base()
     return init
 
 

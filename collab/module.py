@@ -19,6 +19,7 @@ import torch
 
 from lora_gpt import GPT, ClientSlice, LoRAConfig, client_seeds, inject_lora, lora_parameters, mark_only_lora_as_trainable
 from lora_gpt.cross_entropy import fused_linear_cross_entropy, linear_predictions
+from lora_gpt.names import is_lora_name
 from lora_gpt.precision import flush_denormals
 from lora_gpt.training import LanguageModelMetrics, adamw, one_cycle
 
@@ -31,7 +32,7 @@ def base_fingerprint(model: GPT) -> str:
     on the base they were trained on."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        if "lora_" not in name:
+        if not is_lora_name(name):
             digest.update(name.encode())
             digest.update(tensor.detach().float().flatten()[:4096].cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -190,7 +191,7 @@ class CollabLoRAModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Only the adapters change; the frozen base is rebuilt from --init on resume.
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if "lora_" in k or "val_metrics" in k}
+                                    if is_lora_name(k) or "val_metrics" in k}
         checkpoint["base_fingerprint"] = self.base_fingerprint
         checkpoint["curves"] = self.curves
         checkpoint["train_curve"] = self.train_curve
@@ -202,8 +203,8 @@ class CollabLoRAModule(L.LightningModule):
                 f"this checkpoint's adapters were trained on another base model (fingerprint {saved}, "
                 f"this base {self.base_fingerprint}); resume with the same --init, or start afresh "
                 "in a new --out folder.")
-        ours = {k: tuple(v.shape) for k, v in self.state_dict().items() if "lora_" in k}
-        theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if "lora_" in k}
+        ours = {k: tuple(v.shape) for k, v in self.state_dict().items() if is_lora_name(k)}
+        theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if is_lora_name(k)}
         if ours != theirs:
             diff = sorted(set(ours.items()) ^ set(theirs.items()))[:3]
             raise ValueError(f"checkpoint adapters do not match this configuration (e.g. {diff}); "

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lora_gpt.tokenizer import cache_dir
+from lora_gpt.cache import cache_dir
 
 from .errors import DataError, ManifestError
 from .manifest import MANIFEST, client_file, read_manifest, verify, write_json, write_tokens

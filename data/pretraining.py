@@ -1,29 +1,32 @@
-"""The corpus the offline base model is pretrained on: the reserved share of every offline corpus.
+"""The corpus the offline base model is pretrained on: reserved shares of chosen offline corpora.
 
 A document is reserved when its content hash falls in the first 20% of the hash range
 (`offline.for_pretraining`), or when its corpus is used by no recipe (`offline.PRETRAINING_ONLY`);
 no offline recipe ever gives a reserved document to a client or to a reference stream, so the
 base model has seen none of the fine-tuning or evaluation text.
 Of the reserved documents, those in the first 1% of the hash range are the validation set.
-Each corpus contributes at most `MAX_TOKENS_PER_CORPUS` tokens so the big ones (German man
-pages, Java) do not drown the rest, and documents of all corpora are interleaved so that any
-stretch of `train.bin` or `val.bin` is a mixture.
+Which corpora, and at most how many tokens of each, is a `mix` (`DEFAULT_MIX`), so that the big
+ones do not drown the rest; documents of all corpora are interleaved so that any stretch of
+`train.bin` or `val.bin` is a mixture.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from lora_gpt.tokenizer import cache_dir
+from lora_gpt.cache import cache_dir
 
 from .manifest import MANIFEST, read_manifest, verify, write_json, write_tokens
 from .sources import offline
 from .tokenize import TextExhausted, TokenizedDocuments, TokenStream
 
 MAX_TOKENS_PER_CORPUS = 600_000
-FORMAT_VERSION = 3  # bump when the mix of corpora or the cap changes: the corpus is rebuilt
+FORMAT_VERSION = 4  # bump when how a corpus is built changes: the corpus is rebuilt
+DEFAULT_MIX: dict[str, int] = {name: MAX_TOKENS_PER_CORPUS for name in offline.CORPORA}
 
 
 def _tokenized(texts: list[str], limit: int) -> list[np.ndarray]:
@@ -44,24 +47,30 @@ def _interleaved(docs: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([docs[i] for i in order])
 
 
-def pretraining_corpus(out: Path | None = None, progress: bool = True,
-                       max_tokens_per_corpus: int = MAX_TOKENS_PER_CORPUS) -> Path:
+def pretraining_corpus(mix: dict[str, int] | None = None, out: Path | None = None, progress: bool = True) -> Path:
     """Folder with `train.bin` / `val.bin` (uint16 GPT-2 tokens) and a manifest, built on first use
-    from the pretraining share of every offline corpus (default `cache_dir()/pretraining-v...`)."""
+    from the pretraining share of the corpora in `mix` (corpus name -> most tokens taken;
+    default `DEFAULT_MIX`), under `cache_dir()/pretraining-v.../<key of the mix>` unless `out`."""
+    mix = dict(DEFAULT_MIX if mix is None else mix)
+    unknown = sorted(set(mix) - set(offline.CORPORA))
+    if unknown or not mix or min(mix.values()) < 1:
+        raise ValueError(f"a pretraining mix maps offline corpora ({', '.join(offline.CORPORA)}) to positive token "
+                         f"caps; got {mix}" + (f" (unknown: {', '.join(unknown)})" if unknown else "") + ".")
+    key = hashlib.sha256(json.dumps(mix, sort_keys=True).encode()).hexdigest()[:10]
     folder = Path(out) if out is not None else (
-        cache_dir() / f"pretraining-v{offline.CORPUS_VERSION}.{FORMAT_VERSION}-{max_tokens_per_corpus}")
+        cache_dir() / f"pretraining-v{offline.CORPUS_VERSION}.{FORMAT_VERSION}" / key)
     if (folder / MANIFEST).exists():
         verify(folder, read_manifest(folder), hashes=False)
         return folder
     train, val, sizes = [], [], {}
-    for name in tqdm(offline.CORPORA, desc="pretraining corpus", disable=not progress):
+    for name, cap in tqdm(mix.items(), desc="pretraining corpus", disable=not progress):
         docs = offline.corpus(name)
         reserved = docs if name in offline.PRETRAINING_ONLY else [d for d in docs if offline.for_pretraining(d)]
         held_out = [d for d in reserved if offline.hash_permille(d) < offline.PRETRAIN_VAL_PERMILLE]
         rest = [d for d in reserved if offline.hash_permille(d) >= offline.PRETRAIN_VAL_PERMILLE]
         rest = [rest[i] for i in np.random.default_rng(0).permutation(len(rest))]  # the cap takes a sample
-        corpus_train = _tokenized(rest, max_tokens_per_corpus)
-        corpus_val = _tokenized(held_out, max_tokens_per_corpus // 10)
+        corpus_train = _tokenized(rest, cap)
+        corpus_val = _tokenized(held_out, max(cap // 10, 1))
         sizes[name] = {"train": sum(map(len, corpus_train)), "val": sum(map(len, corpus_val))}
         train += corpus_train
         val += corpus_val
@@ -71,6 +80,6 @@ def pretraining_corpus(out: Path | None = None, progress: bool = True,
         "share": f"documents whose sha1 falls in the first {offline.PRETRAIN_PERMILLE / 10:g}% of the hash range "
                  f"(validation: the first {offline.PRETRAIN_VAL_PERMILLE / 10:g}%), and all of "
                  f"{', '.join(sorted(offline.PRETRAINING_ONLY))} (used by no recipe); never given to a client",
-        "corpus_version": offline.CORPUS_VERSION, "max_tokens_per_corpus": max_tokens_per_corpus,
+        "corpus_version": offline.CORPUS_VERSION, "mix": mix,
         "corpora": sizes, "files": files})
     return folder

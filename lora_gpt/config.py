@@ -5,13 +5,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .tokenizer import VOCAB_SIZE
+
+GPT2_VOCAB_SIZE = 50_257  # GPT-2's byte-pair encoding: 50,000 merges, 256 bytes, <|endoftext|>
 
 
 @dataclass(frozen=True)
 class GPTConfig:
     block_size: int = 1024  # longest sequence the position table covers
-    vocab_size: int = VOCAB_SIZE  # GPT-2's BPE: 50,257 tokens
+    vocab_size: int = GPT2_VOCAB_SIZE
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768

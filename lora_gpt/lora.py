@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .clients import ClientSlice, site_id, zero_dropped
+from .names import is_lora_name
 from .precision import compute_dtype
 
 ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
@@ -209,7 +210,7 @@ def lora_layers(model: nn.Module) -> Iterator[tuple[str, LoRALinear]]:
 
 def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """The stacked adapter tensors by parameter name (`...lora_A`, `...lora_B`)."""
-    return {name: p for name, p in model.named_parameters() if "lora_" in name}
+    return {name: p for name, p in model.named_parameters() if is_lora_name(name)}
 
 
 def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> nn.Module:
@@ -217,7 +218,7 @@ def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> nn.Modu
     if bias not in ("none", "lora_only", "all"):
         raise ValueError(f"bias must be 'none', 'lora_only' or 'all', got {bias!r}.")
     for name, p in model.named_parameters():
-        p.requires_grad = "lora_" in name or (bias == "all" and name.endswith(".bias"))
+        p.requires_grad = is_lora_name(name) or (bias == "all" and name.endswith(".bias"))
     if bias == "lora_only":
         for _, layer in lora_layers(model):
             if layer.bias is not None:
@@ -277,7 +278,7 @@ def _plain_gpt(model: nn.Module, adapter: int | None) -> nn.Module:
     if not isinstance(model, GPT):
         raise TypeError("expected a lora_gpt.GPT.")
     plain = GPT(model.config)
-    state = {k: v for k, v in model.state_dict().items() if "lora_" not in k}
+    state = {k: v for k, v in model.state_dict().items() if not is_lora_name(k)}
     for name, layer in lora_layers(model):
         if adapter is not None:
             _check_adapter_index(layer, adapter)

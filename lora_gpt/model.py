@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .clients import ClientSlice, client_dropout, site_id
 from .config import GPTConfig
+from .weights import check_state, read_pretrained, write_pretrained
 
 
 class Linear(nn.Linear):
@@ -192,13 +193,14 @@ class GPT(nn.Module):
     def from_pretrained(
         cls, name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True
     ) -> "GPT":
-        """Load Hugging Face GPT-2 weights (a hub name such as `gpt2`, or a local folder)."""
-        from .weights import load_pretrained
-
-        return load_pretrained(name_or_path, dropout=dropout, allow_download=allow_download)
+        """Load Hugging Face GPT-2 weights (a hub name such as `gpt2`, or a local folder), checking
+        every tensor's name and shape."""
+        config, state, source = read_pretrained(name_or_path, dropout=dropout, allow_download=allow_download)
+        model = cls(config)
+        check_state(state, model.state_dict(), source)
+        model.load_state_dict(state)
+        return model
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Save in Hugging Face's GPT-2 layout, so `from_pretrained` and `transformers` read it."""
-        from .weights import save_pretrained
-
-        return save_pretrained(self, folder)
+        return write_pretrained(self.config, self.state_dict(), folder)

@@ -1,9 +1,10 @@
-"""`python -m lora_gpt.pretrain`: a small GPT-2-shaped base, pretrained from scratch offline.
+"""`python -m lora_gpt.pretrain --corpus FOLDER`: a small GPT-2-shaped base, pretrained from scratch.
 
-No pretrained GPT-2 can be fetched without the network, so the embedded default brings its
-own base: a GPT-2-shaped model (GPT-2's tokenizer and vocabulary) trained on the union of the
-offline corpora, on documents that no client ever sees. The result is cached under
-`cache_dir()/bases/<key>`, keyed by the configuration and the corpus, and reused after.
+No pretrained GPT-2 can be fetched without the network, so the embedded default brings its own
+base: a GPT-2-shaped model (GPT-2's tokenizer and vocabulary) trained on a corpus folder holding
+`train.bin` and `val.bin` (uint16 GPT-2 tokens). Which text that is, is the caller's business
+(`data.offline_base` builds the offline one). The result is cached under `cache_dir()/bases/<key>`,
+keyed by the configuration and the corpus's manifest, and reused after.
 """
 from __future__ import annotations
 
@@ -17,16 +18,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from .cache import cache_dir
 from .config import GPTConfig
 from .lightning import LitGPT
-from .tokenizer import cache_dir
+from .precision import PRECISIONS, resolve_precision
 
 REPORT_NAME = "pretrain_report.json"
 
@@ -34,14 +36,25 @@ REPORT_NAME = "pretrain_report.json"
 @dataclass(frozen=True)
 class PretrainConfig:
     preset: str = "gpt2-micro"  # model shape (lora_gpt.config.PRESETS)
-    steps: int = 250  # optimizer steps; the default takes about 7 minutes on 2 CPU cores
+    steps: int = 250  # optimizer steps
     batch_size: int = 16  # sequences per step
     sequence_length: int = 128
-    lr: float = 3e-3
+    lr: float = 3e-3  # peak of the OneCycle schedule
     weight_decay: float = 0.1
-    warmup: float = 0.02
+    warmup: float = 0.02  # share of the steps spent warming up
     seed: int = 0
     eval_batches: int = 16
+    precision: str = "auto"  # bf16-mixed where bfloat16 is native (lora_gpt.precision)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "sequence_length", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
+        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.warmup < 1:
+            raise ValueError("--lr must be > 0, --weight_decay >= 0 and --warmup in [0, 1).")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        GPTConfig.from_name(self.preset)  # an unknown preset fails here, naming the known ones
 
     def key(self, corpus_id: str) -> str:
         blob = json.dumps({"config": dataclasses.asdict(self), "corpus": corpus_id}, sort_keys=True)
@@ -52,18 +65,22 @@ def _tokens(path: Path) -> np.memmap:
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
+def random_windows(tokens: np.ndarray, count: int, span: int, rng: np.random.Generator) -> np.ndarray:
+    """`count` windows of `span` tokens at uniformly random starts (the last window included)."""
+    starts = rng.integers(0, len(tokens) - span + 1, count)
+    return np.stack([tokens[s:s + span] for s in starts]).astype(np.int64)
+
+
 class RandomWindows(IterableDataset):
-    """Endless `[b, T+1]` windows; window set t is a pure function of (seed, t)."""
+    """Endless `[b, T+1]` batches; batch t is a pure function of (seed, t)."""
 
     def __init__(self, path: Path, batch_size: int, sequence_length: int, seed: int) -> None:
         self.path, self.b, self.T, self.seed = path, batch_size, sequence_length, seed
 
-    def __iter__(self):
-        tokens = _tokens(self.path)
-        t = 0
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        tokens, t = _tokens(self.path), 0
         while True:
-            starts = np.random.default_rng([self.seed, t]).integers(0, len(tokens) - self.T - 1, self.b)
-            yield torch.from_numpy(np.stack([tokens[s:s + self.T + 1] for s in starts]).astype(np.int64))
+            yield torch.from_numpy(random_windows(tokens, self.b, self.T + 1, np.random.default_rng([self.seed, t])))
             t += 1
 
 
@@ -94,24 +111,33 @@ def pretrain(config: PretrainConfig, corpus: Path, out: Path, progress: bool = T
     if config.sequence_length > model_config.block_size:
         raise ValueError(f"sequence_length {config.sequence_length} exceeds {config.preset}'s block_size "
                          f"{model_config.block_size}.")
+    for name in ("train.bin", "val.bin"):
+        if not (corpus / name).is_file():
+            raise FileNotFoundError(f"{corpus / name} not found: a pretraining corpus folder holds train.bin and "
+                                    "val.bin (uint16 GPT-2 tokens); `python -m data.offline_base` builds the offline one.")
     module = LitGPT(model_config, lr=config.lr, weight_decay=config.weight_decay,
                     max_steps=config.steps, warmup=config.warmup)
     train = DataLoader(RandomWindows(corpus / "train.bin", config.batch_size, config.sequence_length, config.seed),
                        batch_size=None)
     val_batches = fixed_windows(corpus / "val.bin", config.batch_size, config.sequence_length, config.eval_batches)
-    trainer = L.Trainer(max_steps=config.steps, accelerator="auto", devices=1, logger=False,
+    precision = resolve_precision(config.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    trainer = L.Trainer(max_steps=config.steps, accelerator="auto", devices=1, precision=precision, logger=False,
                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
                         val_check_interval=config.steps, check_val_every_n_epoch=None, num_sanity_val_steps=0)
     start = time.time()
     trainer.fit(module, train_dataloaders=train, val_dataloaders=DataLoader(val_batches, batch_size=None))
     seconds = time.time() - start
+    tokens = config.steps * config.batch_size * config.sequence_length
     report = {
         "config": dataclasses.asdict(config),
+        "precision": precision,
         "corpus": str(corpus),
         "val_loss": float(trainer.callback_metrics["val/loss"]),
         "unigram_val_loss": unigram_loss(corpus / "train.bin", corpus / "val.bin", model_config.vocab_size),
-        "train_tokens_seen": config.steps * config.batch_size * config.sequence_length,
+        "train_tokens_seen": tokens,
+        "corpus_train_tokens": len(_tokens(corpus / "train.bin")),
         "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
     }
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -125,21 +151,21 @@ def pretrain(config: PretrainConfig, corpus: Path, out: Path, progress: bool = T
 
 def _corpus_id(corpus: Path) -> str:
     manifest = corpus / "manifest.json"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:12] if manifest.exists() else str(corpus)
+    return hashlib.sha256(manifest.read_bytes()).hexdigest()[:12] if manifest.exists() else str(corpus.resolve())
 
 
-def ensure_base(config: PretrainConfig | None = None, corpus: Path | None = None, progress: bool = True) -> Path:
-    """The folder of the offline base for `config`, pretraining it first if it is not cached."""
-    config = config or PretrainConfig()
-    if corpus is None:
-        from data import pretraining_corpus
+def base_folder(config: PretrainConfig, corpus: Path) -> Path:
+    """Where the base for `config` on `corpus` is cached."""
+    return cache_dir() / "bases" / f"{config.preset}-{config.key(_corpus_id(corpus))}"
 
-        corpus = pretraining_corpus()
-    out = cache_dir() / "bases" / f"{config.preset}-{config.key(_corpus_id(corpus))}"
+
+def ensure_base(config: PretrainConfig, corpus: Path, progress: bool = True) -> Path:
+    """The folder of the base for `config` on `corpus`, pretraining it first if it is not cached."""
+    out = base_folder(config, corpus)
     if (out / REPORT_NAME).exists():
         return out
-    print(f"Building the offline base model ({config.preset}, {config.steps} steps; first use only, "
-          f"cached in {out}) ...", file=sys.stderr)
+    print(f"Pretraining a base model ({config.preset}, {config.steps} steps; once, cached in {out}) ...",
+          file=sys.stderr)
     report = pretrain(config, corpus, out, progress)
     print(format_report(report), file=sys.stderr)
     return out
@@ -148,25 +174,28 @@ def ensure_base(config: PretrainConfig | None = None, corpus: Path | None = None
 def format_report(report: dict) -> str:
     return (f"validation loss {report['val_loss']:.3f} nats/token (perplexity {math.exp(report['val_loss']):.1f}) "
             f"vs unigram {report['unigram_val_loss']:.3f} (perplexity {math.exp(report['unigram_val_loss']):.1f}); "
-            f"{report['train_tokens_seen']:,} tokens in {report['seconds'] / 60:.1f} min")
+            f"{report['train_tokens_seen']:,} tokens in {report['seconds'] / 60:.1f} min "
+            f"({report['tokens_per_second']:,.0f} tokens/s, {report['precision']})")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One `--field` per PretrainConfig field, with its default."""
+    defaults = PretrainConfig()
+    for field in dataclasses.fields(PretrainConfig):
+        parser.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)),
+                            default=getattr(defaults, field.name))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    defaults = PretrainConfig()
     p = argparse.ArgumentParser(prog="python -m lora_gpt.pretrain", description=__doc__,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for field in dataclasses.fields(PretrainConfig):
-        p.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name))
-    p.add_argument("--corpus", type=Path, default=None, help="folder with train.bin/val.bin (default: the offline corpora)")
+    p.add_argument("--corpus", type=Path, required=True, help="folder with train.bin and val.bin")
+    add_config_arguments(p)
     args = vars(p.parse_args(argv))
     corpus = args.pop("corpus")
-    for name in ("steps", "batch_size", "sequence_length", "eval_batches"):
-        if args[name] < 1:
-            p.exit(2, f"error: --{name} must be >= 1, got {args[name]}.\n")
     try:
-        config = PretrainConfig(**args)
-        folder = ensure_base(config, corpus)
-    except ValueError as err:
+        folder = ensure_base(PretrainConfig(**args), corpus)
+    except (ValueError, FileNotFoundError) as err:
         p.exit(2, f"error: {err}\n")
     print(format_report(json.loads((folder / REPORT_NAME).read_text())))
     print(f"base model: {folder}  (use it with: python -m collab.fit --init {folder})")

@@ -22,8 +22,10 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+from .cache import cache_dir
+from .config import GPT2_VOCAB_SIZE as VOCAB_SIZE
+
 EOT_TOKEN = 50256
-VOCAB_SIZE = 50257
 # GPT-2's pre-tokenisation pattern (tiktoken's r50k/gpt2 pattern).
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 RANKS_FILENAME = "gpt2.tiktoken"
@@ -31,11 +33,6 @@ RANKS_FILENAME = "gpt2.tiktoken"
 
 class TokenizerUnavailableError(RuntimeError):
     """No source of GPT-2's vocabulary could be reached."""
-
-
-def cache_dir() -> Path:
-    """Folder for files this project builds once and reuses (``$LORA_GPT_CACHE`` overrides)."""
-    return Path(os.environ.get("LORA_GPT_CACHE", Path.home() / ".cache" / "lora_gpt"))
 
 
 def _encoding_from_ranks(path: Path) -> tiktoken.Encoding:

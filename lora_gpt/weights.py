@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
-from .model import GPT
+from .names import is_lora_name
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # Causal-mask buffers that old checkpoints carry; our attention builds the mask itself.
@@ -94,15 +94,16 @@ def _resolve_folder(name_or_path: str | Path, allow_download: bool) -> Path:
         + (" and the hub could not be reached" if allow_download else "")
         + f" [{type(last_error).__name__}]. Fix: connect once to download them, or copy a folder "
         "with config.json and model.safetensors (e.g. from `huggingface-cli download gpt2`) here "
-        "and pass its path, or start from this project's offline base (`python -m lora_gpt.pretrain`)."
+        "and pass its path, or start from this project's offline base (`python -m data.offline_base`)."
     )
 
 
-def load_pretrained(name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True) -> GPT:
-    """Build a GPT from a GPT-2 folder or hub name, checking every tensor's name and shape."""
+def read_pretrained(name_or_path: str | Path, dropout: float = 0.0,
+                    allow_download: bool = True) -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
+    """`(config, state_dict in this project's naming and layout, weights file)` of a GPT-2 folder
+    or hub name."""
     folder = _resolve_folder(name_or_path, allow_download)
     config = config_from_hf(json.loads((folder / CONFIG_NAME).read_text()), dropout=dropout)
-    model = GPT(config)
     raw = load_file(str(folder / WEIGHTS_NAME))
     state = {}
     for key, tensor in raw.items():
@@ -111,41 +112,39 @@ def load_pretrained(name_or_path: str | Path, dropout: float = 0.0, allow_downlo
         key = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
         state[key] = tensor.t() if key.endswith(CONV1D_SUFFIXES) else tensor
     state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
-    expected = model.state_dict()
+    return config, state, folder / WEIGHTS_NAME
+
+
+def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: Path) -> None:
+    """Refuse weights whose names or shapes differ from the model their config.json describes."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(
-            f"{folder / WEIGHTS_NAME} does not match a GPT-2 of its config.json: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}."
-        )
+        raise ValueError(f"{source} does not match a GPT-2 of its config.json: "
+                         f"missing {missing[:5]}, unexpected {unexpected[:5]}.")
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            raise ValueError(
-                f"{folder / WEIGHTS_NAME}: {key} has shape {tuple(tensor.shape)}, "
-                f"config.json implies {tuple(expected[key].shape)}."
-            )
-    model.load_state_dict(state)
-    return model
+            raise ValueError(f"{source}: {key} has shape {tuple(tensor.shape)}, "
+                             f"config.json implies {tuple(expected[key].shape)}.")
 
 
-def base_state_dict(model: GPT) -> dict[str, torch.Tensor]:
-    """The model's own weights (no adapters), in Hugging Face's GPT-2 naming and layout."""
+def hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model's own weights (no adapters) in Hugging Face's GPT-2 naming and layout."""
     out = {}
-    for key, tensor in model.state_dict().items():
-        if "lora_" in key or key == "lm_head.weight":  # lm_head is tied to wte
+    for key, tensor in state.items():
+        if is_lora_name(key) or key == "lm_head.weight":  # lm_head is tied to wte
             continue
         tensor = tensor.t() if key.endswith(CONV1D_SUFFIXES) else tensor
         out[key] = tensor.detach().contiguous().cpu()
     return out
 
 
-def save_pretrained(model: GPT, folder: str | Path) -> Path:
+def write_pretrained(config: GPTConfig, state: dict[str, torch.Tensor], folder: str | Path) -> Path:
     """Write config.json and model.safetensors (atomically, weights first)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(base_state_dict(model), str(tmp), metadata={"format": "pt"})
+    save_file(hf_state_dict(state), str(tmp), metadata={"format": "pt"})
     tmp.replace(folder / WEIGHTS_NAME)
-    (folder / CONFIG_NAME).write_text(json.dumps(config_to_hf(model.config), indent=2))
+    (folder / CONFIG_NAME).write_text(json.dumps(config_to_hf(config), indent=2))
     return folder

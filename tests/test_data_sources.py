@@ -172,7 +172,8 @@ def test_pretraining_corpus_holds_only_documents_no_client_gets(monkeypatch, tmp
 
     for name in offline.CORPORA:
         monkeypatch.setitem(offline.CORPORA, name, fake(name))
-    folder = pretraining_corpus(progress=False, max_tokens_per_corpus=100_000)
+    mix = {name: 100_000 for name in offline.CORPORA}
+    folder = pretraining_corpus(mix, progress=False)
     ids = lambda tokens: set(re.findall(r"([a-z_]+\d{4})w", get_tokenizer().decode(tokens.tolist())))  # noqa: E731
     train, val = ids(read(folder, "train.bin")), ids(read(folder, "val.bin"))
     reserved = {ids(np.array(get_tokenizer().encode(doc))).pop() for name in offline.CORPORA
@@ -190,7 +191,11 @@ def test_pretraining_corpus_holds_only_documents_no_client_gets(monkeypatch, tmp
         prepared = prepare_recipe(recipe, progress=False, train=300, val=100, trust=50, ref=100)
         for path in prepared.rglob("*.bin"):
             assert not ids(read(prepared, path.relative_to(prepared))) & reserved, (recipe, path)
-    assert pretraining_corpus(progress=False, max_tokens_per_corpus=100_000) == folder  # reused
+    assert pretraining_corpus(mix, progress=False) == folder  # reused
+    small = pretraining_corpus({"java": 500, "fortunes_de": 500}, progress=False)  # a mix of its own, capped
+    assert small != folder and json.loads((small / "manifest.json").read_text())["corpora"]["java"]["train"] == 500
+    with pytest.raises(ValueError, match="unknown: klingon"):
+        pretraining_corpus({"klingon": 10}, progress=False)
 
 
 # --- one offline recipe end to end, from the real archive -----------------------------------------

@@ -59,7 +59,7 @@ def test_missing_weights_name_the_path_and_the_fix(tmp_path):
     with pytest.raises(PretrainedNotFoundError, match="model.safetensors"):
         (tmp_path / "config.json").write_text("{}")
         GPT.from_pretrained(tmp_path)
-    with pytest.raises(PretrainedNotFoundError, match="lora_gpt.pretrain"):
+    with pytest.raises(PretrainedNotFoundError, match="data.offline_base"):
         GPT.from_pretrained("no-such-model-here", allow_download=False)
 
 

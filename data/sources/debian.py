@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lora_gpt.tokenizer import cache_dir
+from lora_gpt.cache import cache_dir
 
 from ..errors import SourceUnavailableError
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
-from lora_gpt.tokenizer import cache_dir
+from lora_gpt.cache import cache_dir
 
 from .debian import fetch, fetch_first, unpacked
 from .text import documents, language_of, paragraphs, reflow, roff_to_text

@@ -1,0 +1,39 @@
+"""`python -m data.offline_base`: the embedded default's base model, pretrained on offline text.
+
+Builds the pretraining corpus from the offline corpora (`data.pretraining`: documents that no
+client ever gets) and pretrains `lora_gpt.pretrain`'s small GPT-2-shaped model on it; both are
+cached, so `collab.fit --init offline` builds them on first use and reuses them after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from lora_gpt.pretrain import REPORT_NAME, PretrainConfig, add_config_arguments, ensure_base, format_report
+
+from .pretraining import pretraining_corpus
+
+
+def offline_base(config: PretrainConfig | None = None, progress: bool = True) -> Path:
+    """The folder of the offline base (config.json + model.safetensors), built on first use."""
+    return ensure_base(config or PretrainConfig(), pretraining_corpus(progress=progress), progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m data.offline_base", description=__doc__,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(p)
+    try:
+        folder = offline_base(PretrainConfig(**vars(p.parse_args(argv))))
+    except ValueError as err:
+        p.exit(2, f"error: {err}\n")
+    print(format_report(json.loads((folder / REPORT_NAME).read_text())))
+    print(f"base model: {folder}  (collab.fit uses it with --init offline, the default)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
