@@ -3,7 +3,10 @@
 (a) `batched`: one frozen base, N stacked adapters, all clients in one forward/backward;
 (a') `chunked-k`: the same, k clients per pass with gradients accumulated (exact);
 (b) `copies`: the reference design, N full model copies each with its own adapter and optimizer,
-    trained one after another.
+    trained one after another, with the same chunked head loss as (a), so the ratios measure the
+    design alone;
+(b') `copies-full-logits`: the same with full-vocabulary logits and plain cross-entropy, as the
+    paper's code computes its loss (labelled; not the baseline of the ratios).
 Each configuration runs in a fresh process so peak memory is its own (CPU: peak RSS; GPU: peak
 allocated). Prints tokens/s, peak memory and the ratios against (b) at the same N.
 
@@ -25,7 +28,8 @@ import torch
 from collab.module import CollabLoRAModule
 from lora_gpt import GPT, GPTConfig, LoRAConfig, inject_lora, mark_only_lora_as_trainable
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
-from lora_gpt.cross_entropy import token_cross_entropy
+from lora_gpt.precision import resolve_precision
+from lora_gpt.cross_entropy import fused_linear_cross_entropy, token_cross_entropy
 from lora_gpt.training import adamw
 
 LORA = LoRAConfig(rank=4, alpha=32, dropout=0.1, targets=ATTENTION_TARGETS + MLP_TARGETS)
@@ -37,19 +41,26 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(mode: str, n: int, preset: str, batch: int, seq: int, steps: int, device: torch.device) -> dict:
+def measure(mode: str, n: int, preset: str, batch: int, seq: int, steps: int, device: torch.device,
+            precision: str) -> dict:
     torch.manual_seed(0)
     config = GPTConfig.from_name(preset)
     data = torch.randint(0, config.vocab_size, (n, batch, seq + 1), device=device)
-    autocast = torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    if mode == "copies":
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16-mixed")
+    if mode.startswith("copies"):
         models = [mark_only_lora_as_trainable(inject_lora(GPT(config), LORA)).to(device) for _ in range(n)]
         optimizers = [adamw(m.named_parameters(), 1e-3, 1e-3) for m in models]
+
+        def copy_loss(model: GPT, batch: torch.Tensor) -> torch.Tensor:
+            x, y = batch[:, :-1], batch[:, 1:]
+            if mode == "copies-full-logits":
+                return token_cross_entropy(model(x), y).mean()
+            return fused_linear_cross_entropy(model.hidden_states(x), model.lm_head.weight, y)[0]
 
         def step() -> None:
             for i, (model, opt) in enumerate(zip(models, optimizers)):
                 with autocast:
-                    loss = token_cross_entropy(model(data[i, :, :-1]), data[i, :, 1:]).mean()
+                    loss = copy_loss(model, data[i])
                 loss.backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -62,7 +73,7 @@ def measure(mode: str, n: int, preset: str, batch: int, seq: int, steps: int, de
             for start in range(0, n, chunk):
                 part = slice(start, min(start + chunk, n))
                 with autocast:
-                    loss = module.client_losses(data, part).sum()
+                    loss, _ = module.client_losses(data, part)
                 loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -82,7 +93,7 @@ def measure(mode: str, n: int, preset: str, batch: int, seq: int, steps: int, de
 
 def run_isolated(args: argparse.Namespace, mode: str, n: int) -> dict:
     cmd = [sys.executable, __file__, "--child", mode, str(n), "--preset", args.preset, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--steps", str(args.steps), "--device", args.device]
+           "--seq", str(args.seq), "--steps", str(args.steps), "--device", args.device, "--precision", args.precision]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -96,24 +107,27 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", default="auto", help="auto (bf16-mixed where bfloat16 is native), 32-true or bf16-mixed")
     p.add_argument("--quick", action="store_true", help="gpt2-mini, N in 1 4, one step")
     p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     p.add_argument("--child", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.precision = resolve_precision(args.precision, torch.device(args.device).type)
     if args.child:
         mode, n = args.child
-        print(json.dumps(measure(mode, int(n), args.preset, args.batch, args.seq, args.steps, torch.device(args.device))))
+        print(json.dumps(measure(mode, int(n), args.preset, args.batch, args.seq, args.steps, torch.device(args.device),
+                                 args.precision)))
         return
     if args.quick:
         args.preset, args.clients, args.steps = "gpt2-mini", [1, 4], 1
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     lines = [f"# Collaborative training throughput: {args.preset} shape, seq {args.seq}, "
-             f"{args.batch} sequences per client, LoRA r=4 on attention+MLP, on {device_name}", "",
+             f"{args.batch} sequences per client, LoRA r=4 on attention+MLP, {args.precision}, on {device_name}", "",
              "| N | mode | tokens/s | peak MB | throughput vs copies | memory vs copies |",
              "|---|---|---|---|---|---|"]
     print("\n".join(lines), flush=True)
     for n in args.clients:
-        modes = ["copies", "batched"] + [f"chunked-{k}" for k in args.chunks if k < n]
+        modes = ["copies", "copies-full-logits", "batched"] + [f"chunked-{k}" for k in args.chunks if k < n]
         results = {mode: run_isolated(args, mode, n) for mode in modes}
         ref = results["copies"]
         for mode, r in results.items():
