@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -66,6 +67,19 @@ class ClientSlice:
         """The seeds of this call's clients at one dropout site."""
         assert self.dropout_seeds is not None
         return [mix64(s, site) for s in self.dropout_seeds]
+
+
+def client_slices(num_clients: int, chunk: int | None = None, *, seed: int | None = None,
+                  step: int | None = None) -> Iterator[ClientSlice]:
+    """Clients `0..num_clients-1` in passes of at most `chunk` (default: all in one pass). With a
+    run's `seed` and a micro-`step`, each client carries its own dropout stream for that step."""
+    if (seed is None) != (step is None):
+        raise ValueError("client_slices needs both seed and step for dropout streams, or neither.")
+    size = chunk or num_clients
+    for start in range(0, num_clients, size):
+        stop = min(start + size, num_clients)
+        seeds = client_seeds(seed, range(start, stop), step) if seed is not None and step is not None else None
+        yield ClientSlice(start, stop, seeds)
 
 
 def keep_probability(p: float) -> float:

@@ -25,12 +25,13 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from .clients import ClientSlice, site_id, zero_dropped
+from .kernels import KERNELS, resolve_kernel
 from .names import is_lora_name
+from .options import option, require, require_choice
 from .precision import compute_dtype
 
 ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
-KERNELS = ("auto", "triton", "torch")
 # A's initial distribution (B starts at zero): Kaiming-uniform, as nn.Linear inits, on one of two fan-ins.
 # "peft" (LoRA's and PEFT's): U(+-1/sqrt(d_in)), one draw shared by every client, so adapter similarity
 # measures what clients learned, not their random starts. "reference" (the reference code's, whose A is
@@ -49,32 +50,35 @@ MATH_FIELDS = ("rank", "alpha", "targets")
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    rank: int = 4  # r: inner dimension of each adapter
-    alpha: float = 32.0  # the update is scaled by alpha / r
-    dropout: float = 0.1  # dropout on the adapter's input only
-    targets: tuple[str, ...] = ATTENTION_TARGETS  # suffixes of the linear layers to adapt
-    kernel: str = "auto"  # "auto" (Triton on CUDA, else PyTorch), "triton" or "torch"
-    init_seed: int | None = None  # seed for A's init, so a run's starting adapters are reproducible
-    init: str = "peft"  # A's init (B is zero): "peft", shared by all clients, or "reference" (see INITS)
+    """Which linears get adapters and how they are shaped; the defaults are the paper's runs'."""
+
+    rank: int = option(4, "r: the inner dimension of each adapter", flag="lora_rank")
+    alpha: float = option(32.0, "the adapter's update is scaled by alpha / r", flag="lora_alpha")
+    dropout: float = option(0.1, "dropout on the adapter's input only", flag="lora_dropout")
+    targets: tuple[str, ...] = option(ATTENTION_TARGETS + MLP_TARGETS,
+                                      "suffixes of the linear layers to adapt (GPT-2's: attn.c_attn, attn.c_proj, "
+                                      "mlp.c_fc, mlp.c_proj)", flag="lora_targets")
+    kernel: str = option("auto", "LoRA matmul: auto (the fused Triton kernel on CUDA, else PyTorch), triton or torch",
+                         flag="kernel", choices=KERNELS)
+    init_seed: int | None = option(None, "seed of A's initialisation, one A shared by every adapter (None: torch's "
+                                         "global generator; python -m collab.fit: the run's --seed)",
+                                   flag="lora_init_seed")
+    init: str = option("peft", "A's initialisation (B starts at zero): LoRA's and PEFT's U(+-1/sqrt(d_in)), one draw "
+                               "shared by all clients (peft), or the reference code's U(+-1/sqrt(r)), drawn per "
+                               "client (reference)", flag="lora_init", choices=INITS)
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}.")
-        if self.alpha <= 0:
-            raise ValueError(f"LoRA alpha must be > 0, got {self.alpha}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
-        if not self.targets:
-            raise ValueError("LoRA targets are empty; adapt at least one of "
-                             f"{ATTENTION_TARGETS + MLP_TARGETS}.")
-        if self.kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {self.kernel!r}.")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}.")
         object.__setattr__(self, "targets", tuple(self.targets))
+        require(self, "rank", self.rank >= 1, ">= 1")
+        require(self, "alpha", self.alpha > 0, "> 0")
+        require(self, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
+        require(self, "targets", bool(self.targets), "at least one layer",
+                f"adapt some of {ATTENTION_TARGETS + MLP_TARGETS}")
+        require_choice(self, "kernel")
+        require_choice(self, "init")
 
     @classmethod
-    def for_paper(cls, attention: bool = True, mlp: bool = False, **kwargs) -> "LoRAConfig":
+    def for_paper(cls, attention: bool = True, mlp: bool = True, **kwargs) -> "LoRAConfig":
         """Targets as the paper's `--lora_causal_self_attention` / `--lora_mlp` flags choose."""
         targets = (ATTENTION_TARGETS if attention else ()) + (MLP_TARGETS if mlp else ())
         return cls(targets=targets, **kwargs)
@@ -157,8 +161,6 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """`x: [N, M, d_in]` -> `[N, M, d_out]` through the fused kernel or plain PyTorch; the adapter
     dropout draws from each client's stream when `clients` carries seeds."""
     p = config.dropout if training else 0.0
-    from .kernels import resolve_kernel
-
     if resolve_kernel(config.kernel, x.device) == "triton":
         from .kernels.triton_lora import fused_lora_linear
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ConfigError
+
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
 
 
@@ -55,14 +57,14 @@ def resolve_precision(precision: str, device_type: str) -> str:
     """A Lightning precision for `precision` on `device_type`: `auto` is `bf16-mixed` where
     bfloat16 is native, else `32-true`; `bf16-mixed` where it is not native is refused."""
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+        raise ConfigError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     if precision == "auto":
         return "bf16-mixed" if native_bf16(device_type) else "32-true"
     if precision == "bf16-mixed" and not native_bf16(device_type):
         what = "this CPU has no native bfloat16 (no avx512_bf16/amx_bf16 flag)" if device_type == "cpu" \
             else f"the {device_type} device does not support bfloat16"
-        raise ValueError(f"--precision bf16-mixed: {what}, so bfloat16 would be emulated and slow. "
+        raise ConfigError(f"--precision bf16-mixed: {what}, so bfloat16 would be emulated and slow. "
                          "Fix: --precision 32-true (or auto, which picks it here).")
     if precision == "16-mixed" and device_type != "cuda":
-        raise ValueError("--precision 16-mixed needs a CUDA GPU. Fix: --precision auto or 32-true.")
+        raise ConfigError("--precision 16-mixed needs a CUDA GPU. Fix: --precision auto or 32-true.")
     return precision

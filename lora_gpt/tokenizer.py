@@ -24,6 +24,7 @@ from tiktoken.load import load_tiktoken_bpe
 
 from .cache import cache_dir
 from .config import GPT2_VOCAB_SIZE as VOCAB_SIZE
+from .errors import FixableError
 
 EOT_TOKEN = 50256
 # GPT-2's pre-tokenisation pattern (tiktoken's r50k/gpt2 pattern).
@@ -31,7 +32,7 @@ GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 RANKS_FILENAME = "gpt2.tiktoken"
 
 
-class TokenizerUnavailableError(RuntimeError):
+class TokenizerUnavailableError(FixableError, RuntimeError):
     """No source of GPT-2's vocabulary could be reached."""
 
 

@@ -1,11 +1,23 @@
-"""Pieces every training loop here shares: the optimizer, the schedule, and language-model metrics."""
+"""Pieces every training loop here shares: random windows, the optimizer, the schedule, and
+language-model metrics."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torchmetrics import MeanMetric
+
+
+def random_windows(tokens: np.ndarray, count: int, span: int, seed: Sequence[int]) -> np.ndarray:
+    """`[count, span]` int64: windows of `tokens` at uniformly random starts, from the first window
+    to the last, drawn by numpy's generator seeded with `seed`: a pure function of `(seed, tokens)`,
+    so a step's batch does not depend on what ran before it (a resume draws the same)."""
+    if len(tokens) < span:
+        raise ValueError(f"{len(tokens)} tokens hold no window of {span}.")
+    starts = np.random.default_rng(list(seed)).integers(0, len(tokens) - span + 1, count)
+    return np.stack([tokens[s:s + span] for s in starts]).astype(np.int64)
 
 
 def adamw(named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
@@ -21,12 +33,14 @@ def adamw(named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_de
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
 
 
-def one_cycle(optimizer: torch.optim.Optimizer, lr: float, total_steps: int,
-              warmup: float = 0.02) -> torch.optim.lr_scheduler.OneCycleLR:
-    """The paper's OneCycle: warmup over the first 2% of steps from lr/100, then cosine down to lr/10."""
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, total_steps: int, warmup: float = 0.02,
+              final_div: float = 10.0) -> torch.optim.lr_scheduler.OneCycleLR:
+    """OneCycle as the paper's code runs it: from lr/100, warmup over the first `warmup` share of
+    steps to lr, then cosine down to lr/`final_div` (the paper's runs: 5)."""
+    start_div = 1e2
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=max(total_steps, 2), pct_start=warmup,
-        anneal_strategy="cos", cycle_momentum=False, div_factor=1e2, final_div_factor=0.1,
+        anneal_strategy="cos", cycle_momentum=False, div_factor=start_div, final_div_factor=final_div / start_div,
     )
 
 

@@ -11,9 +11,11 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import GPTConfig
+from .errors import FixableError
 from .names import is_lora_name
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -23,14 +25,19 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
-class PretrainedNotFoundError(FileNotFoundError):
+class PretrainedNotFoundError(FixableError, FileNotFoundError):
     """GPT-2 weights were asked for but are neither on disk nor reachable."""
+
+
+class WeightsFileError(FixableError, ValueError):
+    """A GPT-2 folder's files are unreadable (cut short, corrupt) or do not match its config.json."""
 
 
 def config_from_hf(hf: dict, dropout: float = 0.0) -> GPTConfig:
     """Our config from a Hugging Face GPT-2 `config.json` dict."""
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"expected a GPT-2 checkpoint, config.json says model_type={hf['model_type']!r}.")
+        raise WeightsFileError(f"expected a GPT-2 checkpoint, config.json says model_type={hf['model_type']!r}. "
+                               "Fix: pass a GPT-2 folder or hub name.")
     return GPTConfig(
         block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
         vocab_size=hf["vocab_size"],
@@ -103,8 +110,16 @@ def read_pretrained(name_or_path: str | Path, dropout: float = 0.0,
     """`(config, state_dict in this project's naming and layout, weights file)` of a GPT-2 folder
     or hub name."""
     folder = _resolve_folder(name_or_path, allow_download)
-    config = config_from_hf(json.loads((folder / CONFIG_NAME).read_text()), dropout=dropout)
-    raw = load_file(str(folder / WEIGHTS_NAME))
+    try:
+        config = config_from_hf(json.loads((folder / CONFIG_NAME).read_text()), dropout=dropout)
+    except (json.JSONDecodeError, KeyError) as err:
+        raise WeightsFileError(f"{folder / CONFIG_NAME} is not a GPT-2 config.json ({type(err).__name__}: {err}). "
+                               "Fix: save the model again, or download it again.") from err
+    try:
+        raw = load_file(str(folder / WEIGHTS_NAME))
+    except SafetensorError as err:
+        raise WeightsFileError(f"{folder / WEIGHTS_NAME} cannot be read ({err}): it is cut short or corrupt. "
+                               "Fix: save the model again, or download it again.") from err
     state = {}
     for key, tensor in raw.items():
         if key.endswith(IGNORED_SUFFIXES):
@@ -120,12 +135,12 @@ def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{source} does not match a GPT-2 of its config.json: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        raise WeightsFileError(f"{source} does not match a GPT-2 of its config.json: "
+                               f"missing {missing[:5]}, unexpected {unexpected[:5]}.")
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            raise ValueError(f"{source}: {key} has shape {tuple(tensor.shape)}, "
-                             f"config.json implies {tuple(expected[key].shape)}.")
+            raise WeightsFileError(f"{source}: {key} has shape {tuple(tensor.shape)}, "
+                                   f"config.json implies {tuple(expected[key].shape)}.")
 
 
 def hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from lora_gpt import (GPT, GPTConfig, LoRAConfig, LoRALinear, export_base, export_merged, inject_lora,
-                      load_adapters, lora_parameters, mark_only_lora_as_trainable, merge_lora,
+                      is_lora_name, load_adapters, lora_parameters, mark_only_lora_as_trainable, merge_lora,
                       save_adapters, saved_lora_config, unmerge_lora)
+from lora_gpt.errors import ConfigError
 from lora_gpt.lora import ATTENTION_TARGETS, LEGACY_CONFIG, LEGACY_WEIGHTS, MLP_TARGETS, lora_layers
 
 CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=97)
@@ -83,7 +84,7 @@ def test_only_adapters_get_gradients():
     model = lora_model()
     model(torch.randint(0, 97, (2, 8))).sum().backward()
     for name, p in model.named_parameters():
-        if "lora_" in name:
+        if is_lora_name(name):
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         else:
             assert not p.requires_grad and p.grad is None, name
@@ -102,15 +103,15 @@ def test_merge_unmerge_and_export():
     idx = torch.randint(0, 97, (2, 10))
     with torch.no_grad():
         stacked = model(idx.expand(3, 2, 10))
-        base_before = {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+        base_before = {k: v.clone() for k, v in model.state_dict().items() if not is_lora_name(k)}
         merge_lora(model, adapter=1)
         torch.testing.assert_close(model(idx), stacked[1], atol=1e-5, rtol=1e-5)
         unmerge_lora(model)
         for k, v in model.state_dict().items():
-            if "lora_" not in k:
+            if not is_lora_name(k):
                 torch.testing.assert_close(v, base_before[k], atol=1e-6, rtol=0)
         plain = export_merged(model, 2).eval()
-        assert not any("lora_" in k for k in plain.state_dict())
+        assert not any(is_lora_name(k) for k in plain.state_dict())
         torch.testing.assert_close(plain(idx), stacked[2], atol=1e-5, rtol=1e-5)
     with pytest.raises(RuntimeError, match="unmerge"):
         merge_lora(model, 0)
@@ -149,7 +150,7 @@ def test_wrong_leading_dim_is_refused():
 
 
 def base_weights(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if "lora_" not in k}
+    return {k: v.clone() for k, v in model.state_dict().items() if not is_lora_name(k)}
 
 
 def assert_same_base(model, before):
@@ -191,7 +192,7 @@ def test_adapters_for_another_config_are_refused(tmp_path):
     other_rank = inject_lora(GPT(CFG), LoRAConfig(rank=8, alpha=8, targets=ALL_TARGETS))
     with pytest.raises(ValueError, match="rank=4"):
         load_adapters(other_rank, tmp_path)
-    other_targets = inject_lora(GPT(CFG), LoRAConfig(rank=4, alpha=8))
+    other_targets = inject_lora(GPT(CFG), LoRAConfig(rank=4, alpha=8, targets=ATTENTION_TARGETS))
     with pytest.raises(ValueError, match="targets"):
         load_adapters(other_targets, tmp_path)
     wider = inject_lora(GPT(CFG.replace(n_embd=64)), LoRAConfig(rank=4, alpha=8, targets=ALL_TARGETS))
@@ -256,14 +257,16 @@ def test_loading_into_a_merged_slot_is_refused(tmp_path):
     load_adapters(model, tmp_path, into=0)  # unmerged: loads
 
 
-def test_lora_config_validation():
-    with pytest.raises(ValueError, match="rank"):
+def test_lora_config_validation_names_the_option():
+    with pytest.raises(ConfigError, match="--lora_rank must be >= 1, got 0"):
         LoRAConfig(rank=0)
-    with pytest.raises(ValueError, match="dropout"):
+    with pytest.raises(ConfigError, match=r"--lora_dropout must be in \[0, 1\), got 1.0"):
         LoRAConfig(dropout=1.0)
-    with pytest.raises(ValueError, match="kernel"):
+    with pytest.raises(ConfigError, match="--kernel must be one of auto, triton, torch, got 'cuda'"):
         LoRAConfig(kernel="cuda")
-    with pytest.raises(ValueError, match="init must be one of"):
+    with pytest.raises(ConfigError, match="--lora_init must be one of peft, reference, got 'kaiming'"):
         LoRAConfig(init="kaiming")
+    with pytest.raises(ConfigError, match="--lora_targets must be at least one layer"):
+        LoRAConfig(targets=())
     with pytest.raises(ValueError, match="no nn.Linear matches"):
         inject_lora(GPT(CFG), LoRAConfig(targets=("nothing",)))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lora_gpt import GPT, GPTConfig
-from lora_gpt.weights import PretrainedNotFoundError
+from lora_gpt.weights import PretrainedNotFoundError, WeightsFileError
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,6 +61,16 @@ def test_missing_weights_name_the_path_and_the_fix(tmp_path):
         GPT.from_pretrained(tmp_path)
     with pytest.raises(PretrainedNotFoundError, match="data.offline_base"):
         GPT.from_pretrained("no-such-model-here", allow_download=False)
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_cut_short_weights_name_the_file_and_the_fix(hf_folder, tmp_path, keep):
+    folder, _ = hf_folder
+    (tmp_path / "config.json").write_bytes((folder / "config.json").read_bytes())
+    weights = (folder / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(weights[:int(len(weights) * keep)])
+    with pytest.raises(WeightsFileError, match=f"{tmp_path / 'model.safetensors'} cannot be read .*cut short.*Fix"):
+        GPT.from_pretrained(tmp_path)
 
 
 def test_mismatched_shapes_are_refused(hf_folder, tmp_path):

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from lora_gpt import (GPT, GPTConfig, LoRAConfig, export_base, export_merged, export_peft, import_peft, inject_lora,
-                      load_adapters, lora_config_from_peft, lora_parameters, mark_only_lora_as_trainable, merge_lora,
-                      save_adapters)
+                      is_lora_name, load_adapters, lora_config_from_peft, lora_parameters, mark_only_lora_as_trainable,
+                      merge_lora, save_adapters)
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
 from run_adapter import run_client
 
@@ -118,7 +118,7 @@ def peft_made(exported, tmp_path_factory):
                                                     target_modules=["c_attn", "c_proj"], task_type="CAUSAL_LM"))
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_" in name:
+            if is_lora_name(name):
                 p.normal_(0, 0.2)
     folder = tmp_path_factory.mktemp("peft_made")
     model.save_pretrained(folder)

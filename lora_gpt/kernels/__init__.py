@@ -13,7 +13,13 @@ import warnings
 
 import torch
 
-CHOICES = ("auto", "triton", "torch")
+from ..errors import ConfigError, FixableError
+
+KERNELS = ("auto", "triton", "torch")
+
+
+class KernelUnavailableError(FixableError, RuntimeError):
+    """`kernel='triton'` was asked for where the fused kernel cannot run."""
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,14 +53,14 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def _resolve(kernel: str, device_type: str) -> str:
-    if kernel not in CHOICES:
-        raise ValueError(f"kernel must be one of {CHOICES}, got {kernel!r}.")
+    if kernel not in KERNELS:
+        raise ConfigError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
     if kernel == "torch" or (kernel == "auto" and device_type != "cuda"):
         return "torch"  # auto off CUDA: the PyTorch path, silently (the interpreter is for tests)
     reason = triton_unavailable_reason(torch.device(device_type))
     if kernel == "triton":
         if reason:
-            raise RuntimeError(f"kernel='triton' cannot run: {reason}. Use kernel='auto' or 'torch'.")
+            raise KernelUnavailableError(f"kernel='triton' cannot run: {reason}. Use kernel='auto' or 'torch'.")
         return "triton"
     if reason:
         warnings.warn(f"LoRA kernel 'auto' falls back to PyTorch on CUDA: {reason}.", stacklevel=3)
