@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
+from collab.config import MemoryConfig, OptimConfig
 from collab.module import CollabLoRAModule
-from lora_gpt import GPT, GPTConfig, LoRAConfig, inject_lora, mark_only_lora_as_trainable
+from lora_gpt import GPT, GPTConfig, LoRAConfig, client_slices, inject_lora, mark_only_lora_as_trainable
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
 from lora_gpt.precision import resolve_precision
 from lora_gpt.cross_entropy import fused_linear_cross_entropy, token_cross_entropy
@@ -66,15 +67,15 @@ def measure(mode: str, n: int, preset: str, batch: int, seq: int, steps: int, de
                 opt.zero_grad(set_to_none=True)
     else:
         chunk = n if mode == "batched" else int(mode.split("-")[1])
-        module = CollabLoRAModule(GPT(config), LORA, n, client_chunk=chunk).to(device)
+        module = CollabLoRAModule(base=GPT(config), lora=LORA, optim=OptimConfig(), num_clients=n,
+                                  memory=MemoryConfig(client_chunk=chunk)).to(device)
         opt = adamw(module.adapters().items(), 1e-3, 1e-3)
 
         def step() -> None:
-            for start in range(0, n, chunk):
-                part = slice(start, min(start + chunk, n))
+            for clients in client_slices(n, chunk):
                 with autocast:
-                    loss, _ = module.client_losses(data, part)
-                loss.backward()
+                    objective, _ = module.client_losses(data, clients)
+                objective.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
 

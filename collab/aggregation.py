@@ -25,9 +25,9 @@ from .trust.protocols import missing_members
 class TrustAggregation(L.Callback):
     """Every client's adapter becomes its trust-weighted average of all adapters, every so often."""
 
-    def __init__(self, settings: TrustSettings | None = None, *, out_dir: str | Path | None = None) -> None:
-        self.settings = settings or TrustSettings()
-        self.family = build_family(self.settings)
+    def __init__(self, *, settings: TrustSettings = TrustSettings(), out_dir: str | Path | None = None) -> None:
+        self.settings = settings
+        self.family = build_family(settings)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.last_step = -1
         self.history: list[dict[str, Any]] = []
@@ -42,8 +42,7 @@ class TrustAggregation(L.Callback):
                             "data.ClientDataModule, or add them.")
 
     def due(self, step: int) -> bool:
-        s = self.settings
-        return step > 0 and step != self.last_step and step >= s.pretraining_rounds and step % s.trust_freq == 0
+        return step != self.last_step and self.settings.aggregates_at(step)
 
     def aggregate_clients(self, model: CollaborativeModel, data: ClientData, step: int) -> dict[str, Any]:
         """One aggregation round on `model`'s adapters; returns its record."""
@@ -67,7 +66,7 @@ class TrustAggregation(L.Callback):
         self.last_step = step
         record = self.aggregate_clients(pl_module, trainer.datamodule, step)
         if "quality" in record:
-            pl_module.log_dict({f"trust/{k}": v for k, v in record["quality"].items() if v is not None})
+            pl_module.log_metrics({f"trust/{k}": v for k, v in record["quality"].items() if v is not None}, step)
         if record["excluded"]:
             rank_zero_warn(f"step {step}: clients {record['excluded']} have non-finite adapters or trust "
                            "scores; they were left out of every other client's average and reset to "

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
-from lora_gpt import GPT, ClientSlice
+from lora_gpt import GPT, client_slices
 from lora_gpt.cross_entropy import linear_predictions
 
 
@@ -29,17 +29,11 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def chunks(n: int, size: int) -> Iterator[slice]:
-    for start in range(0, n, size):
-        yield slice(start, min(start + size, n))
-
-
 def all_adapters_hidden(model: GPT, num_adapters: int, idx: torch.Tensor,
                         chunk: int) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield `(adapters, hidden)`: final hidden states `[k, b, T, d]` of adapters `adapters` on `idx` `[b, T]`."""
-    for part in chunks(num_adapters, chunk):
-        clients = ClientSlice(part.start, part.stop)
-        yield part, model.hidden_states(idx.expand(len(clients), *idx.shape), clients)
+    for clients in client_slices(num_adapters, chunk):
+        yield clients.adapters, model.hidden_states(idx.expand(len(clients), *idx.shape), clients)
 
 
 def mean_losses(model: GPT, num_adapters: int, batches: Sequence[torch.Tensor], chunk: int) -> torch.Tensor:

@@ -8,14 +8,16 @@ with that base model in `OUT/base`. merged: client n's whole model in Hugging Fa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from lora_gpt import GPT, export_merged, export_peft, inject_lora, load_adapters, save_adapters, saved_lora_config
+from lora_gpt.errors import ConfigError, FixableError
 
-from .fit import RUN_OPTIONS_FILE, base_source, client_adapters
+from .cli import load_config
+from .fit import base_source
+from .run_folder import RunFolder, RunFolderError
 
 FORMATS = ("peft", "merged", "stacked")
 PEFT_USAGE = """load it with:
@@ -25,20 +27,20 @@ PEFT_USAGE = """load it with:
 
 
 def run_init(run: Path) -> str:
-    """The base model the run started from (its `--init`), read from the run's saved options."""
-    options = run / RUN_OPTIONS_FILE
-    if not options.is_file():
-        raise FileNotFoundError(f"{options} not found; pass a run folder written by python -m collab.fit.")
-    return json.loads(options.read_text())["init"]
+    """The base model the run started from (its `--init`), read from the run's saved configuration."""
+    config = RunFolder(run).config
+    if not config.is_file():
+        raise RunFolderError(f"{config} not found; pass a run folder written by python -m collab.fit.")
+    return load_config(config).run.init
 
 
 def client_model(run: Path, client: int) -> GPT:
     """The run's base model with client `client`'s final adapter as its one adapter."""
     init = run_init(run)
-    folder = client_adapters(run, client)
+    folder = RunFolder(run).adapters(client)
     if not folder.is_dir():
         saved = sorted(p.name for p in (run / "adapters").glob("client_*"))
-        raise FileNotFoundError(f"{folder} not found; " + (
+        raise RunFolderError(f"{folder} not found; " + (
             f"the run saved {saved[0]} to {saved[-1]}." if saved else
             "adapters are saved when a run finishes: rerun its python -m collab.fit command to finish it."))
     model = GPT.from_pretrained(base_source(init))
@@ -49,7 +51,7 @@ def client_model(run: Path, client: int) -> GPT:
 def export(run: Path, client: int, fmt: str, out: Path | None = None) -> Path:
     """Write client `client` of `run` in format `fmt` to `out` (default `RUN/export/client_NN_FORMAT`)."""
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}.")
+        raise ConfigError(f"--format must be one of {FORMATS}, got {fmt!r}.")
     out = out or run / "export" / f"client_{client:02d}_{fmt}"
     model = client_model(run, client)
     if fmt == "peft":
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export(args.run, args.client, args.format, args.out)
-    except (ValueError, FileNotFoundError) as err:
+    except FixableError as err:
         parser.exit(2, f"error: {err}\n")
     print(f"client {args.client} of {args.run} written to {out} ({args.format})")
     if args.format == "peft":

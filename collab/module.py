@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, replace
 from typing import Any
 
 import lightning as L
 import torch
 
-from lora_gpt import GPT, ClientSlice, LoRAConfig, client_seeds, inject_lora, lora_parameters, mark_only_lora_as_trainable
+from lora_gpt import (GPT, ClientSlice, LoRAConfig, client_slices, inject_lora, is_lora_name, lora_parameters,
+                      mark_only_lora_as_trainable)
 from lora_gpt.cross_entropy import fused_linear_cross_entropy, linear_predictions
-from lora_gpt.names import is_lora_name
+from lora_gpt.errors import ConfigError
 from lora_gpt.precision import flush_denormals
 from lora_gpt.training import LanguageModelMetrics, adamw, one_cycle
 
 from . import evaluation
-from .evaluation import chunks
+from .config import MemoryConfig, OptimConfig
 
 
 def base_fingerprint(model: GPT) -> str:
@@ -51,23 +53,26 @@ def clip_per_client(params: list[torch.nn.Parameter], max_norm: float) -> torch.
 
 
 class CollabLoRAModule(L.LightningModule):
-    def __init__(self, base: GPT, lora: LoRAConfig, num_clients: int, lr: float = 2e-3,
-                 weight_decay: float = 1e-3, betas: tuple[float, float] = (0.9, 0.95),
-                 iterations: int = 500, warmup: float = 0.02, acc_steps: int = 1,
-                 grad_clip: float = 0.0, client_chunk: int | None = None, loss_chunk: int | None = None,
-                 seed: int = 0) -> None:
+    """N clients' adapters over one frozen base: the training step, per-client evaluation, checkpoints.
+
+    `lora.init_seed` None starts every adapter from the A that `seed` draws. Metrics go to the
+    loggers with the optimizer step they belong to (`log_metrics`), 0 being the base before
+    training, so a resumed run's history continues where its checkpoint left it.
+    """
+
+    def __init__(self, *, base: GPT, lora: LoRAConfig, optim: OptimConfig, num_clients: int, seed: int = 0,
+                 memory: MemoryConfig = MemoryConfig()) -> None:
         super().__init__()
         if num_clients < 1:
-            raise ValueError(f"num_clients must be >= 1, got {num_clients}.")
-        self.save_hyperparameters({"model": base.config.to_dict(), "lora": lora.to_dict(),
-                                   "num_clients": num_clients, "lr": lr, "weight_decay": weight_decay,
-                                   "betas": list(betas), "iterations": iterations, "warmup": warmup,
-                                   "acc_steps": acc_steps, "grad_clip": grad_clip,
-                                   "client_chunk": client_chunk, "loss_chunk": loss_chunk, "seed": seed})
+            raise ConfigError(f"--num_clients must be >= 1, got {num_clients}.")
+        lora = lora if lora.init_seed is not None else replace(lora, init_seed=seed)
+        self.save_hyperparameters({"model": base.config.to_dict(), "lora": lora.to_dict(), "optim": asdict(optim),
+                                   "memory": asdict(memory), "num_clients": num_clients, "seed": seed},
+                                  logger=False)  # the run folder's config.yaml holds the options
         self.model = mark_only_lora_as_trainable(inject_lora(base, lora, num_adapters=num_clients))
-        self.num_clients = num_clients
-        self.client_chunk = client_chunk or num_clients
-        self.loss_chunk = loss_chunk
+        self.optim, self.seed, self.num_clients = optim, seed, num_clients
+        self.client_chunk = memory.client_chunk or num_clients
+        self.loss_chunk = memory.loss_chunk
         self.automatic_optimization = False  # per-client clipping and chunked backward
         self.strict_loading = False  # checkpoints hold adapters only; the base comes from --init
         self.base_fingerprint = base_fingerprint(self.model)
@@ -112,17 +117,19 @@ class CollabLoRAModule(L.LightningModule):
                     if torch.is_tensor(value) and value.shape == p.shape:
                         value[mask] = 0
 
-    def client_losses(self, batch: torch.Tensor, part: slice, micro_step: int | None = None,
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        """Send `metrics` to every logger as measured after optimizer step `step`."""
+        for logger in self.loggers:
+            logger.log_metrics(metrics, step=step)
+
+    def client_losses(self, batch: torch.Tensor, clients: ClientSlice,
                       scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(objective, losses)` for the clients in `part` on their slices of `batch`: `losses` is
-        each client's mean next-token loss (detached), `objective` their sum times `scale`, to
-        back-propagate. With `micro_step`, each client's dropout draws from its own stream. The
-        head's logits are formed a chunk of tokens at a time, never all at once."""
-        x, y = batch[part, ..., :-1], batch[part, ..., 1:]
-        seeds = None
-        if micro_step is not None:
-            seeds = client_seeds(self.hparams.seed, range(part.start, part.stop), micro_step)
-        hidden = self.model.hidden_states(x, ClientSlice(part.start, part.stop, seeds))
+        """`(objective, losses)` for `clients` on their slices of `batch`: `losses` is each client's
+        mean next-token loss (detached), `objective` their sum times `scale`, to back-propagate.
+        Dropout draws from the clients' own streams where `clients` carries them. The head's
+        logits are formed a chunk of tokens at a time, never all at once."""
+        x, y = batch[clients.adapters, ..., :-1], batch[clients.adapters, ..., 1:]
+        hidden = self.model.hidden_states(x, clients)
         per_token = scale / y[0].numel()  # the sum over clients of each client's mean
         objective, token_losses = fused_linear_cross_entropy(
             hidden, self.model.lm_head.weight, y, torch.full(y.shape, per_token, device=y.device),
@@ -135,38 +142,41 @@ class CollabLoRAModule(L.LightningModule):
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         if batch.shape[0] != self.num_clients:
             raise ValueError(f"batch has {batch.shape[0]} clients, the model {self.num_clients}.")
-        acc = self.hparams.acc_steps
+        acc = self.optim.acc_steps
         micro_step = self.global_step * acc + self._micro_in_step
         losses = []
-        for part in chunks(self.num_clients, self.client_chunk):
-            objective, loss = self.client_losses(batch, part, micro_step, scale=1.0 / acc)
+        for clients in client_slices(self.num_clients, self.client_chunk, seed=self.seed, step=micro_step):
+            objective, loss = self.client_losses(batch, clients, scale=1.0 / acc)
             self.manual_backward(objective)
             losses.append(loss)
-        losses = torch.cat(losses).float()
-        self._step_losses += losses.cpu() / acc
+        self._step_losses += torch.cat(losses).float().cpu() / acc
         self._micro_in_step += 1
         if self._micro_in_step == acc:
             self._micro_in_step = 0
-            step_losses, self._step_losses = self._step_losses, torch.zeros(self.num_clients)
-            self.log("train/loss", step_losses.mean(), prog_bar=True)
-            self.log_dict({f"train/loss_client_{n}": float(v) for n, v in enumerate(step_losses)})
-            self.train_curve.append({"step": self.global_step + 1, "loss": step_losses.tolist()})
-            opt, sched = self.optimizers(), self.lr_schedulers()
-            params = [p for p in self.adapters().values() if p.grad is not None]
-            if self.hparams.grad_clip > 0:
-                norms = clip_per_client(params, self.hparams.grad_clip)
-                self.log("train/grad_norm_max", norms.max())
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            self.log("train/lr", sched.get_last_lr()[0])
+            self._take_step()
+
+    def _take_step(self) -> None:
+        """One AdamW step of every client (each clipped on its own), then its metrics."""
+        step_losses, self._step_losses = self._step_losses, torch.zeros(self.num_clients)
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        metrics = {"train/loss": float(step_losses.mean()), "train/lr": sched.get_last_lr()[0],
+                   **{f"train/loss_client_{n}": float(v) for n, v in enumerate(step_losses)}}
+        if self.optim.grad_clip > 0:
+            norms = clip_per_client([p for p in self.adapters().values() if p.grad is not None], self.optim.grad_clip)
+            metrics["train/grad_norm_max"] = float(norms.max())
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        self.log("train/loss", metrics["train/loss"], prog_bar=True, logger=False)
+        self.log_metrics(metrics, self.global_step)
+        self.train_curve.append({"step": self.global_step, "loss": step_losses.tolist()})
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        for part in chunks(self.num_clients, self.client_chunk):
-            x, y = batch[part, ..., :-1], batch[part, ..., 1:]
-            hidden = self.model.hidden_states(x, ClientSlice(part.start, part.stop))
+        for clients in client_slices(self.num_clients, self.client_chunk):
+            x, y = batch[clients.adapters, ..., :-1], batch[clients.adapters, ..., 1:]
+            hidden = self.model.hidden_states(x, clients)
             losses, correct = linear_predictions(hidden, self.model.lm_head.weight, y, self.loss_chunk)
-            for offset, n in enumerate(range(part.start, part.stop)):
+            for offset, n in enumerate(range(clients.start, clients.stop)):
                 self.val_metrics[n].update(losses[offset], correct[offset])
 
     def on_validation_epoch_end(self) -> None:
@@ -175,17 +185,17 @@ class CollabLoRAModule(L.LightningModule):
             m.reset()
         if self.trainer.sanity_checking:
             return
-        logs = {f"val/{k}_client_{n}": v for n, row in enumerate(per_client) for k, v in row.items()}
         mean = {k: sum(row[k] for row in per_client) / len(per_client) for k in per_client[0]}
-        logs.update({f"val/{k}": v for k, v in mean.items() if k != "ppl"})
-        self.log_dict(logs)
-        self.log("val/ppl", mean["ppl"], prog_bar=True)
+        metrics = {f"val/{k}_client_{n}": v for n, row in enumerate(per_client) for k, v in row.items()}
+        metrics.update({f"val/{k}": v for k, v in mean.items()})
+        self.log("val/ppl", mean["ppl"], prog_bar=True, logger=False)
+        self.log_metrics(metrics, self.global_step)
         self.curves.append({"step": self.global_step, "clients": per_client, "mean": mean})
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        optimizer = adamw(self.adapters().items(), hp.lr, hp.weight_decay, tuple(hp.betas))
-        scheduler = one_cycle(optimizer, hp.lr, hp.iterations, hp.warmup)
+        o = self.optim
+        optimizer = adamw(self.adapters().items(), o.lr, o.weight_decay, o.betas)
+        scheduler = one_cycle(optimizer, o.lr, o.iterations, o.warmup_percent, o.final_div)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -199,7 +209,7 @@ class CollabLoRAModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("base_fingerprint")
         if saved != self.base_fingerprint:
-            raise ValueError(
+            raise ConfigError(
                 f"this checkpoint's adapters were trained on another base model (fingerprint {saved}, "
                 f"this base {self.base_fingerprint}); resume with the same --init, or start afresh "
                 "in a new --out folder.")
@@ -207,7 +217,7 @@ class CollabLoRAModule(L.LightningModule):
         theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if is_lora_name(k)}
         if ours != theirs:
             diff = sorted(set(ours.items()) ^ set(theirs.items()))[:3]
-            raise ValueError(f"checkpoint adapters do not match this configuration (e.g. {diff}); "
-                             "resume with the options the run started with.")
+            raise ConfigError(f"checkpoint adapters do not match this configuration (e.g. {diff}); "
+                              "resume with the options the run started with.")
         self.curves = checkpoint.get("curves", [])
         self.train_curve = checkpoint.get("train_curve", [])

@@ -25,13 +25,23 @@ def final_mean_ppl(summary: dict[str, Any]) -> float:
     return summary["final"]["mean"]["ppl"]
 
 
+def run_strategy(summary: dict[str, Any]) -> str:
+    """The run's trust strategy (`--trust`)."""
+    return summary["config"]["trust"]["strategy"]
+
+
+def run_dataset(summary: dict[str, Any]) -> str:
+    """The recipe or data the run trained on (`--dataset`, or the recipe its `--data_dir` holds)."""
+    return summary["config"]["data"]["dataset"]
+
+
 def seed_table(runs: Iterable[dict[str, Any]], strategies: list[str] | None = None) -> str:
     """Markdown: mean +/- std over seeds of the final mean validation perplexity, strategy x
     (dataset, client count); the best (lowest) mean of each column in bold."""
     cells: dict[tuple[str, str], list[float]] = defaultdict(list)
     for run in runs:  # one column per dataset and client count: 4 and 8 clients are different experiments
-        column = f"{run['options']['dataset']}, {len(run['final']['clients'])} clients"
-        cells[(run["options"]["trust"], column)].append(final_mean_ppl(run))
+        column = f"{run_dataset(run)}, {len(run['final']['clients'])} clients"
+        cells[(run_strategy(run), column)].append(final_mean_ppl(run))
     datasets = sorted({d for _, d in cells})
     strategies = strategies or sorted({s for s, _ in cells})
     best = {d: min((statistics.mean(v) for (s, dd), v in cells.items() if dd == d), default=math.nan)
@@ -62,7 +72,7 @@ def client_table(runs: Iterable[dict[str, Any]]) -> str:
     lines = [f"| strategy | {head} | mean |", "|---|" + "---|" * (n + 1)]
     for r in runs:
         ppl = [f"{c['ppl']:.2f}" for c in r["final"]["clients"]]
-        lines.append(f"| {r['options']['trust']} | " + " | ".join(ppl) + f" | **{final_mean_ppl(r):.2f}** |")
+        lines.append(f"| {run_strategy(r)} | " + " | ".join(ppl) + f" | **{final_mean_ppl(r):.2f}** |")
     return "\n".join(lines)
 
 
@@ -83,7 +93,7 @@ def plot_client_curves(runs: list[dict[str, Any]], path: Path) -> Path:
             ax.plot(steps, [c["clients"][n]["ppl"] for c in run["curves"]], color=colors(owner[n]),
                     alpha=0.8, lw=1.2, label=categories[owner[n]])
         ax.plot(steps, [c["mean"]["ppl"] for c in run["curves"]], color="black", lw=2.2, label="mean")
-        ax.set_title(f"{run['options']['trust']}: mean {final_mean_ppl(run):.1f}")
+        ax.set_title(f"{run_strategy(run)}: mean {final_mean_ppl(run):.1f}")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation perplexity")
@@ -122,7 +132,7 @@ def plot_trust_heatmap(run: dict[str, Any], path: Path) -> Path | None:
         for j in range(len(order)):
             ax.text(j, i, f"{trust[i, j]:.2f}", ha="center", va="center", fontsize=6,
                     color="white" if trust[i, j] < trust.max() / 2 else "black")
-    ax.set_title(f"{run['options']['trust']} trust at step {record['step']} (row i trusts column j)", fontsize=9)
+    ax.set_title(f"{run_strategy(run)} trust at step {record['step']} (row i trusts column j)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -139,7 +149,7 @@ def plot_seed_curves(runs: list[dict[str, Any]], folder: Path) -> list[Path]:
 
     by_dataset: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        by_dataset[run["options"]["dataset"]][run["options"]["trust"]].append(run["curves"])
+        by_dataset[run_dataset(run)][run_strategy(run)].append(run["curves"])
     paths = []
     for dataset, strategies in by_dataset.items():
         fig, ax = plt.subplots(figsize=(5.5, 3.6))

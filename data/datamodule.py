@@ -10,6 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from lora_gpt.errors import ConfigError
+from lora_gpt.training import random_windows
+
+from .config import DataConfig
 from .manifest import client_file, read_manifest, verify
 from .split import SPLITS
 
@@ -38,17 +42,12 @@ class ClientDataModule(L.LightningDataModule):
     opened per access (a long-lived memmap leaks memory), never read whole.
     """
 
-    def __init__(self, data_dir: str | Path, batch_size: int, sequence_length: int, seed: int = 0,
-                 eval_batches: int = 4, accumulate: int = 1) -> None:
+    def __init__(self, *, folder: str | Path, config: DataConfig, seed: int = 0, accumulate: int = 1) -> None:
         super().__init__()
-        for name, value in (("batch_size", batch_size), ("sequence_length", sequence_length),
-                            ("eval_batches", eval_batches), ("accumulate", accumulate)):
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}.")
-        self.data_dir = Path(data_dir)
+        self.data_dir = Path(folder)
         self.manifest: dict = read_manifest(self.data_dir)
-        self.batch_size, self.sequence_length = batch_size, sequence_length
-        self.seed, self.eval_batches, self.accumulate = seed, eval_batches, accumulate
+        self.batch_size, self.sequence_length = config.batch_size, config.sequence_length
+        self.seed, self.eval_batches, self.accumulate = seed, config.eval_batches, accumulate
         self.num_clients: int = self.manifest["num_clients"]
         self.categories: list[str] = self.manifest["categories"]
         self.mixture: np.ndarray = np.asarray(self.manifest["mixture"], dtype=np.float64)
@@ -62,14 +61,14 @@ class ClientDataModule(L.LightningDataModule):
             for split in SPLITS:
                 have = self.manifest["files"][client_file(n, split)]["tokens"]
                 if have < span:
-                    raise ValueError(
+                    raise ConfigError(
                         f"client {n}'s {split} split holds {have:,} tokens, fewer than one window of {span:,} "
                         f"(sequence_length + 1) in {self.data_dir}. Fix: --sequence_length {have - 1} or less, "
                         f"or prepare the dataset with a larger --{split}_tokens.")
         have = self.manifest["files"]["ref.bin"]["tokens"]
         if have < span:
-            raise ValueError(f"the shared ref stream holds {have:,} tokens, fewer than one window of {span:,} in "
-                             f"{self.data_dir}. Fix: a shorter --sequence_length, or a larger --ref_tokens.")
+            raise ConfigError(f"the shared ref stream holds {have:,} tokens, fewer than one window of {span:,} in "
+                              f"{self.data_dir}. Fix: a shorter --sequence_length, or a larger --ref_tokens.")
 
     def setup(self, stage: str | None = None) -> None:
         """Check every token file against the manifest's sha256 (once)."""
@@ -85,13 +84,9 @@ class ClientDataModule(L.LightningDataModule):
     def train_batch(self, t: int) -> torch.Tensor:
         """Training micro-batch t, `[N, b, T+1]` int64: b random windows of each client's own train split."""
         span = self.sequence_length + 1
-        out = np.empty((self.num_clients, self.batch_size, span), dtype=np.int64)
-        for n in range(self.num_clients):
-            tokens = self.tokens(n, "train")
-            starts = np.random.default_rng([self.seed, n, t]).integers(0, len(tokens) - span + 1, self.batch_size)
-            for i, s in enumerate(starts):
-                out[n, i] = tokens[s:s + span]
-        return torch.from_numpy(out)
+        return torch.from_numpy(np.stack([
+            random_windows(self.tokens(n, "train"), self.batch_size, span, (self.seed, n, t))
+            for n in range(self.num_clients)]))
 
     def _windows(self, tokens: np.ndarray, count: int) -> np.ndarray:
         """`count` non-overlapping windows spread evenly from the start to the end of `tokens`

@@ -1,8 +1,10 @@
 """The errors `data` raises for problems the user can fix; each message names the fix."""
 from __future__ import annotations
 
+from lora_gpt.errors import FixableError
 
-class DataError(RuntimeError):
+
+class DataError(FixableError, RuntimeError):
     """A dataset could not be built or read; the message says what to do."""
 
 
@@ -12,3 +14,11 @@ class SourceUnavailableError(DataError):
 
 class ManifestError(DataError):
     """A prepared dataset folder is incomplete, corrupt, or holds another configuration."""
+
+
+class DataFileError(DataError, ValueError):
+    """A file of your own data cannot be read as a dataset: its message names the file, the line and the fix."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """The data a recipe or path names does not exist."""

@@ -24,8 +24,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from lora_gpt.cache import cache_dir
+from lora_gpt.errors import ConfigError, FixableError
 
-from .errors import DataError, ManifestError
+from .errors import ManifestError
 from .manifest import MANIFEST, client_file, read_manifest, verify, write_json, write_tokens
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
 from .split import (PAIRINGS, SPLITS, Layout, category_needs, fitted_budget, resolve_pairing,
@@ -68,7 +69,7 @@ def prepare_recipe(recipe: str, num_clients: int | None = None, out: Path | None
     """
     spec = get_recipe(recipe, **budgets)
     if num_clients is not None and num_clients < 1:
-        raise ValueError(f"num_clients must be at least 1, got {num_clients}.")
+        raise ConfigError(f"--num_clients must be at least 1, got {num_clients}.")
     options = {"recipe": spec.name, "source": spec.source_id, "kind": spec.kind,
                "pairing": resolve_pairing(spec.kind, pairing),
                "num_clients": num_clients if num_clients is not None else spec.num_clients, "seed": seed,
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         folder = prepare_recipe(args.recipe, args.num_clients, args.out, args.seed, args.progress, args.pairing,
                                 train=args.train_tokens, val=args.val_tokens, trust=args.trust_tokens,
                                 ref=args.ref_tokens)
-    except (ValueError, FileNotFoundError, DataError) as err:
+    except FixableError as err:
         p.exit(2, f"error: {err}\n")
     print(summary(folder))
     return 0

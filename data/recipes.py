@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lora_gpt.errors import ConfigError
+
+from .errors import DataNotFoundError
 from .sources import hf, offline
 from .sources.local import TABLE_SUFFIXES, fingerprint, load_local
 from .split import KINDS, Budget
@@ -100,7 +103,7 @@ def _local_recipe(name: str) -> Recipe | None:
         path, _, kind = name.rpartition(":")
     if not Path(path).exists():
         if "/" in path or path.endswith(TABLE_SUFFIXES):  # meant as a path, not a recipe name
-            raise FileNotFoundError(f"{path} does not exist. Fix: give an existing folder, .csv or .jsonl of your "
+            raise DataNotFoundError(f"{path} does not exist. Fix: give an existing folder, .csv or .jsonl of your "
                                     f"own data, or a recipe name: {', '.join(list_recipes())}.")
         return None
     path = Path(path).resolve()
@@ -113,13 +116,13 @@ def get_recipe(name: str, **budgets: int | None) -> Recipe:
     with any budget (`train`, `val`, `trust`, `ref` tokens) replaced where given."""
     recipe = RECIPES.get(name) or _local_recipe(name)
     if recipe is None:
-        raise ValueError(f"unknown recipe {name!r}. Known recipes: {', '.join(list_recipes())}. Or give the path "
+        raise ConfigError(f"unknown recipe {name!r}. Known recipes: {', '.join(list_recipes())}. Or give the path "
                          "of your own data: a folder with one sub-folder or file per category, or a .csv/.jsonl "
                          "with 'text' and 'label' columns (append ':mixed' for the mixed split).")
     given = {k: v for k, v in budgets.items() if v is not None}
     for key, value in given.items():
         if key not in Budget.__dataclass_fields__:
-            raise ValueError(f"unknown budget {key!r}; the budgets are train, val, trust and ref (tokens).")
+            raise ConfigError(f"unknown budget {key!r}; the budgets are train, val, trust and ref (tokens).")
         if not isinstance(value, int) or value < 1:
-            raise ValueError(f"the {key} budget must be a positive number of tokens, got {value!r}.")
+            raise ConfigError(f"the {key} budget must be a positive number of tokens, got {value!r}.")
     return replace(recipe, budget=replace(recipe.budget, **given))

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from lora_gpt.errors import ConfigError
+
 from .tokenize import TextExhausted, TokenizedDocuments, TokenStream
 
 SPLITS = ("train", "val", "trust")
@@ -57,9 +59,9 @@ class Split:
 def resolve_pairing(kind: str, pairing: str | None) -> str | None:
     """The pairing a split uses: `ring` unless asked for a mixed split; none for a specific one."""
     if pairing is not None and pairing not in PAIRINGS:
-        raise ValueError(f"unknown pairing {pairing!r}; use {' or '.join(PAIRINGS)}.")
+        raise ConfigError(f"unknown pairing {pairing!r}; use {' or '.join(PAIRINGS)}.")
     if kind == "specific" and pairing is not None:
-        raise ValueError(f"--pairing applies to the mixed split; this recipe's split is specific (one category per "
+        raise ConfigError(f"--pairing applies to the mixed split; this recipe's split is specific (one category per "
                          "client). Fix: the mixed recipe (RECIPE_mixed, or PATH:mixed for your own data), or no "
                          "--pairing.")
     return (pairing or PAIRINGS[0]) if kind == "mixed" else None
@@ -76,18 +78,18 @@ def design_shares(kind: str, num_clients: int, num_categories: int, pairing: str
     over categories; a mixed client adds the main category of its neighbour (`ring`: every
     category is some client's minor) or of its partner (`pairs`: clients 2k and 2k+1 swap)."""
     if kind not in KINDS:
-        raise ValueError(f"unknown split kind {kind!r}; use one of {', '.join(KINDS)}.")
+        raise ConfigError(f"unknown split kind {kind!r}; use one of {', '.join(KINDS)}.")
     pairing = resolve_pairing(kind, pairing)
     if num_clients < 1:
-        raise ValueError(f"num_clients must be at least 1, got {num_clients}.")
+        raise ConfigError(f"num_clients must be at least 1, got {num_clients}.")
     if kind == "specific" and num_clients < num_categories:
-        raise ValueError(f"the specific split gives each of the {num_categories} categories at least one client, so "
+        raise ConfigError(f"the specific split gives each of the {num_categories} categories at least one client, so "
                          f"it needs num_clients >= {num_categories}, got {num_clients}. Fix: --num_clients "
                          f"{num_categories} or more, or the mixed variant of the recipe.")
     if kind == "mixed" and num_categories < 2:
-        raise ValueError("a mixed split needs at least 2 categories; this data has 1. Fix: use the specific split.")
+        raise ConfigError("a mixed split needs at least 2 categories; this data has 1. Fix: use the specific split.")
     if pairing == "pairs" and num_clients % 2:
-        raise ValueError(f"--pairing pairs makes pairs of clients 2k and 2k+1, so it needs an even num_clients, "
+        raise ConfigError(f"--pairing pairs makes pairs of clients 2k and 2k+1, so it needs an even num_clients, "
                          f"got {num_clients}. Fix: --num_clients {num_clients - 1} or {num_clients + 1}, or --pairing "
                          "ring.")
     shares = np.zeros((num_clients, num_categories))
@@ -135,7 +137,7 @@ class Layout:
         pairs: an even count)."""
         try:
             replace(self, num_clients=num_clients).shares()
-        except ValueError:
+        except ConfigError:
             return False
         return True
 
@@ -235,7 +237,7 @@ def split_clients(docs: list[TokenizedDocuments], categories: list[str], layout:
 
 
 def shortage(docs: list[TokenizedDocuments], categories: list[str], layout: Layout, budget: Budget, short: int,
-             at_floor: bool) -> ValueError:
+             at_floor: bool) -> ConfigError:
     """The error for a category that ran out: what it has, what the clients need, and the fix."""
     n_docs, tokens = docs[short].tokenized()  # all of it: it ran out
     need = category_needs(layout.shares(), budget)[short]
@@ -247,7 +249,7 @@ def shortage(docs: list[TokenizedDocuments], categories: list[str], layout: Layo
     fixes = [f"--num_clients {most} or fewer (the most this text serves {at.removeprefix('even ')})"] if most else []
     fixes.append("more text in that category" if at_floor else
                  "smaller budgets (--train_tokens, --val_tokens, --trust_tokens, --ref_tokens)")
-    return ValueError(f"not enough text in category {categories[short]!r} for {layout.num_clients} clients {at} "
+    return ConfigError(f"not enough text in category {categories[short]!r} for {layout.num_clients} clients {at} "
                       f"({sizes}): its {n_docs:,} documents ({tokens:,} tokens) ran out, where these clients need "
                       f"at least {need:,} tokens of it (and more, as each piece takes whole documents and drops the "
                       f"rest of its last one). Fix: {', or '.join(fixes)}.")

@@ -15,9 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-from collab.fit import build_parser, run
-from collab.report import SUMMARY_FILE, client_table, load_summaries, plot_client_curves, plot_trust_heatmap
+from collab.cli import build_parser, fit_config
+from collab.fit import run
+from collab.report import client_table, load_summaries, plot_client_curves, plot_trust_heatmap, run_strategy
+from collab.run_folder import RunFolder, run_dir
 from collab.trust import Strategy
+from lora_gpt.errors import FixableError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,24 +38,25 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.exit(2, f"error: {err}\n")
     start = time.time()
-    for strategy in strategies:
-        out = args.out / strategy
-        if (out / SUMMARY_FILE).exists():
-            print(f"{strategy}: finished earlier, reusing {out}")
-            continue
-        print(f"\n=== {strategy} ===", flush=True)
-        fit_args = build_parser().parse_args(
-            ["--trust", strategy, "--dataset", args.dataset, "--num_clients", str(args.num_clients),
-             "--iterations", str(args.iterations), "--batch_size", str(args.batch_size), "--seed", str(args.seed),
-             "--out", str(out), *fit_extra])
-        run(fit_args)
-    runs = {r["options"]["trust"]: r for r in load_summaries(args.out)}
-    ordered = [runs[s] for s in strategies if s in runs]
+    folders = [RunFolder(run_dir(args.out, args.dataset, s, args.seed, args.num_clients)) for s in strategies]
+    try:
+        for strategy, folder in zip(strategies, folders):
+            if folder.finished():
+                print(f"{strategy}: finished earlier, reusing {folder.path}")
+                continue
+            print(f"\n=== {strategy} ===", flush=True)
+            run(fit_config(build_parser().parse_args(
+                ["--trust", strategy, "--dataset", args.dataset, "--num_clients", str(args.num_clients),
+                 "--iterations", str(args.iterations), "--batch_size", str(args.batch_size), "--seed", str(args.seed),
+                 "--out", str(folder.path), *fit_extra])))
+    except FixableError as err:
+        p.exit(2, f"error: {err}\n")
+    ordered = [load_summaries(folder.path)[0] for folder in folders]
     print(f"\nFinal validation perplexity per client ({args.dataset}, {args.num_clients} clients, "
           f"{args.iterations} steps of {args.batch_size} sequences per client, seed {args.seed}); lower is better:\n")
     print(client_table(ordered))
     curves = plot_client_curves(ordered, args.out / "client_curves.png")
-    heat_source = next((r for r in reversed(ordered) if r["options"]["trust"].startswith("dynamic")), ordered[-1])
+    heat_source = next((r for r in reversed(ordered) if run_strategy(r).startswith("dynamic")), ordered[-1])
     heatmap = plot_trust_heatmap(heat_source, args.out / "trust_heatmap.png")
     print(f"\nplots: {curves}" + (f", {heatmap}" if heatmap else ""))
     print(f"total time {(time.time() - start) / 60:.1f} min")

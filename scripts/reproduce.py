@@ -1,13 +1,14 @@
 """Seed-repeat reproduction: run every (strategy, recipe, seed) of a grid with `collab.fit`.
 
 The default grid is the paper's: six strategies, the six recipes with 4, 8, 9, 9, 8 and 8
-clients, ten seeds. Each run has its folder `OUT/RECIPE[-nCLIENTS]/STRATEGY/seedSEED`. Finished
-runs (a `summary.json` in their folder) are skipped, so an interrupted grid resumes; an
-interrupted run resumes from its last checkpoint. Options after
-`--` go to every `collab.fit` call.
+clients, ten seeds, each run with the paper's settings (`collab.fit --profile paper`: GPT-2, 500
+steps, ...; a GPU's work). Each run has its folder `OUT/RECIPE[-nCLIENTS]/STRATEGY/seedSEED`.
+Finished runs (a `summary.json` in their folder) are skipped, so an interrupted grid resumes; an
+interrupted run resumes from its last checkpoint. Options after `--` go to every `collab.fit`
+call and override the profile's.
 
-    python scripts/reproduce.py                                   # the paper's grid
-    python scripts/reproduce.py --recipes offline_multi_specific:6 --seeds 0 1 2 \\
+    python scripts/reproduce.py                                   # the paper's grid and settings
+    python scripts/reproduce.py --profile cpu --recipes offline_multi_specific:6 --seeds 0 1 2 \\
         --strategies none naive static dynamic -- --iterations 60
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from collab.report import SUMMARY_FILE
+from collab.config import PROFILES
+from collab.run_folder import RunFolder, run_dir
 from collab.trust import Strategy
 
 PAPER_STRATEGIES = ["none", "naive", "static", "dynamic", "dynamic-ref", "dynamic-token"]
@@ -34,13 +36,6 @@ def parse_recipe(spec: str, known: list[str]) -> tuple[str, int | None]:
     return name, int(clients) if clients else None
 
 
-def run_folder(root: Path, strategy: str, recipe: str, clients: int | None, seed: int) -> Path:
-    """Where one run of the grid lives: both the finished-run check and the run use it, and the
-    client count is part of it, so `R:4` and `R:8` never share a folder."""
-    name = recipe.replace("/", "_") + (f"-n{clients}" if clients else "")
-    return root / name / strategy / f"seed{seed}"
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     fit_args = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -49,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategies", nargs="+", default=PAPER_STRATEGIES)
     p.add_argument("--recipes", nargs="+", default=PAPER_RECIPES, help="RECIPE or RECIPE:CLIENTS")
     p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
+    p.add_argument("--profile", choices=tuple(PROFILES), default="paper",
+                   help="collab.fit's set of defaults for every run: paper (the paper's settings) or cpu")
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     p.add_argument("--dry_run", action="store_true", help="list the runs, run nothing")
     args = p.parse_args(argv)
@@ -61,12 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.exit(2, f"error: {err}\n")
     grid = [(s, r, n, seed) for r, n in recipes for s in strategies for seed in args.seeds]
-    todo = [g for g in grid if not (run_folder(args.out, *g) / SUMMARY_FILE).exists()]
+    folders = {g: run_dir(args.out, g[1], g[0], g[3], g[2]) for g in grid}
+    todo = [g for g in grid if not RunFolder(folders[g]).finished()]
     print(f"{len(grid)} runs in the grid, {len(grid) - len(todo)} already finished, {len(todo)} to run.")
     for i, (strategy, recipe, clients, seed) in enumerate(todo, 1):
-        out = run_folder(args.out, strategy, recipe, clients, seed)
-        cmd = [sys.executable, "-m", "collab.fit", "--trust", strategy, "--dataset", recipe, "--seed", str(seed),
-               "--out", str(out), "--no-progress", *(["--num_clients", str(clients)] if clients else []), *fit_args]
+        out = folders[(strategy, recipe, clients, seed)]
+        cmd = [sys.executable, "-m", "collab.fit", "--profile", args.profile, "--trust", strategy, "--dataset", recipe,
+               "--seed", str(seed), "--out", str(out), "--no-progress",
+               *(["--num_clients", str(clients)] if clients else []), *fit_args]
         print(f"[{i}/{len(todo)}] {' '.join(cmd[2:])}", flush=True)
         if not args.dry_run:
             subprocess.run(cmd, check=True)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from lora_gpt.training import random_windows
+
 VOCAB = 64
 
 
@@ -39,13 +41,10 @@ class SyntheticClients(L.LightningDataModule):
         self.data_dir = "synthetic"
         self.streams = [category_stream(c, 4096, 97 * n) for n, c in enumerate(self.client_categories)]
 
-    def _windows(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        starts = rng.integers(0, len(self.streams[n]) - self.T - 1, self.batch_size)
-        return np.stack([self.streams[n][s:s + self.T + 1] for s in starts])
-
     def train_batch(self, t: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack([self._windows(n, np.random.default_rng([self.seed, n, t]))
-                                          for n in range(self.num_clients)])).long()
+        span = self.T + 1
+        return torch.from_numpy(np.stack([random_windows(self.streams[n], self.batch_size, span, (self.seed, n, t))
+                                          for n in range(self.num_clients)]))
 
     def train_dataloader(self):
         start = self.trainer.global_step * self.accumulate if self.trainer is not None else 0

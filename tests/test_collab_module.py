@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from collab.aggregation import TrustAggregation
+from collab.config import MemoryConfig, OptimConfig
 from collab.module import CollabLoRAModule
 from collab.trust import PeerLoss, TokenAgreement, TopLogits, TopProbabilities, TrustSettings
 from lora_gpt import (GPT, GPTConfig, LoRAConfig, inject_lora, lora_parameters,
@@ -29,6 +30,16 @@ def lora_cfg(dropout=0.0):
     return LoRAConfig(rank=4, alpha=8, dropout=dropout, targets=("attn.c_attn", "mlp.c_fc"), kernel="torch", init_seed=1)
 
 
+def collab(base=None, lora=None, num_clients=N, client_chunk=None, **optim):
+    """The collaborative module as `collab.fit` builds it, from config groups."""
+    return CollabLoRAModule(base=base or base_model(), lora=lora or lora_cfg(), optim=OptimConfig(**optim),
+                            num_clients=num_clients, memory=MemoryConfig(client_chunk=client_chunk))
+
+
+def aggregation(strategy, out_dir=None, **settings):
+    return TrustAggregation(settings=TrustSettings(strategy=strategy, **settings), out_dir=out_dir)
+
+
 def train(module, datamodule, steps, callbacks=(), ckpt_path=None, out=None, ckpt_every=None):
     cbs = list(callbacks)
     if out is not None:
@@ -48,8 +59,8 @@ def stacked(module):
 def test_none_equals_independent_single_client_runs():
     steps, lr = 6, 5e-3
     dm = SyntheticClients(num_clients=N)
-    module = CollabLoRAModule(base_model(), lora_cfg(), N, lr=lr, iterations=steps, weight_decay=0.1)
-    train(module, dm, steps, [TrustAggregation(TrustSettings(strategy="none", pretraining_rounds=0, trust_freq=1))])
+    module = collab(lr=lr, iterations=steps, weight_decay=0.1)
+    train(module, dm, steps, [aggregation("none", pretraining_rounds=0, trust_freq=1)])
     got = stacked(module)
     for n in range(N):
         single = mark_only_lora_as_trainable(inject_lora(base_model(), lora_cfg(), 1))
@@ -74,8 +85,7 @@ def test_client_chunks_and_client_count_leave_each_clients_step_unchanged(base_d
     def run(num_clients, chunk=None):
         torch.manual_seed(0)
         base = GPT(CFG.replace(dropout=base_dropout))
-        module = CollabLoRAModule(base, lora_cfg(dropout=0.1), num_clients, iterations=4, grad_clip=0.5,
-                                  client_chunk=chunk)
+        module = collab(base, lora_cfg(dropout=0.1), num_clients, chunk, iterations=4, grad_clip=0.5)
         train(module, SyntheticClients(num_clients=num_clients), 4)
         return stacked(module)
 
@@ -88,7 +98,7 @@ def test_client_chunks_and_client_count_leave_each_clients_step_unchanged(base_d
 
 def test_accumulation_counts_optimizer_steps():
     dm2 = SyntheticClients(num_clients=N, batch_size=1, accumulate=2)
-    acc = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=3, acc_steps=2)
+    acc = collab(iterations=3, acc_steps=2)
     train(acc, dm2, 3)
     assert acc.global_step == 3 and len(acc.train_curve) == 3
 
@@ -96,7 +106,7 @@ def test_accumulation_counts_optimizer_steps():
 def test_chunked_validation_gives_the_same_per_client_metrics():
     """Validation on (as users run it): a chunked run reports what an unchunked one does."""
     def run(chunk):
-        module = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=2, client_chunk=chunk)
+        module = collab(client_chunk=chunk, iterations=2)
         trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, val_check_interval=1,
                             check_val_every_n_epoch=None, num_sanity_val_steps=0)
@@ -129,9 +139,8 @@ def test_per_client_clipping_leaves_small_gradients_alone():
     ("dynamic-token", {"token_distance": "reference-logits"}), ("static", {"static_rule": "own-mixture"})])
 def test_aggregation_in_the_loop(strategy, options, tmp_path):
     dm = SyntheticClients(num_clients=N)
-    module = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=4)
-    agg = TrustAggregation(TrustSettings(strategy=strategy, trust_freq=2, pretraining_rounds=2, k=2, **options),
-                           out_dir=tmp_path)
+    module = collab(iterations=4)
+    agg = aggregation(strategy, tmp_path, trust_freq=2, pretraining_rounds=2, k=2, **options)
     train(module, dm, 4, [agg])
     assert [r["step"] for r in agg.history] == [2, 4]
     files = sorted(p.name for p in (tmp_path / "trust").iterdir())
@@ -160,14 +169,14 @@ def test_a_module_without_the_protocol_is_refused_before_training():
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     with pytest.raises(TypeError, match="mean_losses"):
-        train(Plain(), SyntheticClients(num_clients=N), 1, [TrustAggregation(TrustSettings(strategy="dynamic-ref"))])
+        train(Plain(), SyntheticClients(num_clients=N), 1, [aggregation("dynamic-ref")])
 
 
 @pytest.mark.parametrize("strategy", ["dynamic", "dynamic-ref", "dynamic-token"])
 def test_nan_client_does_not_poison_the_others(strategy):
     dm = SyntheticClients(num_clients=N)
-    module = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=2)
-    agg = TrustAggregation(TrustSettings(strategy=strategy, trust_freq=2, pretraining_rounds=0))
+    module = collab(iterations=2)
+    agg = aggregation(strategy, trust_freq=2, pretraining_rounds=0)
 
     class Poison(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
@@ -187,7 +196,7 @@ def test_nan_client_does_not_poison_the_others(strategy):
 
 
 def scoring_module():
-    module = CollabLoRAModule(base_model(), lora_cfg(dropout=0.1), N, client_chunk=3)
+    module = collab(lora=lora_cfg(dropout=0.1), client_chunk=3)
     with torch.no_grad():
         for p in module.adapters().values():
             p.normal_(0, 0.2)
@@ -240,8 +249,8 @@ def test_token_distances_match_per_client_loops():
 def test_resume_equals_straight_run(tmp_path):
     """k steps, checkpoint, resume for k more == 2k straight steps (dropout on: RNG restored too)."""
     def fresh():
-        return (CollabLoRAModule(base_model(), lora_cfg(dropout=0.1), N, iterations=6),
-                TrustAggregation(TrustSettings(strategy="dynamic", trust_freq=2, pretraining_rounds=1)))
+        return (collab(lora=lora_cfg(dropout=0.1), iterations=6),
+                aggregation("dynamic", trust_freq=2, pretraining_rounds=1))
 
     L.seed_everything(0)
     straight, agg = fresh()
@@ -259,8 +268,8 @@ def test_resume_equals_straight_run(tmp_path):
 
 
 def test_checkpoint_from_another_base_is_refused(tmp_path):
-    module = CollabLoRAModule(base_model(), lora_cfg(), N, iterations=2)
+    module = collab(iterations=2)
     train(module, SyntheticClients(num_clients=N), 2, out=tmp_path, ckpt_every=2)
-    other = CollabLoRAModule(base_model(seed=5), lora_cfg(), N, iterations=4)
+    other = collab(base_model(seed=5), iterations=4)
     with pytest.raises(ValueError, match="another base"):
         train(other, SyntheticClients(num_clients=N), 4, ckpt_path=tmp_path / "last.ckpt")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import ClientDataModule, DataError, ManifestError, get_recipe, list_recipes, prepare_recipe
+from data import ClientDataModule, DataConfig, DataError, ManifestError, get_recipe, list_recipes, prepare_recipe
 from data.manifest import sha256
 from data.prepare import main as prepare_main
 from data.prepare import summary as prepare_summary
@@ -20,6 +20,11 @@ from lora_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 CATEGORIES = ("alpha", "beta", "gamma")
 SMALL = dict(train=400, val=150, trust=60, ref=100)
 DOC_ID = re.compile(r"(alpha|beta|gamma)(\d{3})w")
+
+
+def datamodule(folder, seed=0, accumulate=1, **batches):
+    """The data module as `collab.fit` builds it: batch shapes from a `DataConfig`."""
+    return ClientDataModule(folder=folder, config=DataConfig(**batches), seed=seed, accumulate=accumulate)
 
 
 pytestmark = pytest.mark.usefixtures("tokenizer", "cache")
@@ -170,7 +175,7 @@ def test_more_clients_than_the_default_shrink_the_budgets_to_fit(even_corpus):
     assert [m["files"][f"client_07/{s}.bin"]["tokens"] for s in ("train", "val", "trust")] == [1500, 516, 516]
     assert m["files"]["ref.bin"]["tokens"] == 2 * 1032
     assert "train 1,500, val 516, trust 516 per client" in prepare_summary(folder)
-    ClientDataModule(folder, batch_size=4, sequence_length=128).setup()  # the floor holds windows of 129
+    datamodule(folder, batch_size=4, sequence_length=128).setup()  # the floor holds windows of 129
     # at the floor (1,032 / 516 / 516 / 1,032: 11 + 6 + 6 documents a client, 11 for ref), a
     # category serves 4 clients in 120 documents: 8 clients, not 10
     with pytest.raises(ValueError, match=r"not enough text in category 'a' for 10 clients even at the smallest "
@@ -219,7 +224,7 @@ def test_preparations_started_together_build_once(corpus, monkeypatch):
         folders = list(pool.map(lambda _: prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL),
                                 range(3)))
     assert len(set(folders)) == 1 and len(builds) == 1
-    ClientDataModule(folders[0], batch_size=2, sequence_length=8).setup()
+    datamodule(folders[0], batch_size=2, sequence_length=8).setup()
 
 
 def test_interrupted_write_leaves_no_complete_looking_file(corpus, tmp_path, monkeypatch):
@@ -243,11 +248,11 @@ def test_interrupted_write_leaves_no_complete_looking_file(corpus, tmp_path, mon
     assert not fifth.exists() and len(list(fifth.parent.glob("train.bin.*.tmp"))) == 1
     assert not (out / "manifest.json").exists()
     with pytest.raises(ManifestError, match="no manifest.json.*interrupted"):
-        ClientDataModule(out, batch_size=2, sequence_length=8)
+        datamodule(out, batch_size=2, sequence_length=8)
     monkeypatch.setattr(manifest_module.os, "replace", real_replace)
     prepare_recipe(str(corpus), num_clients=3, out=out, progress=False, **SMALL)  # starts over cleanly
     assert not list(out.rglob("*.tmp"))
-    ClientDataModule(out, batch_size=2, sequence_length=8).setup()
+    datamodule(out, batch_size=2, sequence_length=8).setup()
 
 
 def test_out_folder_with_foreign_files_is_refused(corpus, tmp_path):
@@ -261,7 +266,7 @@ def test_out_folder_with_foreign_files_is_refused(corpus, tmp_path):
 
 def test_train_batches_follow_the_seed_client_step_rule(corpus):
     folder = prepare_recipe(str(corpus), num_clients=4, progress=False, **SMALL)
-    dm = ClientDataModule(folder, batch_size=3, sequence_length=16, seed=7)
+    dm = datamodule(folder, batch_size=3, sequence_length=16, seed=7)
     dm.setup()
     batch = dm.train_batch(5)
     assert batch.shape == (4, 3, 17) and batch.dtype == torch.int64
@@ -269,15 +274,15 @@ def test_train_batches_follow_the_seed_client_step_rule(corpus):
         tokens = read(folder, f"client_{n:02d}/train.bin").astype(np.int64)
         starts = np.random.default_rng([7, n, 5]).integers(0, len(tokens) - 16, 3)
         np.testing.assert_array_equal(batch[n].numpy(), np.stack([tokens[s:s + 17] for s in starts]))
-    assert torch.equal(batch, ClientDataModule(folder, 3, 16, seed=7).train_batch(5))
+    assert torch.equal(batch, datamodule(folder, batch_size=3, sequence_length=16, seed=7).train_batch(5))
     assert not torch.equal(batch, dm.train_batch(6))
-    assert not torch.equal(batch, ClientDataModule(folder, 3, 16, seed=8).train_batch(5))
+    assert not torch.equal(batch, datamodule(folder, batch_size=3, sequence_length=16, seed=8).train_batch(5))
     assert isinstance(dm.tokens(0, "train"), np.memmap)
 
 
 def test_train_dataloader_starts_at_global_step_times_accumulate(corpus):
     folder = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
-    dm = ClientDataModule(folder, batch_size=2, sequence_length=8, seed=3, accumulate=4)
+    dm = datamodule(folder, batch_size=2, sequence_length=8, seed=3, accumulate=4)
     first = iter(dm.train_dataloader())
     assert all(torch.equal(next(first), dm.train_batch(t)) for t in range(3))
 
@@ -311,7 +316,7 @@ def _trainer(max_steps):
 
 def test_resumed_lightning_run_sees_exactly_the_batches_of_an_uninterrupted_one(corpus, tmp_path):
     folder = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
-    make = lambda: ClientDataModule(folder, batch_size=2, sequence_length=8, seed=1, accumulate=2)  # noqa: E731
+    make = lambda: datamodule(folder, batch_size=2, sequence_length=8, seed=1, accumulate=2)  # noqa: E731
     whole = _Recorder()
     _trainer(5).fit(whole, datamodule=make())
     first = _Recorder()
@@ -326,7 +331,7 @@ def test_resumed_lightning_run_sees_exactly_the_batches_of_an_uninterrupted_one(
 
 def test_eval_batches_fixed_non_overlapping_and_from_the_right_split(corpus):
     folder = prepare_recipe(f"{corpus}:mixed", num_clients=3, progress=False, **SMALL)
-    dm = ClientDataModule(folder, batch_size=2, sequence_length=16, eval_batches=2)
+    dm = datamodule(folder, batch_size=2, sequence_length=16, eval_batches=2)
     val = list(dm.val_dataloader())
     assert len(val) == 2 and all(b.shape == (3, 2, 17) and b.dtype == torch.int64 for b in val)
     assert all(torch.equal(a, b) for a, b in zip(val, dm.val_dataloader()))
@@ -354,7 +359,7 @@ def test_corrupt_file_fails_the_hash_check(corpus):
     data = bytearray(path.read_bytes())
     data[10] ^= 0xFF
     path.write_bytes(bytes(data))
-    dm = ClientDataModule(folder, batch_size=2, sequence_length=8)
+    dm = datamodule(folder, batch_size=2, sequence_length=8)
     with pytest.raises(ManifestError, match=r"client_01/val.bin does not match its sha256.*Fix: delete the folder"):
         dm.setup()
     path.write_bytes(bytes(data[:-2]))
@@ -375,7 +380,7 @@ def test_bad_inputs_name_the_problem_and_the_fix(corpus, tmp_path):
     folder = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
     with pytest.raises(ValueError, match=r"client 0's trust split holds 60 tokens, fewer than one window of 101.*"
                                          r"Fix: --sequence_length 59 or less, or .* larger --trust_tokens"):
-        ClientDataModule(folder, batch_size=2, sequence_length=100)
+        datamodule(folder, batch_size=2, sequence_length=100)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         prepare_recipe(str(tmp_path / "missing.jsonl"))  # not a name either: an unknown recipe
     bad = tmp_path / "bad.csv"

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from data import ClientDataModule, SourceUnavailableError, prepare_recipe, pretraining_corpus
+from data import ClientDataModule, DataConfig, SourceUnavailableError, prepare_recipe, pretraining_corpus
 from data.recipes import OFFLINE_SHAPES
 from data.sources import debian, hf, offline
 from data.sources.text import documents, language_of, paragraphs, roff_to_text
@@ -226,7 +226,7 @@ def test_offline_recipes_end_to_end_from_debian(shared_debs, monkeypatch):
         assert set(langs) <= {major, minor, None}
     assert len(offline.corpus("italian")) > 300 and sum(map(len, offline.corpus("french"))) > 2_000_000
     assert (read(folder, "ref.bin") == EOT_TOKEN).sum() > 0
-    dm = ClientDataModule(folder, batch_size=2, sequence_length=64, eval_batches=2)
+    dm = ClientDataModule(folder=folder, config=DataConfig(batch_size=2, sequence_length=64, eval_batches=2))
     dm.setup()
     assert dm.train_batch(0).shape == (3, 2, 65) and len(dm.val_batches()) == 2
     topics = prepare_recipe("offline_topics_specific", num_clients=4, progress=False,

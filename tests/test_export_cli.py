@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from collab import export, fit
+from collab.run_folder import RunFolder
 from lora_gpt import GPT, GPTConfig, inject_lora, load_adapters, lora_parameters, saved_lora_config
 from run_adapter import run_client
 
@@ -23,9 +24,8 @@ def run(tmp_path_factory):
             (corpus / cat / f"{d}.txt").write_text(" ".join(f"{cat} item {d} {i}" for i in range(40)))
     torch.manual_seed(0)
     GPT(GPTConfig.from_name("gpt2-tiny")).save_pretrained(tmp / "base")
-    # --k 1 only because --k is checked against the client count for every strategy (issue 10, item 2).
     argv = ["--dataset", str(corpus), "--num_clients", str(NUM_CLIENTS), "--init", str(tmp / "base"),
-            "--trust", "none", "--k", "1", "--iterations", "4", "--eval_freq", "4", "--lr", "0.05", "--batch_size", "2",
+            "--trust", "none", "--iterations", "4", "--eval_freq", "4", "--lr", "0.05", "--batch_size", "2",
             "--sequence_length", "16", "--eval_batches", "1", "--out", str(tmp / "run"), "--train_tokens", "400",
             "--val_tokens", "100", "--trust_tokens", "40", "--ref_tokens", "100", "--accelerator", "cpu",
             "--no-progress"]
@@ -39,7 +39,7 @@ def run(tmp_path_factory):
 def ours(run):
     """Every client of the run in one stacked model, built from the run's files by hand."""
     folder, base = run
-    adapters = [fit.client_adapters(folder, n) for n in range(NUM_CLIENTS)]
+    adapters = [RunFolder(folder).adapters(n) for n in range(NUM_CLIENTS)]
     model = inject_lora(GPT.from_pretrained(base), saved_lora_config(adapters[0]), num_adapters=NUM_CLIENTS)
     for n, adapter in enumerate(adapters):
         load_adapters(model, adapter, into=n)
@@ -74,13 +74,13 @@ def test_merged_format_loads_in_transformers(run, ours, idx):
 
 
 def test_stacked_format_converts_a_folder_with_the_old_names(run, ours, tmp_path):
-    client = fit.client_adapters(run[0], 1)
+    client = RunFolder(run[0]).adapters(1)
     old = tmp_path / "run"  # a run folder as collab.fit wrote it before the stacked format's rename
-    fit.client_adapters(old, 1).mkdir(parents=True)
-    (old / "options.json").write_bytes((run[0] / "options.json").read_bytes())
+    RunFolder(old).adapters(1).mkdir(parents=True)
+    (old / "config.yaml").write_bytes((run[0] / "config.yaml").read_bytes())
     for new_name, old_name in (("clients.safetensors", "adapter_model.safetensors"),
                                ("clients.json", "adapter_config.json")):
-        (fit.client_adapters(old, 1) / old_name).write_bytes((client / new_name).read_bytes())
+        (RunFolder(old).adapters(1) / old_name).write_bytes((client / new_name).read_bytes())
     out = export.export(old, 1, "stacked", tmp_path / "converted")
     assert sorted(p.name for p in out.iterdir()) == ["clients.json", "clients.safetensors"]
     single = inject_lora(GPT.from_pretrained(run[1]), saved_lora_config(out))
@@ -102,4 +102,4 @@ def test_bad_requests_fail_naming_the_fix(run, argv, message, capsys):
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export.main([str(tmp_path), "--client", "0", "--format", "merged"])
-    assert "options.json not found; pass a run folder written by python -m collab.fit" in capsys.readouterr().err
+    assert "config.yaml not found; pass a run folder written by python -m collab.fit" in capsys.readouterr().err

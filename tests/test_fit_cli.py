@@ -1,27 +1,106 @@
-"""`python -m collab.fit`: bad options fail before any work; a short run end to end."""
+"""`python -m collab.fit` as a user runs it: bad options fail before any work; a short run end to
+end; a run killed with SIGKILL resumes exactly; a damaged checkpoint, a busy folder and a
+`--data_dir` that contradicts the options are refused without losing anything."""
+import csv
+import fcntl
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from collab import fit
+from collab.run_folder import RunFolder
+from lora_gpt import GPT, GPTConfig
+from lora_gpt.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_DATA = ["--train_tokens", "400", "--val_tokens", "100", "--trust_tokens", "40", "--ref_tokens", "100",
+             "--batch_size", "2", "--sequence_length", "16", "--eval_batches", "1", "--accelerator", "cpu",
+             "--no-progress"]
+# Runs `python -m collab.fit ARGS` and dies by SIGKILL right after `where` (the checkpoint's save, or
+# the aggregation, with the loggers flushed) at optimizer step STEP: `python -c KILLER WHERE STEP ARGS`.
+KILLER = """
+import os, signal, sys
+from collab import aggregation, checkpoint, fit
+where, step = sys.argv[1], int(sys.argv[2])
+def dying(method):
+    def wrapped(self, trainer, *args):
+        method(self, trainer, *args)
+        if trainer.global_step == step:
+            for logger in trainer.loggers:
+                logger.save()
+            os.kill(os.getpid(), signal.SIGKILL)
+    return wrapped
+if where == "checkpoint":
+    checkpoint.RunCheckpoint.save = dying(checkpoint.RunCheckpoint.save)
+else:
+    aggregation.TrustAggregation.on_train_batch_end = dying(aggregation.TrustAggregation.on_train_batch_end)
+sys.exit(fit.main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A two-category corpus, a tiny base and a private cache, shared by this file's runs."""
+    tmp = tmp_path_factory.mktemp("fit_cli")
+    corpus = tmp / "corpus"
+    for cat in ("red", "blue"):
+        (corpus / cat).mkdir(parents=True)
+        for d in range(20):
+            (corpus / cat / f"{d}.txt").write_text(" ".join(f"{cat} item {d} {i}" for i in range(40)))
+    torch.manual_seed(0)
+    GPT(GPTConfig.from_name("gpt2-tiny")).save_pretrained(tmp / "base")
+    return tmp
+
+
+@pytest.fixture()
+def cache(inputs, monkeypatch):
+    monkeypatch.setenv("LORA_GPT_CACHE", str(inputs / "cache"))
+    return inputs / "cache"
+
+
+def argv(inputs, out, *extra):
+    return ["--dataset", str(inputs / "corpus"), "--num_clients", "4", "--init", str(inputs / "base"),
+            "--out", str(out), *TINY_DATA, *extra]
+
+
+def metrics(folder):
+    with open(RunFolder(folder).metrics, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summary(folder):
+    return json.loads(RunFolder(folder).summary.read_text())
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--trust", "dynamik"], "unknown trust strategy"),
-    (["--lora_rank", "0"], "--lora_rank must be >= 1"),
-    (["--lora_dropout", "1.5"], "--lora_dropout must be in"),
+    (["--lora_rank", "0"], "--lora_rank must be >= 1, got 0"),
+    (["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
     (["--lr", "0"], "--lr must be > 0"),
-    (["--num_clients", "4", "--k", "5"], "--k 5 exceeds"),
+    (["--trust", "dynamic-top-k", "--num_clients", "4", "--k", "5"], "--k 5 exceeds the 4 clients"),
     (["--no-lora_mlp", "--no-lora_causal_self_attention"], "no LoRA targets"),
     (["--pretraining_rounds", "-1"], "--pretraining_rounds must be >= 0"),
-    (["--trust", "dynamic-top-k", "--k", "0"], "k must be >= 1"),
-    (["--trust_temperature", "0"], "temperature must be > 0"),
-    (["--token_top_k", "0"], "token_top_k must be >= 1"),
+    (["--trust", "dynamic-top-k", "--k", "0"], "--k must be >= 1"),
+    (["--trust_temperature", "0"], "--trust_temperature must be > 0"),
+    (["--token_top_k", "0"], "--token_top_k must be >= 1"),
+    (["--sequence_length", "1"], "--sequence_length must be >= 2"),
     (["--precision", "16-mixed", "--accelerator", "cpu"], "16-mixed needs a CUDA GPU"),
+    (["--seed", "-1"], "--seed must be >= 0, got -1"),
+    (["--accelerator", "tpu"], "argument --accelerator: invalid choice: 'tpu'"),
+    pytest.param(["--accelerator", "gpu"], "--accelerator gpu: no CUDA device is visible here. Fix: --accelerator cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
+    (["--config", "no-such.yaml"], "--config no-such.yaml: No such file or directory"),
 ])
 def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(fit, "prepare_data", lambda args: pytest.fail("work started"))
+    monkeypatch.setattr(fit, "prepare_data", lambda config: pytest.fail("work started"))
     with pytest.raises(SystemExit) as exit_info:
         fit.main(argv)
     assert exit_info.value.code == 2
@@ -34,13 +113,27 @@ def test_bf16_where_the_cpu_lacks_it_fails_at_once_naming_the_fallback(capsys, t
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr(fit, "prepare_data", lambda args: pytest.fail("work started"))
+    monkeypatch.setattr(fit, "prepare_data", lambda config: pytest.fail("work started"))
     with pytest.raises(SystemExit) as exit_info:
         fit.main(["--precision", "bf16-mixed", "--accelerator", "cpu"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "no native bfloat16" in err and "--precision 32-true" in err
     assert precision.resolve_precision("auto", "cpu") == "32-true"
+
+
+def test_a_bug_or_out_of_memory_keeps_its_traceback(monkeypatch, capsys):
+    """Issue 10.8: every RuntimeError, out of memory included, became a one-line exit 2."""
+    def out_of_memory(config):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(fit, "run", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        fit.main([])
+    monkeypatch.setattr(fit, "run", lambda config: (_ for _ in ()).throw(ConfigError("--x is wrong. Fix: --y")))
+    with pytest.raises(SystemExit) as exit_info:  # the project's own errors: one line naming the fix
+        fit.main([])
+    assert exit_info.value.code == 2 and capsys.readouterr().err == "error: --x is wrong. Fix: --y\n"
 
 
 def test_help_documents_every_paper_option(capsys):
@@ -50,63 +143,131 @@ def test_help_documents_every_paper_option(capsys):
     for option in ("--trust", "--num_clients", "--dataset", "--iterations", "--eval_freq", "--trust_freq",
                    "--pretraining_rounds", "--k", "--lora_rank", "--lora_alpha", "--lora_dropout", "--lora_mlp",
                    "--lora_causal_self_attention", "--batch_size", "--acc_steps", "--sequence_length", "--lr",
-                   "--seed", "--init", "--out", "--accelerator", "--client_chunk"):
+                   "--seed", "--init", "--out", "--accelerator", "--client_chunk", "--profile", "--config"):
         assert option in text, option
+    assert "GPU settings" not in text  # it claimed README.md gives the paper's GPU settings; --profile paper sets them
 
 
-def test_short_run_end_to_end_writes_summary_adapters_and_trust(tmp_path, monkeypatch, capsys):
-    import torch
-
-    from lora_gpt import GPT, GPTConfig
-
-    monkeypatch.setenv("LORA_GPT_CACHE", str(tmp_path / "cache"))
-    corpus = tmp_path / "corpus"
-    for cat in ("red", "blue"):
-        (corpus / cat).mkdir(parents=True)
-        for d in range(20):
-            (corpus / cat / f"{d}.txt").write_text(" ".join(f"{cat} item {d} {i}" for i in range(40)))
-    torch.manual_seed(0)
-    base = tmp_path / "base"
-    GPT(GPTConfig.from_name("gpt2-tiny")).save_pretrained(base)
+def test_short_run_end_to_end_writes_summary_adapters_and_trust(inputs, cache, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["--dataset", str(corpus), "--num_clients", "4", "--init", str(base), "--trust", "dynamic-top-k",
-            "--k", "2", "--iterations", "4", "--eval_freq", "2", "--trust_freq", "2", "--pretraining_rounds", "2",
-            "--batch_size", "2", "--sequence_length", "16", "--eval_batches", "1", "--out", str(out),
-            "--train_tokens", "400", "--val_tokens", "100", "--trust_tokens", "40", "--ref_tokens", "100",
-            "--accelerator", "cpu", "--no-progress", "--lora_init", "reference", "--similarity", "reference-rows",
-            "--trust_temperature", "0.5"]
-    assert fit.main(argv) == 0
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["options"]["trust"] == "dynamic-top-k" and summary["options"]["iterations"] == 4
-    assert [c["step"] for c in summary["curves"]] == [2, 4]
-    assert len(summary["final"]["clients"]) == 4
-    mean_ppl = sum(c["ppl"] for c in summary["final"]["clients"]) / 4
-    assert summary["final"]["mean"]["ppl"] == pytest.approx(mean_ppl)
-    assert [t["step"] for t in summary["trust"]] == [2, 4]
-    assert summary["dataset"]["mixture"] == [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
+    args = argv(inputs, out, "--trust", "dynamic-top-k", "--k", "2", "--iterations", "4", "--eval_freq", "2",
+                "--trust_freq", "2", "--pretraining_rounds", "2", "--lora_init", "reference", "--similarity",
+                "reference-rows", "--trust_temperature", "0.5")
+    assert fit.main(args) == 0
+    result = summary(out)
+    assert result["config"]["trust"]["strategy"] == "dynamic-top-k" and result["config"]["optim"]["iterations"] == 4
+    assert result["config"]["data"]["num_clients"] == 4 and result["precision"] in ("32-true", "bf16-mixed")
+    assert [c["step"] for c in result["curves"]] == [0, 2, 4]  # step 0: the base, before any fine-tuning
+    assert len(result["final"]["clients"]) == 4
+    mean_ppl = sum(c["ppl"] for c in result["final"]["clients"]) / 4
+    assert result["final"]["mean"]["ppl"] == pytest.approx(mean_ppl)
+    assert [t["step"] for t in result["trust"]] == [2, 4]
+    assert result["dataset"]["mixture"] == [[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]
     assert sorted(p.name for p in (out / "trust").iterdir()) == ["step_000002.json", "step_000004.json"]
     trust = json.loads((out / "trust" / "step_000004.json").read_text())["trust"]
     assert all(sum(w > 0 for w in row) == 2 for row in trust)
     assert all((out / "adapters" / f"client_{n:02d}" / "clients.safetensors").exists() for n in range(4))
     assert json.loads((out / "adapters" / "client_00" / "clients.json").read_text())["lora"]["init"] == "reference"
-    assert (summary["options"]["similarity"], summary["options"]["trust_temperature"]) == ("reference-rows", 0.5)
-    assert (out / "checkpoints" / "last.ckpt").exists() and (out / "metrics.csv").exists()
+    assert (result["config"]["trust"]["similarity"], result["config"]["trust"]["temperature"]) == ("reference-rows", 0.5)
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    rows = metrics(out)
+    assert {r["step"] for r in rows if r["val/ppl"]} == {"0", "2", "4"}
+    assert [r["step"] for r in rows if r["train/loss"]] == ["1", "2", "3", "4"]
+    step0 = next(r for r in rows if r["step"] == "0" and r["val/ppl"])
+    assert float(step0["val/ppl"]) == result["curves"][0]["mean"]["ppl"]
+    from collab.cli import load_config, parse
+
+    assert load_config(out / "config.yaml") == parse(args)  # the folder keeps the run's options whole
     assert "val loss" in capsys.readouterr().out
     with pytest.raises(SystemExit) as again:  # a finished run is never overwritten
-        fit.main(argv)
+        fit.main(args)
     assert again.value.code == 2
 
 
-def test_missing_or_mismatched_base_fails_before_any_work(tmp_path, monkeypatch, capsys):
-    from lora_gpt import GPT, GPTConfig
+def test_a_run_killed_twice_resumes_exactly(inputs, cache, tmp_path):
+    """Issue 10.11, with the default dropout: killed (SIGKILL) right after the checkpoint of a step
+    that is also an evaluation and an aggregation step, then after the aggregation of a step past
+    its checkpoint, the run ends as the uninterrupted one does: the same curves, trust matrices,
+    adapters, and every metrics row, step 0 once."""
+    schedule = ["--iterations", "12", "--eval_freq", "3", "--trust_freq", "3", "--pretraining_rounds", "3",
+                "--ckpt_freq", "2"]
+    assert fit.main(argv(inputs, tmp_path / "straight", *schedule)) == 0
+    resumed = argv(inputs, tmp_path / "resumed", *schedule)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for where, step in (("checkpoint", 6), ("aggregation", 9)):
+        killed = subprocess.run([sys.executable, "-c", KILLER, where, str(step), *resumed], env=env,
+                                capture_output=True, text=True)
+        assert killed.returncode == -9, killed.stderr[-3000:]
+    assert {r["step"] for r in metrics(tmp_path / "resumed")} >= {"9"}  # rows past the checkpoint (8) reached disk
+    assert fit.main(resumed) == 0
+    a, b = summary(tmp_path / "straight"), summary(tmp_path / "resumed")
+    assert [c["step"] for c in b["curves"]] == [0, 3, 6, 9, 12]
+    for key in ("curves", "train_loss", "trust", "final"):
+        assert b[key] == a[key], key
+    assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")
+    for n in range(4):
+        ours, theirs = (load_file(RunFolder(tmp_path / run).adapters(n) / "clients.safetensors")
+                        for run in ("resumed", "straight"))
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(fit, "prepare_data", lambda args: pytest.fail("data work started"))
-    with pytest.raises(SystemExit) as missing:
-        fit.main(["--init", str(tmp_path / "no-such-base"), "--out", str(tmp_path / "run")])
-    assert missing.value.code == 2 and "no-such-base" in capsys.readouterr().err
-    GPT(GPTConfig.from_name("gpt2-tiny")).save_pretrained(tmp_path / "tiny")  # block_size 64
-    with pytest.raises(SystemExit) as too_long:
-        fit.main(["--init", str(tmp_path / "tiny"), "--sequence_length", "128", "--out", str(tmp_path / "run")])
-    assert too_long.value.code == 2 and "exceeds the base model's block_size 64" in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_a_damaged_checkpoint_is_refused_before_anything_is_touched(inputs, cache, tmp_path, capsys, keep):
+    """Issue 10.13: resuming over a cut-short or empty last.ckpt deleted metrics.csv (and an empty
+    one gave a bare EOFError)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    args = argv(inputs, out, "--iterations", "4", "--eval_freq", "2", "--pretraining_rounds", "2", "--trust_freq", "2")
+    killed = subprocess.run([sys.executable, "-c", KILLER, "checkpoint", "2", *args], env=env, capture_output=True)
+    assert killed.returncode == -9
+    folder = RunFolder(out)
+    data = folder.checkpoint.read_bytes()
+    folder.checkpoint.write_bytes(data[:int(len(data) * keep)])
+    files = lambda: {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}  # noqa: E731
+    before = files()
+    assert folder.metrics in before and folder.config in before
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"{folder.checkpoint} cannot be read" in err and f"Fix: delete {folder.checkpoint}" in err
+    assert files() == before
+
+
+def test_a_second_run_on_a_busy_folder_fails_at_once(inputs, cache, tmp_path, capsys, monkeypatch):
+    """Issue 10.14: two runs on one --out interleaved and corrupted each other's files."""
+    out = tmp_path / "run"
+    out.mkdir()
+    monkeypatch.setattr(fit, "load_base", lambda *a: pytest.fail("the second run started work"))
+    with open(out / ".lock", "w") as held:  # as the first run holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("pid 4242\n")
+        held.flush()
+        with pytest.raises(SystemExit) as exit_info:
+            fit.main(argv(inputs, out))
+    assert exit_info.value.code == 2
+    assert f"{out} is in use by another run (pid 4242)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+
+
+def test_data_dir_refuses_contradicting_options_and_records_what_ran(inputs, cache, tmp_path, capsys):
+    """Issue 10.15: --data_dir trained the folder's clients while summary.json recorded --num_clients."""
+    from data import prepare_recipe
+
+    folder = prepare_recipe(str(inputs / "corpus"), num_clients=4, progress=False, train=400, val=100, trust=40,
+                            ref=100)
+    base = ["--data_dir", str(folder), "--init", str(inputs / "base"), "--batch_size", "2", "--sequence_length", "16",
+            "--eval_batches", "1", "--accelerator", "cpu", "--no-progress"]
+    for extra, said in ((["--num_clients", "3"], "--num_clients 3 (the folder: 4)"),
+                        (["--train_tokens", "500"], "--train_tokens 500 (the folder: 400)"),
+                        (["--dataset", "offline_multi_specific"], "--dataset offline_multi_specific (the folder: ")):
+        with pytest.raises(SystemExit):
+            fit.main([*base, *extra, "--out", str(tmp_path / "refused")])
+        assert said in capsys.readouterr().err
+        assert not (tmp_path / "refused").exists()
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="no aggregation happens in 2 steps"):  # issue 10.18: said, and kept
+        assert fit.main([*base, "--iterations", "2", "--eval_freq", "2", "--out", str(out)]) == 0
+    result = summary(out)
+    assert (result["config"]["data"]["num_clients"], result["config"]["data"]["dataset"]) == (4, str(inputs / "corpus"))
+    assert result["warnings"] == [w for w in result["warnings"] if "no aggregation happens" in w] != []

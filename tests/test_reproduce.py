@@ -4,6 +4,7 @@ import importlib.util
 from pathlib import Path
 
 from collab.report import SUMMARY_FILE, seed_table
+from collab.run_folder import run_dir
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -17,7 +18,7 @@ def script(name):
 
 def test_grid_runs_of_one_recipe_at_two_client_counts_get_two_folders(tmp_path, capsys):
     reproduce = script("reproduce")
-    finished = reproduce.run_folder(tmp_path, "none", "offline_multi_specific", 4, 0)
+    finished = run_dir(tmp_path, "offline_multi_specific", "none", 0, 4)
     assert finished == tmp_path / "offline_multi_specific-n4" / "none" / "seed0"
     finished.mkdir(parents=True)
     (finished / SUMMARY_FILE).write_text("{}")
@@ -26,6 +27,7 @@ def test_grid_runs_of_one_recipe_at_two_client_counts_get_two_folders(tmp_path, 
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
     assert "3 runs in the grid, 1 already finished, 2 to run." in out
+    assert out.count("collab.fit --profile paper --trust none") == 2  # the paper's settings unless asked otherwise
     assert f"--out {tmp_path / 'offline_multi_specific-n8' / 'none' / 'seed0'} --no-progress --num_clients 8" in out
     assert f"--out {tmp_path / 'offline_multi_mixed' / 'none' / 'seed0'} --no-progress\n" in out
     assert not any(p.name != "offline_multi_specific-n4" for p in tmp_path.iterdir())  # a dry run writes nothing
@@ -33,7 +35,7 @@ def test_grid_runs_of_one_recipe_at_two_client_counts_get_two_folders(tmp_path, 
 
 def test_seed_table_keeps_client_counts_apart():
     def run(clients, ppl):
-        return {"options": {"trust": "none", "dataset": "offline_multi_specific"},
+        return {"config": {"trust": {"strategy": "none"}, "data": {"dataset": "offline_multi_specific"}},
                 "final": {"clients": [{"ppl": ppl}] * clients, "mean": {"ppl": ppl}}}
 
     table = seed_table([run(4, 10.0), run(4, 12.0), run(8, 20.0)])

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lora_gpt.errors import ConfigError
+
 VARIANTS = ("", "thresh", "top-k")
 
 
@@ -34,9 +36,9 @@ class Selection:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; use '', 'thresh' or 'top-k'.")
         if self.k < 1:
-            raise ValueError(f"k must be >= 1 (the peers each client keeps under -top-k), got {self.k}.")
+            raise ConfigError(f"--k must be >= 1 (the peers each client keeps under -top-k), got {self.k}.")
         if not self.temperature > 0:
-            raise ValueError(f"the trust temperature must be > 0, got {self.temperature}; 1 is the paper's softmax.")
+            raise ConfigError(f"--trust_temperature must be > 0, got {self.temperature}; 1 is the paper's softmax.")
 
     def keep(self, scores: torch.Tensor) -> torch.Tensor:
         """`[N, N]` bool: the peers each row keeps."""

@@ -16,12 +16,14 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from lora_gpt.errors import ConfigError
+
 from .matrices import overlap
 
 
 def check_choice(what: str, value: str, choices: Mapping[str, object]) -> None:
     if value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}.")
+        raise ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}.")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,14 @@
 """Strategy names and the trust settings of a run (one frozen, validated dataclass)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from lora_gpt.errors import ConfigError
+from lora_gpt.options import option, require, require_choice
 
 from .families import FAMILIES, ScoredTrust, TrustFamily
 from .matrices import VARIANTS, Selection
-from .scores import PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES, check_choice
+from .scores import PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES
 
 STRATEGIES = tuple(name + (f"-{v}" if v else "") for name, family in FAMILIES.items()
                    for v in (VARIANTS if issubclass(family, ScoredTrust) else ("",)))
@@ -36,10 +39,6 @@ class Strategy:
         return self.base + (f"-{self.variant}" if self.variant else "")
 
 
-def _help(text: str) -> dict[str, str]:
-    return {"help": text}
-
-
 @dataclass(frozen=True)
 class TrustSettings:
     """Every trust option of a run: the strategy, when it aggregates, and how scores become trust.
@@ -48,44 +47,51 @@ class TrustSettings:
     the reference's are one option away (README.md, Differences from the reference code).
     """
 
-    strategy: str = field(default="dynamic", metadata=_help(
-        f"trust strategy: {', '.join(STRATEGIES)}; other names: {', '.join(f'{k}={v}' for k, v in ALIASES.items())}"))
-    trust_freq: int = field(default=10, metadata=_help("aggregate every this many steps"))
-    pretraining_rounds: int = field(default=20, metadata=_help("local-only steps before the first aggregation"))
-    k: int = field(default=3, metadata=_help("peers kept by the -top-k variants"))
-    threshold: float | None = field(default=None, metadata=_help(
-        "score threshold of the -thresh variants (default: the one tuned to the chosen score)"))
-    temperature: float = field(default=1.0, metadata=_help(
-        "dynamic strategies: softmax of scores / temperature (1: the paper's; lower sharpens the rows)"))
-    similarity: str = field(default="peft-rows", metadata=_help(
-        "dynamic: cosine similarity of the rows of A [r, d_in] and B [d_out, r] (peft-rows), of the reference "
-        "code's rows, A [d_in, r] and B [r, d_out] (reference-rows), or of the updates A@B (update)"))
-    ref_score: str = field(default="perplexity", metadata=_help(
-        "dynamic-ref: minus the peer's perplexity (the paper's) or minus its loss (level-free)"))
-    token_distance: str = field(default="top-probs", metadata=_help(
-        "dynamic-token: probabilities on client i's top tokens at every position (top-probs), or the reference "
-        "code's top raw logits at the last position of 4 reference batches (reference-logits)"))
-    token_top_k: int | None = field(default=None, metadata=_help(
-        "dynamic-token: tokens compared per position (default: 10 for top-probs, 100 for reference-logits)"))
-    static_rule: str = field(default="overlap", metadata=_help(
-        "static: P P^T of the measured mixture (overlap), or each client's own mixture over the clients "
-        "mainly of each category (own-mixture: the reference code's hand-set matrices)"))
-    eval_chunk: int | None = field(default=None, metadata=_help(
-        "clients per pass when scoring trust (default: the model's client chunk)"))
+    strategy: str = option("dynamic", f"trust strategy: {', '.join(STRATEGIES)}; other names: "
+                                      f"{', '.join(f'{k}={v}' for k, v in ALIASES.items())}", flag="trust")
+    trust_freq: int = option(10, "aggregate every this many steps")
+    pretraining_rounds: int = option(20, "local-only steps before the first aggregation, which comes at the first "
+                                         "multiple of --trust_freq at or after it (the paper's 100 and 25 aggregate at "
+                                         "steps 100, 125, ..., as the reference code does)")
+    k: int = option(3, "peers kept by the -top-k variants")
+    threshold: float | None = option(None, "score threshold of the -thresh variants (default: the one tuned to the "
+                                           "chosen score)", flag="thresh")
+    temperature: float = option(1.0, "dynamic strategies: softmax of scores / temperature (1: the paper's; lower "
+                                     "sharpens the rows)", flag="trust_temperature")
+    similarity: str = option("peft-rows", "dynamic: cosine similarity of the rows of A [r, d_in] and B [d_out, r] "
+                                          "(peft-rows), of the reference code's rows, A [d_in, r] and B [r, d_out] "
+                                          "(reference-rows), or of the updates A@B (update)", choices=SIMILARITIES)
+    ref_score: str = option("perplexity", "dynamic-ref: minus the peer's perplexity (the paper's) or minus its loss "
+                                          "(level-free)", choices=PEER_LOSS_SCORES)
+    token_distance: str = option("top-probs", "dynamic-token: probabilities on client i's top tokens at every "
+                                              "position (top-probs), or the reference code's top raw logits at the "
+                                              "last position of 4 reference batches (reference-logits)",
+                                 choices=TOKEN_DISTANCES)
+    token_top_k: int | None = option(None, "dynamic-token: tokens compared per position (default: 10 for top-probs, "
+                                           "100 for reference-logits)")
+    static_rule: str = option("overlap", "static: P P^T of the measured mixture (overlap), or each client's own "
+                                         "mixture over the clients mainly of each category (own-mixture: the "
+                                         "reference code's hand-set matrices)", choices=STATIC_RULES)
+    eval_chunk: int | None = option(None, "clients per pass when scoring trust (default: --client_chunk)",
+                                    resume_free=True)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "strategy", Strategy.parse(self.strategy).name)
-        if self.trust_freq < 1:
-            raise ValueError(f"trust_freq must be >= 1, got {self.trust_freq}.")
+        try:
+            object.__setattr__(self, "strategy", Strategy.parse(self.strategy).name)
+        except ValueError as err:
+            raise ConfigError(f"--trust: {err}") from None
+        require(self, "trust_freq", self.trust_freq >= 1, ">= 1")
+        require(self, "pretraining_rounds", self.pretraining_rounds >= 0, ">= 0")
         for name in ("token_top_k", "eval_chunk"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (or unset for the default), got {getattr(self, name)}.")
-        if self.pretraining_rounds < 0:
-            raise ValueError(f"pretraining_rounds must be >= 0, got {self.pretraining_rounds}.")
+            require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1 (or unset for the "
+                    "default)")
         self.selection()  # checks k and the temperature
-        for name, choices in (("similarity", SIMILARITIES), ("ref_score", PEER_LOSS_SCORES),
-                              ("token_distance", TOKEN_DISTANCES), ("static_rule", STATIC_RULES)):
-            check_choice(name, getattr(self, name), choices)
+        for name in ("similarity", "ref_score", "token_distance", "static_rule"):
+            require_choice(self, name)
+
+    def aggregates_at(self, step: int) -> bool:
+        """Whether clients aggregate after optimizer step `step` (1-based: the steps done)."""
+        return step > 0 and step >= self.pretraining_rounds and step % self.trust_freq == 0
 
     @property
     def family(self) -> str:

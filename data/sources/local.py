@@ -26,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import DataFileError, DataNotFoundError
 from .text import DOCUMENT_CHARS, group
 
 TABLE_SUFFIXES = (".csv", ".jsonl")
@@ -49,7 +50,7 @@ def _read(path: Path) -> str:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
         line = body[:err.start].count(b"\n") + 1
-        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {body[err.start:err.start + 1]!r}). Fix: save "
+        raise DataFileError(f"{path}, line {line}: not UTF-8 text (byte {body[err.start:err.start + 1]!r}). Fix: save "
                          f"it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` (latin1 for "
                          "older Windows or Excel exports), or remove it if it is not text.") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
@@ -76,7 +77,7 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
     header = next(reader, [])
     missing = sorted({"text", "label"} - set(header))
     if missing:
-        raise ValueError(f"{path}, line 1: needs the columns 'text' and 'label'; it lacks {missing} (it has "
+        raise DataFileError(f"{path}, line 1: needs the columns 'text' and 'label'; it lacks {missing} (it has "
                          f"{header}). Fix: rename its columns.")
     end = reader.line_num
     for cells in reader:
@@ -85,7 +86,8 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
             continue  # a blank line
         if len(cells) != len(header):
             cell_s = f"{len(cells)} cell{'s' * (len(cells) != 1)}"
-            raise ValueError(f"{path}, line {start}: {cell_s} where the header has {len(header)} ({', '.join(header)})."
+            raise DataFileError(f"{path}, line {start}: {cell_s} where the header has {len(header)} "
+                                f"({', '.join(header)})."
                              " Fix: give every row its text and label, and put text that holds commas, quotes or line "
                              'breaks in double quotes ("like, this").')
         yield start, dict(zip(header, cells))
@@ -99,15 +101,15 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
         try:
             row = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {line}: not valid JSON ({err.msg}, column {err.colno}). "
+            raise DataFileError(f"{path}, line {line}: not valid JSON ({err.msg}, column {err.colno}). "
                              f"{ROW_FIX}") from None
         if not isinstance(row, dict):
             kind = {list: "array", str: "string", bool: "true/false", type(None): "null"}.get(type(row), "number")
-            raise ValueError(f"{path}, line {line}: a JSON {kind} where an object with 'text' and 'label' is "
+            raise DataFileError(f"{path}, line {line}: a JSON {kind} where an object with 'text' and 'label' is "
                              f"needed. {ROW_FIX}")
         missing = [key for key in ("text", "label") if key not in row]
         if missing:
-            raise ValueError(f"{path}, line {line}: no {' or '.join(map(repr, missing))} key (the row has "
+            raise DataFileError(f"{path}, line {line}: no {' or '.join(map(repr, missing))} key (the row has "
                              f"{sorted(row)}). Fix: give every row 'text' and 'label'.")
         yield line, row
 
@@ -116,12 +118,12 @@ def _labelled(path: Path, line: int, row: dict) -> tuple[str, str]:
     """A row's (category, text), or an error naming the row."""
     text, label = row["text"], row["label"]
     if not isinstance(text, str):
-        raise ValueError(f"{path}, line {line}: the text is {text!r}, not a string. Fix: give every row its text.")
+        raise DataFileError(f"{path}, line {line}: the text is {text!r}, not a string. Fix: give every row its text.")
     if isinstance(label, (dict, list)):
-        raise ValueError(f"{path}, line {line}: the label is {label!r}, not a name. Fix: give every row a label "
+        raise DataFileError(f"{path}, line {line}: the label is {label!r}, not a name. Fix: give every row a label "
                          "naming its category (a string or a number).")
     if label is None or not str(label).strip():
-        raise ValueError(f"{path}, line {line}: the label is empty. Fix: give every row a label (the name of its "
+        raise DataFileError(f"{path}, line {line}: the label is empty. Fix: give every row a label (the name of its "
                          "category), or remove the row.")
     return str(label).strip(), text  # "a, sports" and "a,sports" are both in category "sports"
 
@@ -146,7 +148,7 @@ def _folder(path: Path) -> dict[str, list[str]]:
             continue
         category = child.name if child.is_dir() else child.stem
         if category in where:
-            raise ValueError(f"{where[category]} and {child} both hold the category {category!r}. Fix: keep each "
+            raise DataFileError(f"{where[category]} and {child} both hold the category {category!r}. Fix: keep each "
                              "category in one place (a sub-folder holding all its files, or one file).")
         where[category] = child
         files = _text_files(child) if child.is_dir() else [child]
@@ -158,17 +160,17 @@ def load_local(path: Path) -> dict[str, list[str]]:
     """Documents by category (categories in sorted order) from a folder, `.csv` or `.jsonl`."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist. Fix: give a folder with one sub-folder or file per "
+        raise DataNotFoundError(f"{path} does not exist. Fix: give a folder with one sub-folder or file per "
                                 "category, or a .csv/.jsonl with 'text' and 'label' columns.")
     if path.is_dir():
         docs = _folder(path)
     elif path.suffix in TABLE_SUFFIXES:
         docs = _table(path)
     else:
-        raise ValueError(f"{path}: a dataset of your own is a folder, a .csv or a .jsonl file.")
+        raise DataFileError(f"{path}: a dataset of your own is a folder, a .csv or a .jsonl file.")
     docs = {category: d for category, d in docs.items() if d}
     if not docs:
-        raise ValueError(f"{path} holds no documents. Fix: one sub-folder or file per category, with text in it.")
+        raise DataFileError(f"{path} holds no documents. Fix: one sub-folder or file per category, with text in it.")
     return docs
 
 

@@ -1,0 +1,45 @@
+"""Where a run's metrics go: `metrics.csv` in the run folder (kept across resumes), TensorBoard or W&B."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from lightning.pytorch import loggers
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it appends to an existing metrics file (whose columns
+    it takes over) instead of deleting it: a resumed run continues the history, which the run
+    folder first trims to its checkpoint (`RunFolder.keep_until`)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])
+
+
+class RunCSVLogger(loggers.CSVLogger):
+    """`metrics.csv` directly in the run folder, appended to across resumes."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(save_dir=folder, name="", version="")
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def make_logger(kind: str, folder: Path) -> Logger:
+    """The logger `--logger` names, writing under the run folder."""
+    if kind == "tensorboard":
+        return loggers.TensorBoardLogger(save_dir=folder, name="", version="")
+    if kind == "wandb":
+        return loggers.WandbLogger(save_dir=folder, project="collab-lora", name=folder.name)
+    return RunCSVLogger(folder)
