@@ -96,7 +96,7 @@ def build_parser(prog: str = "python -m collab.fit", description: str | None = N
     p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
                                 usage="%(prog)s [--config FILE] [--profile {cpu,paper}] [--OPTION VALUE ...]",
                                 argument_default=argparse.SUPPRESS)
-    p.add_argument("--config", type=Path, help="a YAML or JSON file of options, grouped as a run folder's "
+    p.add_argument("--config", type=Path, metavar="FILE", help="a YAML or JSON file of options, grouped as a run folder's "
                                                "config.yaml; options on the command line override it")
     p.add_argument("--profile", choices=tuple(PROFILES), help="a named set of defaults: cpu (the default: small and "
                                                                "quick on a CPU) or paper (everything the paper's runs "
@@ -114,7 +114,7 @@ def build_parser(prog: str = "python -m collab.fit", description: str | None = N
             else:
                 kwargs["type"] = base
             if base is not bool:
-                kwargs["metavar"] = f.name.upper()
+                kwargs["metavar"] = _flag(f).upper()
             if f.metadata.get("choices"):
                 kwargs.update(choices=f.metadata["choices"], metavar=None)
             g.add_argument(f"--{_flag(f)}", **kwargs)

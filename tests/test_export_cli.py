@@ -4,8 +4,9 @@ import torch
 
 from collab import export, fit
 from collab.run_folder import RunFolder
-from lora_gpt import GPT, GPTConfig, inject_lora, load_adapters, lora_parameters, saved_lora_config
+from lora_gpt import GPT, inject_lora, load_adapters, lora_parameters, saved_lora_config
 from run_adapter import run_client
+from tiny_run import TINY_DATA, tiny_inputs
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -17,18 +18,9 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export_cli")
-    corpus = tmp / "corpus"
-    for cat in ("red", "blue"):
-        (corpus / cat).mkdir(parents=True)
-        for d in range(20):
-            (corpus / cat / f"{d}.txt").write_text(" ".join(f"{cat} item {d} {i}" for i in range(40)))
-    torch.manual_seed(0)
-    GPT(GPTConfig.from_name("gpt2-tiny")).save_pretrained(tmp / "base")
-    argv = ["--dataset", str(corpus), "--num_clients", str(NUM_CLIENTS), "--init", str(tmp / "base"),
-            "--trust", "none", "--iterations", "4", "--eval_freq", "4", "--lr", "0.05", "--batch_size", "2",
-            "--sequence_length", "16", "--eval_batches", "1", "--out", str(tmp / "run"), "--train_tokens", "400",
-            "--val_tokens", "100", "--trust_tokens", "40", "--ref_tokens", "100", "--accelerator", "cpu",
-            "--no-progress"]
+    corpus, base = tiny_inputs(tmp)
+    argv = ["--dataset", str(corpus), "--num_clients", str(NUM_CLIENTS), "--init", str(base), "--trust", "none",
+            "--iterations", "4", "--eval_freq", "4", "--lr", "0.05", "--out", str(tmp / "run"), *TINY_DATA]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LORA_GPT_CACHE", str(tmp / "cache"))
         assert fit.main(argv) == 0

@@ -16,13 +16,10 @@ from safetensors.torch import load_file
 
 from collab import fit
 from collab.run_folder import RunFolder
-from lora_gpt import GPT, GPTConfig
 from lora_gpt.errors import ConfigError
+from tiny_run import TINY_DATA, tiny_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_DATA = ["--train_tokens", "400", "--val_tokens", "100", "--trust_tokens", "40", "--ref_tokens", "100",
-             "--batch_size", "2", "--sequence_length", "16", "--eval_batches", "1", "--accelerator", "cpu",
-             "--no-progress"]
 # Runs `python -m collab.fit ARGS` and dies by SIGKILL right after `where` (the checkpoint's save, or
 # the aggregation, with the loggers flushed) at optimizer step STEP: `python -c KILLER WHERE STEP ARGS`.
 KILLER = """
@@ -49,13 +46,7 @@ sys.exit(fit.main(sys.argv[3:]))
 def inputs(tmp_path_factory):
     """A two-category corpus, a tiny base and a private cache, shared by this file's runs."""
     tmp = tmp_path_factory.mktemp("fit_cli")
-    corpus = tmp / "corpus"
-    for cat in ("red", "blue"):
-        (corpus / cat).mkdir(parents=True)
-        for d in range(20):
-            (corpus / cat / f"{d}.txt").write_text(" ".join(f"{cat} item {d} {i}" for i in range(40)))
-    torch.manual_seed(0)
-    GPT(GPTConfig.from_name("gpt2-tiny")).save_pretrained(tmp / "base")
+    tiny_inputs(tmp)
     return tmp
 
 
@@ -216,18 +207,17 @@ def test_a_damaged_checkpoint_is_refused_before_anything_is_touched(inputs, cach
     """Issue 10.13: resuming over a cut-short or empty last.ckpt deleted metrics.csv (and an empty
     one gave a bare EOFError)."""
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    args = argv(inputs, out, "--iterations", "4", "--eval_freq", "2", "--pretraining_rounds", "2", "--trust_freq", "2")
-    killed = subprocess.run([sys.executable, "-c", KILLER, "checkpoint", "2", *args], env=env, capture_output=True)
-    assert killed.returncode == -9
     folder = RunFolder(out)
+    folder.checkpoint.parent.mkdir(parents=True)
+    torch.save({"global_step": 2, "state_dict": {"w": torch.zeros(1000)}}, folder.checkpoint)
     data = folder.checkpoint.read_bytes()
     folder.checkpoint.write_bytes(data[:int(len(data) * keep)])
+    folder.metrics.write_text("step,train/loss\n1,10.8\n2,10.7\n")
+    folder.config.write_text("run: {seed: 0}\n")
     files = lambda: {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}  # noqa: E731
     before = files()
-    assert folder.metrics in before and folder.config in before
     with pytest.raises(SystemExit) as exit_info:
-        fit.main(args)
+        fit.main(argv(inputs, out))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert f"{folder.checkpoint} cannot be read" in err and f"Fix: delete {folder.checkpoint}" in err
