@@ -29,6 +29,7 @@ from .cache import cache_dir
 from .config import GPTConfig
 from .lightning import LitGPT
 from .precision import PRECISIONS, resolve_precision
+from .training import random_windows
 
 REPORT_NAME = "pretrain_report.json"
 
@@ -65,12 +66,6 @@ def _tokens(path: Path) -> np.memmap:
     return np.memmap(path, dtype=np.uint16, mode="r")
 
 
-def random_windows(tokens: np.ndarray, count: int, span: int, rng: np.random.Generator) -> np.ndarray:
-    """`count` windows of `span` tokens at uniformly random starts (the last window included)."""
-    starts = rng.integers(0, len(tokens) - span + 1, count)
-    return np.stack([tokens[s:s + span] for s in starts]).astype(np.int64)
-
-
 class RandomWindows(IterableDataset):
     """Endless `[b, T+1]` batches; batch t is a pure function of (seed, t)."""
 
@@ -80,7 +75,7 @@ class RandomWindows(IterableDataset):
     def __iter__(self) -> Iterator[torch.Tensor]:
         tokens, t = _tokens(self.path), 0
         while True:
-            yield torch.from_numpy(random_windows(tokens, self.b, self.T + 1, np.random.default_rng([self.seed, t])))
+            yield torch.from_numpy(random_windows(tokens, self.b, self.T + 1, (self.seed, t)))
             t += 1
 
 
