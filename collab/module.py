@@ -55,13 +55,15 @@ def clip_per_client(params: list[torch.nn.Parameter], max_norm: float) -> torch.
 class CollabLoRAModule(L.LightningModule):
     """N clients' adapters over one frozen base: the training step, per-client evaluation, checkpoints.
 
-    `lora.init_seed` None starts every adapter from the A that `seed` draws. Metrics go to the
+    `lora.init_seed` None starts every adapter from the A that `seed` draws. `first_client` is the
+    run's id of adapter 0: a federated client's module (N=1) trains client n with client n's own
+    dropout streams (`lora_gpt.client_slices`). Metrics go to the
     loggers with the optimizer step they belong to (`log_metrics`), 0 being the base before
     training, so a resumed run's history continues where its checkpoint left it.
     """
 
     def __init__(self, *, base: GPT, lora: LoRAConfig, optim: OptimConfig, num_clients: int, seed: int = 0,
-                 memory: MemoryConfig = MemoryConfig()) -> None:
+                 memory: MemoryConfig = MemoryConfig(), first_client: int = 0) -> None:
         super().__init__()
         if num_clients < 1:
             raise ConfigError(f"--num_clients must be >= 1, got {num_clients}.")
@@ -70,7 +72,7 @@ class CollabLoRAModule(L.LightningModule):
                                    "memory": asdict(memory), "num_clients": num_clients, "seed": seed},
                                   logger=False)  # the run folder's config.yaml holds the options
         self.model = mark_only_lora_as_trainable(inject_lora(base, lora, num_adapters=num_clients))
-        self.optim, self.seed, self.num_clients = optim, seed, num_clients
+        self.optim, self.seed, self.num_clients, self.first_client = optim, seed, num_clients, first_client
         self.client_chunk = memory.client_chunk or num_clients
         self.loss_chunk = memory.loss_chunk
         self.automatic_optimization = False  # per-client clipping and chunked backward
@@ -145,7 +147,8 @@ class CollabLoRAModule(L.LightningModule):
         acc = self.optim.acc_steps
         micro_step = self.global_step * acc + self._micro_in_step
         losses = []
-        for clients in client_slices(self.num_clients, self.client_chunk, seed=self.seed, step=micro_step):
+        for clients in client_slices(self.num_clients, self.client_chunk, seed=self.seed, step=micro_step,
+                                     first_id=self.first_client):
             objective, loss = self.client_losses(batch, clients, scale=1.0 / acc)
             self.manual_backward(objective)
             losses.append(loss)

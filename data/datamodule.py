@@ -40,24 +40,34 @@ class ClientDataModule(L.LightningDataModule):
     Evaluation batches are fixed, non-overlapping windows spread over the whole split, so a
     mixed client's are drawn from all of its categories. Token files are memory-mapped and
     opened per access (a long-lived memmap leaks memory), never read whole.
+
+    `client=n` is client n's own view, for a federated client: batches `[1, b, T+1]` of client n's
+    files only (and the shared ref stream), the same windows as slice n of the whole view. How many
+    evaluation windows every client gets comes from the manifest's token counts, not the files.
     """
 
-    def __init__(self, *, folder: str | Path, config: DataConfig, seed: int = 0, accumulate: int = 1) -> None:
+    def __init__(self, *, folder: str | Path, config: DataConfig, seed: int = 0, accumulate: int = 1,
+                 client: int | None = None) -> None:
         super().__init__()
         self.data_dir = Path(folder)
         self.manifest: dict = read_manifest(self.data_dir)
         self.batch_size, self.sequence_length = config.batch_size, config.sequence_length
         self.seed, self.eval_batches, self.accumulate = seed, config.eval_batches, accumulate
-        self.num_clients: int = self.manifest["num_clients"]
+        total = self.manifest["num_clients"]
+        if client is not None and not 0 <= client < total:
+            raise ConfigError(f"client {client} is not in {self.data_dir}, which holds clients 0..{total - 1}. Fix: "
+                              "a client id (partition-id) below the dataset's client count.")
+        self.clients: list[int] = list(range(total)) if client is None else [client]
+        self.num_clients: int = len(self.clients)
         self.categories: list[str] = self.manifest["categories"]
-        self.mixture: np.ndarray = np.asarray(self.manifest["mixture"], dtype=np.float64)
-        self.client_categories: list[int] = self.manifest["client_categories"]
+        self.mixture: np.ndarray = np.asarray(self.manifest["mixture"], dtype=np.float64)[self.clients]
+        self.client_categories: list[int] = [self.manifest["client_categories"][n] for n in self.clients]
         self._verified = False
         self._check_lengths()
 
     def _check_lengths(self) -> None:
         span = self.sequence_length + 1
-        for n in range(self.num_clients):
+        for n in self.clients:
             for split in SPLITS:
                 have = self.manifest["files"][client_file(n, split)]["tokens"]
                 if have < span:
@@ -71,9 +81,11 @@ class ClientDataModule(L.LightningDataModule):
                               f"{self.data_dir}. Fix: a shorter --sequence_length, or a larger --ref_tokens.")
 
     def setup(self, stage: str | None = None) -> None:
-        """Check every token file against the manifest's sha256 (once)."""
+        """Check every token file this view reads against the manifest's sha256 (once)."""
         if not self._verified:
-            verify(self.data_dir, self.manifest)
+            mine = {client_file(n, split) for n in self.clients for split in SPLITS} | {"ref.bin"}
+            verify(self.data_dir, {**self.manifest, "files": {k: v for k, v in self.manifest["files"].items()
+                                                              if k in mine}})
             self._verified = True
 
     def tokens(self, client: int | None, split: str = "train") -> np.memmap:
@@ -86,7 +98,7 @@ class ClientDataModule(L.LightningDataModule):
         span = self.sequence_length + 1
         return torch.from_numpy(np.stack([
             random_windows(self.tokens(n, "train"), self.batch_size, span, (self.seed, n, t))
-            for n in range(self.num_clients)]))
+            for n in self.clients]))
 
     def _windows(self, tokens: np.ndarray, count: int) -> np.ndarray:
         """`count` non-overlapping windows spread evenly from the start to the end of `tokens`
@@ -105,8 +117,9 @@ class ClientDataModule(L.LightningDataModule):
         return min(wanted, fits)
 
     def _client_batches(self, split: str, num_batches: int | None) -> list[torch.Tensor]:
-        streams = [self.tokens(n, split) for n in range(self.num_clients)]
-        count = self._window_count([len(s) for s in streams], num_batches, split)
+        streams = [self.tokens(n, split) for n in self.clients]
+        everyone = [self.manifest["files"][client_file(n, split)]["tokens"] for n in range(self.manifest["num_clients"])]
+        count = self._window_count(everyone, num_batches, split)
         windows = np.stack([self._windows(s, count) for s in streams])
         return list(torch.from_numpy(windows).split(self.batch_size, dim=1))
 

@@ -70,15 +70,17 @@ class ClientSlice:
 
 
 def client_slices(num_clients: int, chunk: int | None = None, *, seed: int | None = None,
-                  step: int | None = None) -> Iterator[ClientSlice]:
+                  step: int | None = None, first_id: int = 0) -> Iterator[ClientSlice]:
     """Clients `0..num_clients-1` in passes of at most `chunk` (default: all in one pass). With a
-    run's `seed` and a micro-`step`, each client carries its own dropout stream for that step."""
+    run's `seed` and a micro-`step`, each client carries its own dropout stream for that step.
+    `first_id` is the run's id of adapter 0 (a federated client holds one adapter, client n's),
+    so its streams are the ones client n has in the batched run."""
     if (seed is None) != (step is None):
         raise ValueError("client_slices needs both seed and step for dropout streams, or neither.")
     size = chunk or num_clients
     for start in range(0, num_clients, size):
         stop = min(start + size, num_clients)
-        seeds = client_seeds(seed, range(start, stop), step) if seed is not None and step is not None else None
+        seeds = client_seeds(seed, range(first_id + start, first_id + stop), step) if seed is not None and step is not None else None
         yield ClientSlice(start, stop, seeds)
 
 

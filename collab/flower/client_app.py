@@ -1,0 +1,156 @@
+"""The Flower `ClientApp`: one client, its own data and adapter, doing what the server asks.
+
+Flower re-creates the app for every message, so the client's training state (a Lightning checkpoint
+of its adapter, AdamW moments and schedule position, `collab.flower.local`) lives in `Context.state`
+between messages, the last two rounds' of it, keyed by step. With `state-dir` in the node config it
+is also written there, so a SuperNode that was killed and restarted, or a run restarted by a restarted
+server, resumes from it. Which client a node is comes from the node config's `partition-id` (the
+simulation sets it; `flower-supernode --node-config "partition-id=N"` in deployment); the run's
+options from `config.yaml` in the run folder (run config `run-dir`).
+
+Messages: `query.hello` (who are you), `train` (train up to a step), `query.peer_losses` (dynamic-ref:
+score these adapters on your `trust` split), `query.ref_top` and `query.ref_values` (dynamic-token:
+your top tokens on the shared reference text, then your predictions on the union), `evaluate`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message
+from flwr.clientapp import ClientApp
+
+from ..cli import load_config
+from ..trust import TokenAgreement, TopLogits, TopProbabilities, build_family
+from . import records
+from .local import LocalClient, checkpoint_adapter, checkpoint_step
+from .token_union import on_union, top_ids
+
+STATE_KEY = "training"  # Context.state record of the client's training checkpoints, keyed by step
+KEEP = 2  # checkpoints kept: a server restarted from its last saved round may ask to redo the round after it
+
+
+def run_dir(run_config: Mapping[str, Any]) -> Path:
+    """The run folder a run config names."""
+    if "run-dir" not in run_config:
+        raise ValueError("no run folder: start the run with --run-config \"run-dir='FOLDER'\" (collab.flower.deploy "
+                         "does), or build the apps with a `run-dir` default (collab.flower.simulate does).")
+    return Path(str(run_config["run-dir"]))
+
+
+class ClientState:
+    """A client's training checkpoints by step: in `Context.state`, mirrored to `state-dir` where set."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        folder = context.node_config.get("state-dir")
+        self.folder = Path(str(folder)) if folder else None
+        if STATE_KEY not in context.state:
+            context.state[STATE_KEY] = ConfigRecord(self._from_disk())
+
+    def _from_disk(self) -> dict[str, bytes]:
+        if self.folder is None or not self.folder.is_dir():
+            return {}
+        files = sorted(self.folder.glob("step_*.ckpt"))[-KEEP:]
+        return {str(int(f.stem.removeprefix("step_"))): f.read_bytes() for f in files}
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(int(k) for k in self.context.state[STATE_KEY])
+
+    def at_or_before(self, step: int) -> bytes | None:
+        """The latest checkpoint at or before `step` (None: none, train from step 0)."""
+        earlier = [s for s in self.steps if s <= step]
+        return self.context.state[STATE_KEY][str(earlier[-1])] if earlier else None
+
+    def latest(self) -> bytes:
+        if not self.steps:
+            raise RuntimeError("this client has not trained yet: the server asks for measurements only after "
+                               "a train round.")
+        return self.context.state[STATE_KEY][str(self.steps[-1])]
+
+    def put(self, step: int, state: bytes) -> None:
+        record = self.context.state[STATE_KEY]
+        record[str(step)] = state
+        for old in self.steps[:-KEEP]:
+            del record[str(old)]
+        if self.folder is not None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / f"step_{step:06d}.ckpt.tmp"
+            tmp.write_bytes(state)
+            tmp.replace(self.folder / f"step_{step:06d}.ckpt")
+            for old in sorted(self.folder.glob("step_*.ckpt"))[:-KEEP]:
+                old.unlink()
+
+
+def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
+    """The ClientApp; `defaults` serve for run config keys the run does not set (the simulation's `run-dir`)."""
+    app = ClientApp()
+
+    def local(context: Context) -> LocalClient:
+        config = load_config(run_dir({**(defaults or {}), **context.run_config}) / "config.yaml")
+        return LocalClient(config, int(context.node_config["partition-id"]))
+
+    @app.query("hello")
+    def hello(message: Message, context: Context) -> Message:
+        client, state = local(context), ClientState(context)
+        step = state.steps[-1] if state.steps else -1
+        return Message(records.hello_reply(client.client, client.data.mixture[0].tolist(), step), reply_to=message)
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        client, state = local(context), ClientState(context)
+        config = message.content["config"]
+        first, last = int(config["first"]), int(config["last"])
+        adapter = records.tensors(message.content[records.ADAPTER]) if records.ADAPTER in message.content else None
+        start = state.at_or_before(first)
+        new, losses = client.fit(start, last, adapter, bool(config["reset"]))
+        state.put(last, new)
+        begun = checkpoint_step(start) if start is not None else 0
+        return Message(records.train_reply(checkpoint_adapter(new), begun, losses), reply_to=message)
+
+    @app.query("peer_losses")
+    def peer_losses(message: Message, context: Context) -> Message:
+        client = local(context)
+        own = checkpoint_adapter(ClientState(context).latest())
+        order = [int(n) for n in message.content["config"]["order"]]
+        losses = client.peer_losses(own, records.peers_tensors(message.content[records.PEERS]), order)
+        return Message(records.losses_reply(losses), reply_to=message)
+
+    def measure(client: LocalClient) -> TopProbabilities | TopLogits:
+        family = build_family(client.config.trust)
+        if not isinstance(family, TokenAgreement):
+            raise ValueError(f"a dynamic-token query in a run of {client.config.trust.strategy}: the server and this "
+                             "client read different config.yaml files; start both from the same run folder.")
+        return family.measure
+
+    @app.query("ref_top")
+    def ref_top(message: Message, context: Context) -> Message:
+        client = local(context)
+        m = measure(client)
+        tops = client.ref_outputs(checkpoint_adapter(ClientState(context).latest()), m,
+                                  lambda s, outputs: top_ids(outputs, m.top_k))
+        return Message(records.ref_reply(records.IDS, tops), reply_to=message)
+
+    @app.query("ref_values")
+    def ref_values(message: Message, context: Context) -> Message:
+        client = local(context)
+        union = records.sequence_tensors(message.content[records.IDS])
+        values = client.ref_outputs(checkpoint_adapter(ClientState(context).latest()), measure(client),
+                                    lambda s, outputs: on_union(outputs, union[s]))
+        return Message(records.ref_reply(records.VALUES, values), reply_to=message)
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        client = local(context)
+        if records.ADAPTER in message.content:
+            adapter = records.tensors(message.content[records.ADAPTER])
+        else:
+            adapter = checkpoint_adapter(ClientState(context).latest())
+        return Message(records.metrics_reply(client.evaluate(adapter)), reply_to=message)
+
+    return app
+
+
+app = make_client_app()  # `flwr run`'s component (collab/flower/app/pyproject.toml)

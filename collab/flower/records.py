@@ -1,0 +1,103 @@
+"""What crosses the network, in Flower's records: adapters, measurements, and their size.
+
+Every message of the app is built here, so the bytes the summary reports and the README's table
+come from the very records a run sends.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+ADAPTER, PEERS, LOSSES, IDS, VALUES = "adapter", "peers", "losses", "ids", "values"
+
+
+def content_bytes(content: RecordDict) -> int:
+    """Bytes of a message's records: array data, keys and values, as Flower's `message_size_mod` counts them."""
+    return sum(record.count_bytes() for record in content.values())
+
+
+def message_bytes(message: Message) -> int:
+    return content_bytes(message.content)
+
+
+def arrays(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:
+    return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def tensors(record: ArrayRecord) -> dict[str, torch.Tensor]:
+    return dict(record.to_torch_state_dict())
+
+
+def sequence_arrays(parts: Sequence[torch.Tensor]) -> ArrayRecord:
+    """One array per reference sequence, keyed by its index."""
+    return arrays({str(s): t for s, t in enumerate(parts)})
+
+
+def sequence_tensors(record: ArrayRecord) -> list[torch.Tensor]:
+    parts = tensors(record)
+    return [parts[str(s)] for s in range(len(parts))]
+
+
+def peers_arrays(adapters: Mapping[int, Mapping[str, torch.Tensor]]) -> ArrayRecord:
+    """Several clients' adapters in one record, keyed `CLIENT/NAME`."""
+    return arrays({f"{n}/{name}": t for n, adapter in adapters.items() for name, t in adapter.items()})
+
+
+def peers_tensors(record: ArrayRecord) -> dict[int, dict[str, torch.Tensor]]:
+    out: dict[int, dict[str, torch.Tensor]] = {}
+    for key, t in tensors(record).items():
+        n, _, name = key.partition("/")
+        out.setdefault(int(n), {})[name] = t
+    return out
+
+
+# --- the messages' contents, server -> client and back
+
+def train_content(first: int, last: int, adapter: Mapping[str, torch.Tensor] | None, reset: bool) -> RecordDict:
+    """Train from step `first` to `last`, from `adapter` where the client does not hold its own yet."""
+    content = RecordDict({"config": ConfigRecord({"first": first, "last": last, "reset": reset})})
+    if adapter is not None:
+        content[ADAPTER] = arrays(adapter)
+    return content
+
+
+def train_reply(adapter: Mapping[str, torch.Tensor], start: int, losses: Sequence[float]) -> RecordDict:
+    """The trained adapter, the step training started from, and each step's loss."""
+    return RecordDict({ADAPTER: arrays(adapter),
+                       "metrics": MetricRecord({"start": start, "loss": [float(x) for x in losses]})})
+
+
+def hello_reply(client: int, mixture: Sequence[float], step: int) -> RecordDict:
+    """Who the node is: its client id, its data's category shares (for `static`), its state's step (-1: none)."""
+    return RecordDict({"client": ConfigRecord({"client": client, "mixture": [float(x) for x in mixture],
+                                               "step": step})})
+
+
+def peer_losses_content(peers: Mapping[int, Mapping[str, torch.Tensor]], order: Sequence[int]) -> RecordDict:
+    """dynamic-ref: the peers' adapters to score on the client's own `trust` split, in `order`."""
+    return RecordDict({PEERS: peers_arrays(peers), "config": ConfigRecord({"order": list(order)})})
+
+
+def losses_reply(losses: torch.Tensor) -> RecordDict:
+    return RecordDict({LOSSES: arrays({LOSSES: losses.float()})})
+
+
+def ref_union_content(union: Sequence[torch.Tensor]) -> RecordDict:
+    """dynamic-token, second exchange: each reference sequence's union of top token ids."""
+    return RecordDict({IDS: sequence_arrays(union)})
+
+
+def ref_reply(key: str, parts: Sequence[torch.Tensor]) -> RecordDict:
+    """dynamic-token: the client's top ids (`IDS`) or its predictions on the union (`VALUES`), per sequence."""
+    return RecordDict({key: sequence_arrays(parts)})
+
+
+def evaluate_content(adapter: Mapping[str, torch.Tensor] | None) -> RecordDict:
+    """Evaluate the client's final adapter (sent where it does not hold it yet)."""
+    return RecordDict({ADAPTER: arrays(adapter)} if adapter is not None else {})
+
+
+def metrics_reply(metrics: Mapping[str, float]) -> RecordDict:
+    return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
