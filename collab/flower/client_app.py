@@ -33,7 +33,7 @@ KEEP = 2  # checkpoints kept: a server restarted from its last saved round may a
 
 def run_dir(run_config: Mapping[str, Any]) -> Path:
     """The run folder a run config names."""
-    if "run-dir" not in run_config:
+    if not run_config.get("run-dir"):
         raise ValueError("no run folder: start the run with --run-config \"run-dir='FOLDER'\" (collab.flower.deploy "
                          "does), or build the apps with a `run-dir` default (collab.flower.simulate does).")
     return Path(str(run_config["run-dir"]))
@@ -143,11 +143,11 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        client = local(context)
+        client, state = local(context), ClientState(context)
         if records.ADAPTER in message.content:
             adapter = records.tensors(message.content[records.ADAPTER])
-        else:
-            adapter = checkpoint_adapter(ClientState(context).latest())
+        else:  # its own, or the initial one if it never finished a round
+            adapter = checkpoint_adapter(state.latest()) if state.steps else None
         return Message(records.metrics_reply(client.evaluate(adapter)), reply_to=message)
 
     return app

@@ -143,9 +143,9 @@ class LocalClient:
         return [keep(s, module.client_outputs(seq[None, :-1], measure.predict, measure.positions)[0, 0])
                 for s, seq in enumerate(sequences)]
 
-    def evaluate(self, adapter: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """Validation loss, perplexity and accuracy of this client's model on its `val` split, as
-        `collab.fit` reports them."""
+    def evaluate(self, adapter: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
+        """Validation loss, perplexity and accuracy of this client's model (`adapter`, or the initial one)
+        on its `val` split, as `collab.fit` reports them."""
         module = self.module(adapter)
         self.trainer(validate=True).validate(module, dataloaders=self.data.val_dataloader(), verbose=False)
         return module.curves[-1]["clients"][0]

@@ -1,0 +1,221 @@
+"""collab.flower against `collab.fit`'s batched run, the independent reference: the same seed, data
+windows and options give the same adapters and trust matrices, in-process (`flower_grid`), in Flower's
+simulation runtime and in its deployment runtime; an absent client is left out and rejoins; a restarted
+server goes on from its last saved round; dynamic-token's compact vocabulary gives the full one's
+distances; what crosses the network is counted."""
+import io
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from collab import fit
+from collab.flower import deploy
+from collab.flower.client_app import make_client_app
+from collab.flower.launch import parser, prepare
+from collab.flower.server_app import Federation
+from collab.flower.simulate import simulate
+from collab.flower.strategy import PersonalizedTrust
+from collab.flower.token_union import mean_distances, on_union, top_ids, union_ids
+from collab.trust import TopLogits, TopProbabilities
+from flower_grid import InProcessGrid
+from tiny_run import TINY_DATA, tiny_inputs
+
+N = 3
+# 4 steps; aggregation after steps 2 and 4 (two rounds); LoRA dropout on (the default 0.1), so each
+# client's dropout streams must be its own in both runs.
+OPTIONS = ["--num_clients", str(N), "--precision", "32-true", "--iterations", "4", "--trust_freq", "2",
+           "--pretraining_rounds", "2", "--k", "2", *TINY_DATA]
+STRATEGIES = {"none": [], "naive": [], "static": [], "dynamic-thresh": ["--trust_temperature", "0.5"],
+              "dynamic-ref": ["--ref_score", "loss"], "dynamic-token-top-k": []}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flower")
+    tiny_inputs(tmp)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LORA_GPT_CACHE", str(tmp / "cache"))
+        yield tmp
+
+
+def argv(inputs, out, strategy):
+    return ["--dataset", str(inputs / "corpus"), "--init", str(inputs / "base"), "--out", str(out), *OPTIONS,
+            "--trust", strategy, *STRATEGIES[strategy]]
+
+
+@pytest.fixture(scope="module")
+def batched(inputs):
+    """`collab.fit`'s run folder for a strategy, run once per module."""
+    done = {}
+
+    def get(strategy):
+        if strategy not in done:
+            assert fit.main(argv(inputs, inputs / "fit" / strategy, strategy)) == 0
+            done[strategy] = inputs / "fit" / strategy
+        return done[strategy]
+
+    return get
+
+
+def flower_run(inputs, name, strategy):
+    run, _ = prepare(parser("test", None).parse_args(argv(inputs, inputs / "flower" / name, strategy)))
+    return run
+
+
+def in_process(run, grid=None):
+    grid = grid or InProcessGrid(make_client_app(run.run_config), run.num_clients)
+    return Federation(grid, run.folder, run.run_config).run()
+
+
+def adapters(folder):
+    return [load_file(str(folder / "adapters" / f"client_{n:02d}" / "clients.safetensors")) for n in range(N)]
+
+
+def max_adapter_difference(a, b):
+    return max((x[k] - y[k]).abs().max().item() for x, y in zip(adapters(a), adapters(b)) for k in x)
+
+
+def trust_matrices(folder):
+    return {p.name: torch.tensor(json.loads(p.read_text())["trust"]) for p in sorted((folder / "trust").glob("*.json"))}
+
+
+def assert_same_run(flower_folder, batched_folder):
+    assert max_adapter_difference(flower_folder, batched_folder) <= 1e-5
+    ours, theirs = trust_matrices(flower_folder), trust_matrices(batched_folder)
+    assert list(ours) == list(theirs) == ["step_000002.json", "step_000004.json"]
+    for name in theirs:
+        torch.testing.assert_close(ours[name], theirs[name], atol=1e-6, rtol=0)
+    final = [json.loads((f / "summary.json").read_text())["final"]["clients"] for f in (flower_folder, batched_folder)]
+    for mine, reference in zip(*final):
+        assert mine["loss"] == pytest.approx(reference["loss"], abs=1e-5)
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGIES))
+def test_flower_ends_where_the_batched_run_ends(strategy, inputs, batched):
+    run = flower_run(inputs, strategy, strategy)
+    summary = in_process(run)
+    assert_same_run(run.folder, batched(strategy))
+    ours = adapters(run.folder)
+    assert all(ours[0][k].abs().max() > 0 for k in ours[0] if k.endswith("lora_B"))  # B left zero: trained
+    if strategy == "none":  # alone, each client learns from its own data windows
+        assert all((ours[0][k] - ours[1][k]).abs().max() > 1e-4 for k in ours[0] if k.endswith("lora_B"))
+    last = trust_matrices(run.folder)["step_000004.json"]
+    assert torch.equal(last, torch.eye(N)) == (strategy == "none")  # trust did something where it should
+    assert [r["clients"] for r in summary["trust"]] == [[0, 1, 2], [0, 1, 2]]
+
+
+def npy_bytes(tensor):
+    buffer = io.BytesIO()
+    np.save(buffer, tensor.numpy())
+    return len(buffer.getvalue())
+
+
+def test_bytes_per_message_are_the_records_sent(inputs):
+    """An adapter costs its arrays in numpy's format plus their names; the other records a few bytes."""
+    naive, ref = (json.loads((inputs / "flower" / s / "summary.json").read_text()) for s in ("naive", "dynamic-ref"))
+    one = sum(npy_bytes(t[0]) + len(k) for k, t in adapters(inputs / "flower" / "naive")[0].items())
+    rows = {(r["round"], r["client"], r["message"]): r for r in naive["messages"]}
+    assert rows[(0, 1, "train")]["down"] < 100  # round 0: every client starts from its own initial adapter
+    assert 0 <= rows[(1, 1, "train")]["down"] - one < 100  # then its own average is sent down
+    assert 0 <= rows[(1, 1, "train")]["up"] - one < 200  # and its trained adapter (and losses) up
+    peers = [r for r in ref["messages"] if r["message"] == "query.peer_losses"]
+    assert len(peers) == 2 * N  # one per client and aggregation
+    assert all(0 <= r["down"] - (N - 1) * one < 200 and r["up"] < 200 for r in peers)
+    per = {(c["round"], c["client"]): c for c in ref["traffic"]["per_client_round"]}
+    assert per[(1, 2)]["down"] == sum(r["down"] for r in ref["messages"] if (r["round"], r["client"]) == (1, 2))
+
+
+class CrashAfterFirstRound(Exception):
+    pass
+
+
+def test_a_restarted_server_goes_on_from_its_last_saved_round(inputs, batched, monkeypatch):
+    """The server dies after saving round 0; a new run on the folder, with new client contexts (a new
+    Flower run: the clients' states come from their state dirs), ends exactly where an uninterrupted run ends."""
+    run = flower_run(inputs, "restart", "naive")
+    save = PersonalizedTrust.save
+
+    def save_then_die(self, folder):
+        save(self, folder)
+        raise CrashAfterFirstRound
+
+    monkeypatch.setattr(PersonalizedTrust, "save", save_then_die)
+    with pytest.raises(CrashAfterFirstRound):
+        in_process(run, InProcessGrid(make_client_app(run.run_config), N, run.folder / "clients"))
+    monkeypatch.setattr(PersonalizedTrust, "save", save)
+    assert not (run.folder / "summary.json").exists()
+    summary = in_process(run, InProcessGrid(make_client_app(run.run_config), N, run.folder / "clients"))
+    assert_same_run(run.folder, batched("naive"))
+    assert sorted({r["round"] for r in summary["train_loss"]}) == [0, 1]
+
+
+class DropClient(InProcessGrid):
+    """Client 2's node dies in the middle of its first train message and a new one starts for it."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        dropped = [m for m in messages if m.metadata.message_type == "train" and m.metadata.group_id == "0"
+                   and self.contexts[m.metadata.dst_node_id].node_config["partition-id"] == 2]
+        if dropped:
+            self.start(2)
+        return [r for r in super().send_and_receive([m for m in messages if m not in dropped])]
+
+
+def test_a_client_that_dies_mid_round_is_left_out_and_rejoins(inputs):
+    run = flower_run(inputs, "absent", "naive")
+    summary = in_process(run, DropClient(make_client_app(run.run_config), N, run.folder / "clients"))
+    assert [r["clients"] for r in summary["trust"]] == [[0, 1], [0, 1, 2]]
+    dropped = [r for r in summary["messages"] if r["client"] == 2 and r["message"] == "train"]
+    assert [r["up"] for r in dropped][0] == 0
+    rejoined = [r for r in summary["train_loss"] if r["client"] == 2]
+    assert [(r["round"], r["start"], len(r["loss"])) for r in rejoined] == [(1, 0, 4)]  # it caught up its steps
+    assert all(c is not None for c in summary["final"]["clients"])
+
+
+@pytest.mark.parametrize("measure", [TopProbabilities(top_k=3), TopLogits(top_k=3)])
+def test_token_distances_on_the_union_equal_the_full_vocabulary(measure):
+    torch.manual_seed(0)
+    clients, sequences, length, vocab = 4, 3, 5, 50
+    outputs = [[measure.predict(torch.randn(length, vocab) * 3) for _ in range(sequences)] for _ in range(clients)]
+    full = sum(measure.distance_sum(torch.stack([outputs[c][s] for c in range(clients)])[:, None])
+               for s in range(sequences)) / (sequences * length)
+    union = [union_ids([top_ids(outputs[c][s], measure.top_k) for c in range(clients)]) for s in range(sequences)]
+    compact = [[on_union(outputs[c][s], union[s]) for s in range(sequences)] for c in range(clients)]
+    torch.testing.assert_close(mean_distances(measure, compact), full, atol=1e-6, rtol=0)
+    assert union[0].shape[-1] < clients * measure.top_k + 1 and (union[0] == -1).any()  # padded, shared rows
+
+
+def test_simulation_runtime_matches_the_batched_run(inputs, batched):
+    """Flower's simulation runtime (Ray actors), as `python -m collab.flower.simulate` runs it."""
+    run = flower_run(inputs, "simulation", "dynamic-ref")
+    summary = simulate(run)
+    assert_same_run(run.folder, batched("dynamic-ref"))
+    assert summary["traffic"]["mean_per_client_round"]["down"] > 0
+
+
+def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):
+    """`python -m collab.flower.deploy`'s federation: a SuperLink and a SuperNode per client, as processes.
+    Client 2's SuperNode is killed (SIGKILL) while it trains in round 0 and started again: the round goes
+    on with the others after --round_timeout, client 2 rejoins on its new node, and the run ends."""
+    args = parser("test", None, deploy.DEPLOY_OPTIONS).parse_args(
+        [*argv(inputs, inputs / "flower" / "deployment", "naive"), "--round_timeout", "40"])
+    run, _ = prepare(args)
+    deadline = time.monotonic() + 240
+    with deploy.federation(run) as (procs, superlink):
+        deploy.submit(run, procs, deadline)
+        log = procs.logs / "supernode_02.log"
+        while "Receiving: train" not in log.read_text():
+            assert time.monotonic() < deadline, "client 2 never got its train message"
+            time.sleep(0.2)
+        procs.stop("supernode_02", signal.SIGKILL)
+        procs.start("supernode_02", deploy.supernode_argv(run, 2, superlink))
+        summary = deploy.wait_for_summary(run, procs, deadline)
+    assert [r["clients"] for r in summary["trust"]] == [[0, 1], [0, 1, 2]]
+    assert [(r["round"], r["start"]) for r in summary["train_loss"] if r["client"] == 2] == [(1, 0)]
+    assert all(c is not None for c in summary["final"]["clients"])
