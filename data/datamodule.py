@@ -118,7 +118,8 @@ class ClientDataModule(L.LightningDataModule):
 
     def _client_batches(self, split: str, num_batches: int | None) -> list[torch.Tensor]:
         streams = [self.tokens(n, split) for n in self.clients]
-        everyone = [self.manifest["files"][client_file(n, split)]["tokens"] for n in range(self.manifest["num_clients"])]
+        files = self.manifest["files"]
+        everyone = [files[client_file(n, split)]["tokens"] for n in range(self.manifest["num_clients"])]
         count = self._window_count(everyone, num_batches, split)
         windows = np.stack([self._windows(s, count) for s in streams])
         return list(torch.from_numpy(windows).split(self.batch_size, dim=1))

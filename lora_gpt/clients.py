@@ -80,7 +80,8 @@ def client_slices(num_clients: int, chunk: int | None = None, *, seed: int | Non
     size = chunk or num_clients
     for start in range(0, num_clients, size):
         stop = min(start + size, num_clients)
-        seeds = client_seeds(seed, range(first_id + start, first_id + stop), step) if seed is not None and step is not None else None
+        ids = range(first_id + start, first_id + stop)
+        seeds = client_seeds(seed, ids, step) if seed is not None and step is not None else None
         yield ClientSlice(start, stop, seeds)
 
 

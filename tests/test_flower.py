@@ -7,7 +7,6 @@ import io
 import json
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 
 from collab import fit
-from collab.flower import deploy
+from collab.cli import load_config
+from collab.flower import deploy, traffic
 from collab.flower.client_app import make_client_app
 from collab.flower.launch import parser, prepare
 from collab.flower.server_app import Federation
@@ -23,6 +23,7 @@ from collab.flower.simulate import simulate
 from collab.flower.strategy import PersonalizedTrust
 from collab.flower.token_union import mean_distances, on_union, top_ids, union_ids
 from collab.trust import TopLogits, TopProbabilities
+from lora_gpt import GPTConfig
 from flower_grid import InProcessGrid
 from tiny_run import TINY_DATA, tiny_inputs
 
@@ -127,8 +128,17 @@ def test_bytes_per_message_are_the_records_sent(inputs):
     peers = [r for r in ref["messages"] if r["message"] == "query.peer_losses"]
     assert len(peers) == 2 * N  # one per client and aggregation
     assert all(0 <= r["down"] - (N - 1) * one < 200 and r["up"] < 200 for r in peers)
+    for strategy, summary in (("naive", naive), ("dynamic-ref", ref)):  # the README table's computation
+        config = load_config(inputs / "flower" / strategy / "config.yaml")
+        measured = round_one(summary)
+        assert traffic.round_traffic(config, GPTConfig.from_name("gpt2-tiny"), N) == measured
     per = {(c["round"], c["client"]): c for c in ref["traffic"]["per_client_round"]}
     assert per[(1, 2)]["down"] == sum(r["down"] for r in ref["messages"] if (r["round"], r["client"]) == (1, 2))
+
+
+def round_one(summary):
+    """Client 1's messages of the second round, by kind: (down, up) bytes."""
+    return {r["message"]: (r["down"], r["up"]) for r in summary["messages"] if (r["round"], r["client"]) == (1, 1)}
 
 
 class CrashAfterFirstRound(Exception):
@@ -197,8 +207,11 @@ def test_simulation_runtime_matches_the_batched_run(inputs, batched):
     run = flower_run(inputs, "simulation", "dynamic-token-top-k")
     summary = simulate(run)
     assert_same_run(run.folder, batched("dynamic-token-top-k"))
-    kinds = {r["message"] for r in summary["messages"]}
-    assert kinds == {"query.hello", "train", "query.ref_top", "query.ref_values", "evaluate"}
+    measured = round_one(summary)
+    expected = traffic.round_traffic(run.config, GPTConfig.from_name("gpt2-tiny"), N)
+    assert measured.keys() == expected.keys() == {"train", "query.ref_top", "query.ref_values"}
+    assert all(measured[k] == expected[k] for k in ("train", "query.ref_top"))
+    assert measured["query.ref_values"] <= expected["query.ref_values"]  # the table's union is the widest
 
 
 def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):

@@ -24,7 +24,7 @@ from flwr.clientapp import ClientApp
 from ..cli import load_config
 from ..trust import TokenAgreement, TopLogits, TopProbabilities, build_family
 from . import records
-from .local import LocalClient, checkpoint_adapter, checkpoint_step
+from .local import LocalClient, checkpoint_adapter
 from .token_union import on_union, top_ids
 
 STATE_KEY = "training"  # Context.state record of the client's training checkpoints, keyed by step
@@ -104,11 +104,9 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
         config = message.content["config"]
         first, last = int(config["first"]), int(config["last"])
         adapter = records.tensors(message.content[records.ADAPTER]) if records.ADAPTER in message.content else None
-        start = state.at_or_before(first)
-        new, losses = client.fit(start, last, adapter, bool(config["reset"]))
+        new, start, losses = client.fit(state.at_or_before(first), last, adapter, bool(config["reset"]))
         state.put(last, new)
-        begun = checkpoint_step(start) if start is not None else 0
-        return Message(records.train_reply(checkpoint_adapter(new), begun, losses), reply_to=message)
+        return Message(records.train_reply(checkpoint_adapter(new), start, losses), reply_to=message)
 
     @app.query("peer_losses")
     def peer_losses(message: Message, context: Context) -> Message:

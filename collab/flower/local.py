@@ -107,10 +107,11 @@ class LocalClient:
                          num_sanity_val_steps=0, inference_mode=False)
 
     def fit(self, state: bytes | None, until: int, adapter: Mapping[str, torch.Tensor] | None = None,
-            reset: bool = False) -> tuple[bytes, list[float]]:
+            reset: bool = False) -> tuple[bytes, int, list[float]]:
         """Train from `state` (None: the initial adapter at step 0) up to optimizer step `until`,
-        starting from `adapter` where the server sent one; returns the new state and the losses of
-        the steps taken."""
+        starting from `adapter` where the server sent one; returns the new state, the step training
+        started from, and the losses of the steps taken."""
+        start = checkpoint_step(state) if state is not None else 0
         module = self.module()
         trainer = self.trainer(until, [StartFrom(adapter, reset)])
         with tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +120,7 @@ class LocalClient:
                 path.write_bytes(state)
             trainer.fit(module, datamodule=self.data, ckpt_path=path if state is not None else None)
             trainer.save_checkpoint(path)
-            return path.read_bytes(), [row["loss"][0] for row in module.train_curve]
+            return path.read_bytes(), start, [row["loss"][0] for row in module.train_curve if row["step"] > start]
 
     def peer_losses(self, own: Mapping[str, torch.Tensor], peers: Mapping[int, Mapping[str, torch.Tensor]],
                     order: Sequence[int]) -> torch.Tensor:

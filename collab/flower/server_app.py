@@ -95,8 +95,8 @@ class Federation:
                 return
             if time.monotonic() > deadline:
                 missing = sorted(set(range(self.num_clients)) - set(self.nodes))
-                raise TimeoutError(f"clients {missing} did not join in {self.join_timeout:.0f} s; start a SuperNode for "
-                                   "each client (--node-config \"partition-id=N\"), or raise --join_timeout.")
+                raise TimeoutError(f"clients {missing} did not join in {self.join_timeout:.0f} s; start a SuperNode "
+                                   "for each client (--node-config \"partition-id=N\"), or raise --join_timeout.")
             time.sleep(0.5)
 
     def train(self, first: int, last: int) -> list[int]:
@@ -175,7 +175,8 @@ class Federation:
         summary = {"folder": str(self.folder), "config": self.config.to_dict(), "runtime": "flower",
                    "round_ends": list(ends), "final": {"step": ends[-1], "clients": clients, "mean": mean},
                    "train_loss": s.train_loss,
-                   "trust": [{k: r[k] for k in ("step", "clients", "quality", "excluded") if k in r} for r in s.history],
+                   "trust": [{k: r[k] for k in ("step", "clients", "quality", "excluded") if k in r}
+                             for r in s.history],
                    "traffic": traffic_summary(s.traffic), "messages": s.traffic}
         (self.folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
         return summary

@@ -1,0 +1,111 @@
+"""`python -m collab.flower.traffic`: what one client sends and receives in an aggregation round, for
+every strategy, counted on the very records the app sends (`collab.flower.records`), at any model
+shape: no training and no weights, only the adapters' shapes (a model built on the meta device).
+
+It takes `collab.fit`'s options (`--profile paper`, `--num_clients 8`, `--lora_rank 4`, ...) and
+`--model` (a GPT-2 preset: the shape, not weights). A round after the first: the client gets its own
+average (nothing under `none`, which averages nothing) and sends its adapter and `--trust_freq` step
+losses; dynamic-ref adds its peers' adapters down and one loss per client up; dynamic-token its top
+token ids at every reference position up, their union down, and its predictions on the union up. The
+union holds between k (every client agrees) and N*k ids (none does) per position: the table counts
+N*k, an upper bound. The same protocol is what the run summaries measure (tests/test_flower.py).
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from flwr.app import RecordDict
+
+from lora_gpt import GPT, GPTConfig, inject_lora, lora_parameters
+from lora_gpt.config import PRESETS
+
+from ..cli import build_parser, fit_config
+from ..config import FitConfig
+from ..trust import PeerLoss, TokenAgreement, build_family
+from . import records
+
+Traffic = dict[str, tuple[int, int]]  # message kind -> (down, up) bytes
+
+
+def zero_adapter(model: GPTConfig, config: FitConfig) -> dict[str, torch.Tensor]:
+    """A client's adapter of the right shapes (zeros: the bytes do not depend on the values)."""
+    with torch.device("meta"):
+        net = inject_lora(GPT(model), replace(config.lora, init_seed=0), num_adapters=1)
+    return {name: torch.zeros(p.shape[1:]) for name, p in lora_parameters(net).items()}
+
+
+def round_traffic(config: FitConfig, model: GPTConfig, num_clients: int, union_width: int | None = None) -> Traffic:
+    """Bytes of one client's messages in an aggregation round after the first, by message kind."""
+    settings, data = config.trust, config.data
+    family, adapter = build_family(settings), zero_adapter(model, config)
+    size = records.content_bytes
+    owed = None if settings.family == "none" else adapter
+    losses = [0.0] * settings.trust_freq
+    traffic = {"train": (size(records.train_content(0, settings.trust_freq, owed, False)),
+                         size(records.train_reply(adapter, 0, losses)))}
+    if isinstance(family, PeerLoss):
+        peers = {n: adapter for n in range(1, num_clients)}
+        traffic["query.peer_losses"] = (size(records.peer_losses_content(peers, range(num_clients))),
+                                        size(records.losses_reply(torch.zeros(num_clients))))
+    if isinstance(family, TokenAgreement):
+        m = family.measure
+        sequences = (m.num_batches or data.eval_batches) * data.batch_size
+        positions = len(range(data.sequence_length)[m.positions])
+        width = union_width or num_clients * m.top_k
+        tops = [torch.zeros(positions, m.top_k, dtype=torch.int32)] * sequences
+        union = [torch.zeros(positions, width, dtype=torch.int32)] * sequences
+        values = [torch.zeros(positions, width)] * sequences
+        traffic["query.ref_top"] = (size(RecordDict()), size(records.ref_reply(records.IDS, tops)))
+        traffic["query.ref_values"] = (size(records.ref_union_content(union)),
+                                       size(records.ref_reply(records.VALUES, values)))
+    return traffic
+
+
+STRATEGY_ROWS = {  # table row -> trust options
+    "none": {"strategy": "none"}, "naive": {"strategy": "naive"}, "static": {"strategy": "static"},
+    "dynamic": {"strategy": "dynamic"}, "dynamic-ref": {"strategy": "dynamic-ref"},
+    "dynamic-token (top-probs)": {"strategy": "dynamic-token"},
+    "dynamic-token (reference-logits)": {"strategy": "dynamic-token", "token_distance": "reference-logits"},
+}
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:,.2f} MB" if n >= 10_000 else f"{n:,} B"
+
+
+def table(config: FitConfig, model: GPTConfig, num_clients: int) -> str:
+    """Markdown: per strategy, a client's bytes down and up per aggregation round, and by which messages."""
+    rows = ["| strategy | down per client per round | up per client per round | messages |", "|---|---|---|---|"]
+    for name, options in STRATEGY_ROWS.items():
+        traffic = round_traffic(replace(config, trust=replace(config.trust, **options)), model, num_clients)
+        down, up = (sum(t[i] for t in traffic.values()) for i in (0, 1))
+        kinds = ", ".join(f"{k} ({megabytes(d)} / {megabytes(u)})" for k, (d, u) in traffic.items())
+        rows.append(f"| {name} | {megabytes(down)} | {megabytes(up)} | {kinds} |")
+    return "\n".join(rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser("python -m collab.flower.traffic", __doc__)
+    p.add_argument("--model", choices=tuple(PRESETS), default="gpt2", help="the GPT-2 shape (default gpt2: 124M)")
+    args = p.parse_args(argv)
+    model = GPTConfig.from_name(vars(args).pop("model"))
+    config = fit_config(args)
+    clients = config.data.num_clients or 8
+    lora = config.lora
+    print(f"{clients} clients, {args_summary(model, config)}, LoRA r={lora.rank} on {', '.join(lora.targets)}; "
+          f"reference text: {config.data.eval_batches} x {config.data.batch_size} sequences of "
+          f"{config.data.sequence_length} tokens\n")
+    print(table(config, model, clients))
+    return 0
+
+
+def args_summary(model: GPTConfig, config: FitConfig) -> str:
+    params = sum(t.numel() for t in zero_adapter(model, config).values())
+    return f"GPT-2 shape {model.n_layer} layers x {model.n_embd} ({params:,} adapter parameters per client)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
