@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from pathlib import Path
 
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -18,11 +17,11 @@ _node_ids = itertools.count(100)
 
 
 class InProcessGrid(Grid):
-    """Client `n` runs on a node with `partition-id=n` (and `state-dir=state_root/client_NN` if given)."""
+    """Client `n` runs on a node with `partition-id=n`."""
 
-    def __init__(self, app: ClientApp, num_clients: int, state_root: Path | None = None) -> None:
+    def __init__(self, app: ClientApp, num_clients: int) -> None:
         TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, RUN_ID, 0  # as the runtimes set them
-        self.app, self.state_root = app, state_root
+        self.app = app
         self.contexts: dict[int, Context] = {}
         self.down: set[int] = set()  # clients whose node does not answer
         for n in range(num_clients):
@@ -31,12 +30,9 @@ class InProcessGrid(Grid):
     def start(self, client: int) -> int:
         """A new node for `client` (a fresh Context: what a restarted SuperNode has); returns its id."""
         node = next(_node_ids)
-        config = {"partition-id": client}
-        if self.state_root is not None:
-            config["state-dir"] = str(self.state_root / f"client_{client:02d}")
         self.contexts = {k: c for k, c in self.contexts.items() if c.node_config["partition-id"] != client}
-        self.contexts[node] = Context(run_id=RUN_ID, node_id=node, node_config=config, state=RecordDict(),
-                                      run_config={})
+        self.contexts[node] = Context(run_id=RUN_ID, node_id=node, node_config={"partition-id": client},
+                                      state=RecordDict(), run_config={})
         return node
 
     def get_node_ids(self) -> Iterable[int]:

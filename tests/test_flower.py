@@ -147,7 +147,7 @@ class CrashAfterFirstRound(Exception):
 
 def test_a_restarted_server_goes_on_from_its_last_saved_round(inputs, batched, monkeypatch):
     """The server dies after saving round 0; a new run on the folder, with new client contexts (a new
-    Flower run: the clients' states come from their state dirs), ends exactly where an uninterrupted run ends."""
+    Flower run: the clients' states come from their folders), ends exactly where an uninterrupted run ends."""
     run = flower_run(inputs, "restart", "naive")
     save = PersonalizedTrust.save
 
@@ -157,10 +157,10 @@ def test_a_restarted_server_goes_on_from_its_last_saved_round(inputs, batched, m
 
     monkeypatch.setattr(PersonalizedTrust, "save", save_then_die)
     with pytest.raises(CrashAfterFirstRound):
-        in_process(run, InProcessGrid(make_client_app(run.run_config), N, run.folder / "clients"))
+        in_process(run, InProcessGrid(make_client_app(run.run_config), N))
     monkeypatch.setattr(PersonalizedTrust, "save", save)
     assert not (run.folder / "summary.json").exists()
-    summary = in_process(run, InProcessGrid(make_client_app(run.run_config), N, run.folder / "clients"))
+    summary = in_process(run, InProcessGrid(make_client_app(run.run_config), N))
     assert_same_run(run.folder, batched("naive"))
     assert sorted({r["round"] for r in summary["train_loss"]}) == [0, 1]
 
@@ -179,7 +179,7 @@ class DropClient(InProcessGrid):
 
 def test_a_client_that_dies_mid_round_is_left_out_and_rejoins(inputs):
     run = flower_run(inputs, "absent", "naive")
-    summary = in_process(run, DropClient(make_client_app(run.run_config), N, run.folder / "clients"))
+    summary = in_process(run, DropClient(make_client_app(run.run_config), N))
     assert [r["clients"] for r in summary["trust"]] == [[0, 1], [0, 1, 2]]
     dropped = [r for r in summary["messages"] if r["client"] == 2 and r["message"] == "train"]
     assert [r["up"] for r in dropped][0] == 0

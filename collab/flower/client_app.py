@@ -2,11 +2,12 @@
 
 Flower re-creates the app for every message, so the client's training state (a Lightning checkpoint
 of its adapter, AdamW moments and schedule position, `collab.flower.local`) lives in `Context.state`
-between messages, the last two rounds' of it, keyed by step. With `state-dir` in the node config it
-is also written there, so a SuperNode that was killed and restarted, or a run restarted by a restarted
-server, resumes from it. Which client a node is comes from the node config's `partition-id` (the
-simulation sets it; `flower-supernode --node-config "partition-id=N"` in deployment); the run's
-options from `config.yaml` in the run folder (run config `run-dir`).
+between messages, the last two rounds' of it, keyed by step. It is also written to a folder of the
+client's own (`state-dir` in the node config, else `clients/client_NN` in the run folder), so a
+SuperNode that was killed and restarted, or a new run of a restarted server, resumes from it. Which
+client a node is comes from the node config's `partition-id` (the simulation sets it;
+`flower-supernode --node-config "partition-id=N"` in deployment); the run's options from
+`config.yaml` in the run folder (run config `run-dir`).
 
 Messages: `query.hello` (who are you), `train` (train up to a step), `query.peer_losses` (dynamic-ref:
 score these adapters on your `trust` split), `query.ref_top` and `query.ref_values` (dynamic-token:
@@ -40,17 +41,18 @@ def run_dir(run_config: Mapping[str, Any]) -> Path:
 
 
 class ClientState:
-    """A client's training checkpoints by step: in `Context.state`, mirrored to `state-dir` where set."""
+    """A client's training checkpoints by step: in `Context.state`, mirrored to a folder of its own (the
+    node config's `state-dir`, else `clients/client_NN` in the run folder), read back when the
+    context has none (a restarted SuperNode, a new run of a restarted server)."""
 
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, default_folder: Path) -> None:
         self.context = context
-        folder = context.node_config.get("state-dir")
-        self.folder = Path(str(folder)) if folder else None
+        self.folder = Path(str(context.node_config.get("state-dir") or default_folder))
         if STATE_KEY not in context.state:
             context.state[STATE_KEY] = ConfigRecord(self._from_disk())
 
     def _from_disk(self) -> dict[str, bytes]:
-        if self.folder is None or not self.folder.is_dir():
+        if not self.folder.is_dir():
             return {}
         files = sorted(self.folder.glob("step_*.ckpt"))[-KEEP:]
         return {str(int(f.stem.removeprefix("step_"))): f.read_bytes() for f in files}
@@ -75,32 +77,33 @@ class ClientState:
         record[str(step)] = state
         for old in self.steps[:-KEEP]:
             del record[str(old)]
-        if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp = self.folder / f"step_{step:06d}.ckpt.tmp"
-            tmp.write_bytes(state)
-            tmp.replace(self.folder / f"step_{step:06d}.ckpt")
-            for old in sorted(self.folder.glob("step_*.ckpt"))[:-KEEP]:
-                old.unlink()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f"step_{step:06d}.ckpt.tmp"
+        tmp.write_bytes(state)
+        tmp.replace(self.folder / f"step_{step:06d}.ckpt")
+        for old in sorted(self.folder.glob("step_*.ckpt"))[:-KEEP]:
+            old.unlink()
 
 
 def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     """The ClientApp; `defaults` serve for run config keys the run does not set (the simulation's `run-dir`)."""
     app = ClientApp()
 
-    def local(context: Context) -> LocalClient:
-        config = load_config(run_dir({**(defaults or {}), **context.run_config}) / "config.yaml")
-        return LocalClient(config, int(context.node_config["partition-id"]))
+    def local(context: Context) -> tuple[LocalClient, ClientState]:
+        folder = run_dir({**(defaults or {}), **context.run_config})
+        client = int(context.node_config["partition-id"])
+        state = ClientState(context, folder / "clients" / f"client_{client:02d}")
+        return LocalClient(load_config(folder / "config.yaml"), client), state
 
     @app.query("hello")
     def hello(message: Message, context: Context) -> Message:
-        client, state = local(context), ClientState(context)
+        client, state = local(context)
         step = state.steps[-1] if state.steps else -1
         return Message(records.hello_reply(client.client, client.data.mixture[0].tolist(), step), reply_to=message)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        client, state = local(context), ClientState(context)
+        client, state = local(context)
         config = message.content["config"]
         first, last = int(config["first"]), int(config["last"])
         adapter = records.tensors(message.content[records.ADAPTER]) if records.ADAPTER in message.content else None
@@ -110,8 +113,8 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.query("peer_losses")
     def peer_losses(message: Message, context: Context) -> Message:
-        client = local(context)
-        own = checkpoint_adapter(ClientState(context).latest())
+        client, state = local(context)
+        own = checkpoint_adapter(state.latest())
         order = [int(n) for n in message.content["config"]["order"]]
         losses = client.peer_losses(own, records.peers_tensors(message.content[records.PEERS]), order)
         return Message(records.losses_reply(losses), reply_to=message)
@@ -125,23 +128,23 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
 
     @app.query("ref_top")
     def ref_top(message: Message, context: Context) -> Message:
-        client = local(context)
+        client, state = local(context)
         m = measure(client)
-        tops = client.ref_outputs(checkpoint_adapter(ClientState(context).latest()), m,
+        tops = client.ref_outputs(checkpoint_adapter(state.latest()), m,
                                   lambda s, outputs: top_ids(outputs, m.top_k))
         return Message(records.ref_reply(records.IDS, tops), reply_to=message)
 
     @app.query("ref_values")
     def ref_values(message: Message, context: Context) -> Message:
-        client = local(context)
+        client, state = local(context)
         union = records.sequence_tensors(message.content[records.IDS])
-        values = client.ref_outputs(checkpoint_adapter(ClientState(context).latest()), measure(client),
+        values = client.ref_outputs(checkpoint_adapter(state.latest()), measure(client),
                                     lambda s, outputs: on_union(outputs, union[s]))
         return Message(records.ref_reply(records.VALUES, values), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        client, state = local(context), ClientState(context)
+        client, state = local(context)
         if records.ADAPTER in message.content:
             adapter = records.tensors(message.content[records.ADAPTER])
         else:  # its own, or the initial one if it never finished a round

@@ -2,10 +2,10 @@
 processes on this machine: one SuperLink, one SuperNode per client, and `flwr run`.
 
 Takes `collab.fit`'s options (and the Flower ones). Everything listens on 127.0.0.1 only, in insecure
-mode (no TLS: loopback only), on free ports. Each SuperNode gets `--node-config "partition-id=N
-state-dir=..."` (its client id and the folder its training state is mirrored to, under the run
-folder's `clients/`). The command waits for the run's `summary.json`, or `--time_limit` seconds, then
-stops every process it started; the processes' logs are in the run folder's `logs/`. Rerun on an
+mode (no TLS: loopback only), on free ports. Each SuperNode gets `--node-config "partition-id=N"` (its
+client id; its training state is mirrored to the run folder's `clients/client_NN`). The command waits
+for the run's `summary.json`, or `--time_limit` seconds, then stops every process it started; the
+processes' logs are in the run folder's `logs/`. Rerun on an
 interrupted folder, the server goes on from its last saved round and the clients from their saved
 states.
 """
@@ -74,10 +74,8 @@ class Processes:
 
 
 def supernode_argv(run: FlowerRun, client: int, superlink: int) -> list[str]:
-    state = run.folder / "clients" / f"client_{client:02d}"
     return [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"{HOST}:{superlink}", "--host", HOST,
-            "--port", str(free_port()), "--node-config",
-            f"partition-id={client} num-partitions={run.num_clients} state-dir=\"{state}\""]
+            "--port", str(free_port()), "--node-config", f"partition-id={client} num-partitions={run.num_clients}"]
 
 
 def flwr_home(run: FlowerRun, superlink: int) -> Path:
