@@ -5,6 +5,7 @@ server goes on from its last saved round; dynamic-token's compact vocabulary giv
 distances; what crosses the network is counted."""
 import io
 import json
+import shutil
 import signal
 import time
 
@@ -236,3 +237,23 @@ def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):
     assert client_2 == [(0, "query.hello", True), (0, "train", False), (1, "query.hello", True),
                         (1, "evaluate", True)]
     assert not procs.started  # every process the federation started was stopped
+
+
+def test_a_clients_data_view_reads_only_its_own_files(inputs, tmp_path):
+    """`ClientDataModule(client=1)` on a copy of the dataset without the other clients' files gives slice 1
+    of every batch of the whole view (the same windows: the window counts come from the manifest)."""
+    from data import ClientDataModule
+
+    config = flower_run(inputs, "data_view", "naive").config
+    whole = ClientDataModule(folder=config.data.data_dir, config=config.data, seed=3)
+    mine = tmp_path / "client_1_only"
+    shutil.copytree(config.data.data_dir, mine)
+    for n in (0, 2):
+        shutil.rmtree(mine / f"client_{n:02d}")
+    view = ClientDataModule(folder=mine, config=config.data, seed=3, client=1)
+    view.setup()  # checks the hashes of the files it reads, and only those
+    assert view.num_clients == 1 and view.mixture.tolist() == whole.mixture[1:2].tolist()
+    assert torch.equal(view.train_batch(5), whole.train_batch(5)[1:2])
+    for split in ("val_batches", "trust_batches"):
+        assert all(torch.equal(a, b[1:2]) for a, b in zip(getattr(view, split)(), getattr(whole, split)(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(view.ref_batches(), whole.ref_batches(), strict=True))
