@@ -51,6 +51,7 @@ class Federation:
         self.round_timeout = float(run_config.get("round-timeout", 600))
         self.join_timeout = float(run_config.get("join-timeout", 300))
         self.nodes: dict[int, int] = {}  # client -> its node
+        self.asked: set[int] = set()  # nodes asked who they are (a replaced node is not asked again)
         self.round = self.strategy.rounds_done
 
     def send(self, contents: Mapping[int, RecordDict], kind: str) -> dict[int, RecordDict]:
@@ -77,10 +78,11 @@ class Federation:
         join timeout). A client seen again on a new node gets its adapter with its next message."""
         deadline = time.monotonic() + self.join_timeout
         while True:
-            new = [i for i in self.grid.get_node_ids() if i not in self.nodes.values()]
+            new = [i for i in self.grid.get_node_ids() if i not in self.asked]
+            self.asked.update(new)
             if new:
-                asked = {i: Message(RecordDict(), i, "query.hello", group_id=str(self.round)) for i in new}
-                for reply in self.grid.send_and_receive(asked.values(), timeout=self.round_timeout):
+                hellos = {i: Message(RecordDict(), i, "query.hello", group_id=str(self.round)) for i in new}
+                for reply in self.grid.send_and_receive(hellos.values(), timeout=self.round_timeout):
                     if reply.has_error():
                         continue
                     node, who = reply.metadata.src_node_id, reply.content["client"]
@@ -89,7 +91,7 @@ class Federation:
                     self.strategy.rejoined(client)
                     self.nodes[client] = node
                     self.strategy.traffic.append({"round": self.round, "client": client, "message": "query.hello",
-                                                  "down": records.message_bytes(asked[node]),
+                                                  "down": records.message_bytes(hellos[node]),
                                                   "up": records.message_bytes(reply)})
             if not wait or len(self.nodes) == self.num_clients:
                 return
