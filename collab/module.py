@@ -10,10 +10,12 @@ and resuming leave each client's step unchanged.
 """
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, ContextManager
 
 import lightning as L
 import torch
@@ -90,14 +92,22 @@ class CollabLoRAModule(L.LightningModule):
 
     def mean_losses(self, batches: Sequence[torch.Tensor], chunk: int | None = None) -> torch.Tensor:
         """`[N]`: every client's model's mean next-token loss on the same batches `[b, T+1]`, dropout off."""
-        return evaluation.mean_losses(self.model, self.num_clients, [b.to(self.device) for b in batches],
-                                      chunk or self.client_chunk)
+        with self.precision_context():
+            return evaluation.mean_losses(self.model, self.num_clients, [b.to(self.device) for b in batches],
+                                          chunk or self.client_chunk)
 
     def client_outputs(self, idx: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor],
                        positions: slice = slice(None), chunk: int | None = None) -> torch.Tensor:
         """`reduce` of every client's logits on the same token ids `[b, T]` at `positions`, dropout off."""
-        return evaluation.client_outputs(self.model, self.num_clients, idx.to(self.device), reduce, positions,
-                                         chunk or self.client_chunk)
+        with self.precision_context():
+            return evaluation.client_outputs(self.model, self.num_clients, idx.to(self.device), reduce, positions,
+                                             chunk or self.client_chunk)
+
+    def precision_context(self) -> ContextManager:
+        """The trainer's precision (e.g. bf16 autocast) for work outside its steps: trust scoring is
+        called from a callback, where Lightning applies none, and would otherwise run in float32."""
+        trainer = self._trainer
+        return trainer.precision_plugin.forward_context() if trainer is not None else contextlib.nullcontext()
 
     @torch.no_grad()
     def replace_adapters(self, adapters: Mapping[str, torch.Tensor], reset: torch.Tensor) -> None:
