@@ -42,3 +42,26 @@ def test_seed_table_keeps_client_counts_apart():
     head = "| strategy | offline_multi_specific, 4 clients | offline_multi_specific, 8 clients |"
     assert table.splitlines()[0] == head
     assert table.splitlines()[2] == "| none | **11.00 ± 1.41 (n=2)** | **20.00 ± 0.00 (n=1)** |"
+
+
+def test_paired_table_compares_each_seed_with_none_and_naive(tmp_path):
+    import json
+
+    from collab.report import paired_table
+
+    def run(strategy, seed, ppl, same=None):
+        folder = tmp_path / f"{strategy}{seed}"
+        (folder / "trust").mkdir(parents=True)
+        if same is not None:
+            (folder / "trust" / "step_000010.json").write_text(json.dumps({"quality": {"same_category": same}}))
+        return {"config": {"trust": {"strategy": strategy}, "data": {"dataset": "d"}, "run": {"seed": seed}},
+                "final": {"clients": [{"ppl": ppl}] * 2, "mean": {"ppl": ppl}}, "folder": str(folder)}
+
+    runs = [run("none", 0, 100.0), run("none", 1, 200.0), run("naive", 0, 120.0), run("naive", 1, 150.0),
+            run("static", 0, 90.0, 1.0), run("static", 1, 210.0, 0.5)]
+    lines = paired_table(runs, ["none", "naive", "static"]).splitlines()
+    assert lines[0] == "**d, 2 clients**"
+    # static: (90/100 - 1 + 210/200 - 1) / 2 = -2.5%, lower on seed 0 only; vs naive (90/120 + 210/150) / 2 - 1 = +7.5%
+    assert lines[6] == "| static | 150.0 ± 84.9 (n=2) | -2.5% (1/2) | +7.5% (1/2) | 0.75 |"
+    # none vs naive: (100/120 - 1 + 200/150 - 1) / 2 = +8.3%
+    assert lines[4] == "| none | 150.0 ± 70.7 (n=2) |  | +8.3% (1/2) |  |"
