@@ -37,7 +37,7 @@ REPORT_NAME = "pretrain_report.json"
 @dataclass(frozen=True)
 class PretrainConfig:
     preset: str = "gpt2-micro"  # model shape (lora_gpt.config.PRESETS)
-    steps: int = 250  # optimizer steps
+    steps: int = 400  # optimizer steps
     batch_size: int = 16  # sequences per step
     sequence_length: int = 128
     lr: float = 3e-3  # peak of the OneCycle schedule

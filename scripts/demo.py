@@ -28,9 +28,9 @@ from lora_gpt.errors import FixableError
 
 # The clients: six (two per language), each with a small train split that local training
 # sees many times over, the regime where learning from similar peers can pay.
-DATA = ["--dataset", "offline_multi_specific", "--num_clients", "6", "--train_tokens", "8000",
-        "--val_tokens", "4000", "--trust_tokens", "2000", "--ref_tokens", "4000"]
-TRAINING = ["--iterations", "100", "--batch_size", "4", "--sequence_length", "128", "--lr", "1e-2",
+DATA = ["--dataset", "offline_multi_specific", "--num_clients", "6", "--train_tokens", "4000",
+        "--val_tokens", "4000", "--trust_tokens", "2100", "--ref_tokens", "4000", "--eval_batches", "8"]
+TRAINING = ["--iterations", "100", "--batch_size", "2", "--sequence_length", "128", "--lr", "1e-2",
             "--eval_freq", "20", "--trust_freq", "10", "--pretraining_rounds", "20"]
 
 
