@@ -1,5 +1,7 @@
 """Datasets for collaborative fine-tuning: recipes, client splits, token files, the DataModule.
 
+Example:
+
     folder = prepare_recipe("offline_multi_specific", num_clients=8)   # tokenize once, reuse after
     dm = ClientDataModule(folder=folder, config=DataConfig(batch_size=4, sequence_length=128))  # [N, b, T+1]
 """

@@ -1,5 +1,7 @@
 """Turn a folder of finished runs into a markdown table and plots.
 
+Example:
+
     python scripts/report.py runs/reproduce        # writes runs/reproduce/report.md and PNGs
 """
 from __future__ import annotations
