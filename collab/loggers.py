@@ -1,4 +1,5 @@
 """Where a run's metrics go: `metrics.csv` in the run folder (kept across resumes), TensorBoard or W&B."""
+
 from __future__ import annotations
 
 import csv

@@ -1,4 +1,5 @@
 """Results of finished runs (their `summary.json`) as tables and plots."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,7 @@ def seed_table(runs: Iterable[dict[str, Any]], strategies: list[str] | None = No
         cells[(run_strategy(run), run_column(run))].append(final_mean_ppl(run))
     datasets = sorted({d for _, d in cells})
     strategies = strategies or sorted({s for s, _ in cells})
-    best = {d: min((statistics.mean(v) for (s, dd), v in cells.items() if dd == d), default=math.nan)
-            for d in datasets}
+    best = {d: min((statistics.mean(v) for (s, dd), v in cells.items() if dd == d), default=math.nan) for d in datasets}
     lines = ["| strategy | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for s in strategies:
         row = []
@@ -82,24 +82,33 @@ def paired_table(runs: Iterable[dict[str, Any]], strategies: list[str] | None = 
     for column in sorted(by_column):
         cells = by_column[column]
         order = strategies or sorted(cells)
-        lines = [f"**{column}**", "",
-                 "| strategy | mean ppl ± std | vs none (lower on) | vs naive (lower on) | same-category trust |",
-                 "|---|---|---|---|---|"]
+        lines = [
+            f"**{column}**",
+            "",
+            "| strategy | mean ppl ± std | vs none (lower on) | vs naive (lower on) | same-category trust |",
+            "|---|---|---|---|---|",
+        ]
         for strategy in (s for s in order if s in cells):
             seeds = cells[strategy]
             values = [final_mean_ppl(r) for r in seeds.values()]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             row = [f"{statistics.mean(values):.1f} ± {std:.1f} (n={len(values)})"]
             for other in ("none", "naive"):
-                pairs = [(final_mean_ppl(r), final_mean_ppl(cells[other][seed]))
-                         for seed, r in seeds.items() if other in cells and seed in cells[other]]
+                pairs = [
+                    (final_mean_ppl(r), final_mean_ppl(cells[other][seed]))
+                    for seed, r in seeds.items()
+                    if other in cells and seed in cells[other]
+                ]
                 if strategy == other or not pairs:
                     row.append("")
                     continue
                 diff = statistics.mean(a / b - 1 for a, b in pairs)
                 row.append(f"{diff:+.1%} ({sum(a < b for a, b in pairs)}/{len(pairs)})")
-            shares = [rec["quality"]["same_category"] for r in seeds.values()
-                      if (rec := last_trust(r)) is not None and rec.get("quality")]
+            shares = [
+                rec["quality"]["same_category"]
+                for r in seeds.values()
+                if (rec := last_trust(r)) is not None and rec.get("quality")
+            ]
             row.append(f"{statistics.mean(shares):.2f}" if shares else "")
             lines.append(f"| {strategy} | " + " | ".join(row) + " |")
         sections.append("\n".join(lines))
@@ -124,8 +133,11 @@ def client_table(runs: Iterable[dict[str, Any]], labels: list[str] | None = None
     lines = [f"| run | {head} | mean |", "|---|" + "---|" * (n + 1)]
     start = runs[0]["curves"][0]
     if start["step"] == 0:
-        lines.append("| base (step 0) | " + " | ".join(f"{c['ppl']:.1f}" for c in start["clients"])
-                     + f" | {start['mean']['ppl']:.1f} |")
+        lines.append(
+            "| base (step 0) | "
+            + " | ".join(f"{c['ppl']:.1f}" for c in start["clients"])
+            + f" | {start['mean']['ppl']:.1f} |"
+        )
     for label, r in zip(labels, runs):
         ppl = [f"{c['ppl']:.1f}" for c in r["final"]["clients"]]
         lines.append(f"| {label} | " + " | ".join(ppl) + f" | **{final_mean_ppl(r):.1f}** |")
@@ -156,15 +168,21 @@ def plot_client_curves(runs: list[dict[str, Any]], path: Path, labels: list[str]
     for ax, run, label in zip(axes.flat, runs, labels):
         steps = [c["step"] for c in run["curves"]]
         for n in range(len(run["curves"][0]["clients"])):
-            ax.plot(steps, [c["clients"][n]["ppl"] for c in run["curves"]], color=colors(owner[n]),
-                    alpha=0.8, lw=1.2, label=categories[owner[n]])
+            ax.plot(
+                steps,
+                [c["clients"][n]["ppl"] for c in run["curves"]],
+                color=colors(owner[n]),
+                alpha=0.8,
+                lw=1.2,
+                label=categories[owner[n]],
+            )
         ax.plot(steps, [c["mean"]["ppl"] for c in run["curves"]], color="black", lw=2.2, label="mean")
         ax.set_title(f"{label}: mean {final_mean_ppl(run):.1f}", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if max(values) > 10 * min(values):
             ax.set_yscale("log")
-    for ax in axes.flat[len(runs):]:
+    for ax in axes.flat[len(runs) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation perplexity")
@@ -200,11 +218,19 @@ def plot_trust_heatmaps(runs: list[dict[str, Any]], path: Path, labels: list[str
         ax.set_yticks(range(len(order)), names, fontsize=7)
         for i in range(len(order)):
             for j in range(len(order)):
-                ax.text(j, i, f"{trust[i, j]:.2f}", ha="center", va="center", fontsize=5.5,
-                        color="white" if trust[i, j] < 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{trust[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=5.5,
+                    color="white" if trust[i, j] < 0.5 else "black",
+                )
         share = record.get("quality", {}).get("same_category")
-        ax.set_title(f"{label}, step {record['step']}" + (f"\nsame-category share {share:.2f}" if share else ""),
-                     fontsize=8)
+        ax.set_title(
+            f"{label}, step {record['step']}" + (f"\nsame-category share {share:.2f}" if share else ""), fontsize=8
+        )
     fig.suptitle("last trust matrix: row i's weight on column j's adapter", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -9,6 +9,7 @@ and trimming what an interrupted attempt wrote past the checkpoint a resume star
         trust/step_NNNNNN.json one file per aggregation
         adapters/client_NN/    each client's final adapter
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -82,9 +83,11 @@ class RunFolder:
             except BlockingIOError:
                 lock.seek(0)
                 holder = lock.read().strip() or "another process"
-                raise RunFolderError(f"{self.path} is in use by another run ({holder}); two runs in one folder "
-                                     "would overwrite each other. Fix: wait for it to finish, or choose another "
-                                     "--out.") from None
+                raise RunFolderError(
+                    f"{self.path} is in use by another run ({holder}); two runs in one folder "
+                    "would overwrite each other. Fix: wait for it to finish, or choose another "
+                    "--out."
+                ) from None
             lock.seek(0)
             lock.truncate()
             lock.write(f"pid {os.getpid()}\n")

@@ -1,4 +1,5 @@
 """Model configuration: one dataclass of scalars, with GPT-2's sizes and small CPU presets."""
+
 from __future__ import annotations
 
 import dataclasses

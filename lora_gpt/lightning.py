@@ -1,4 +1,5 @@
 """A LightningModule for one model: pretraining from scratch or single-client LoRA fine-tuning."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,15 +23,31 @@ class LitGPT(L.LightningModule):
     exactly the same model.
     """
 
-    def __init__(self, config: GPTConfig | dict, lora: LoRAConfig | dict | None = None,
-                 lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                 max_steps: int = 1000, warmup: float = 0.02, model: GPT | None = None) -> None:
+    def __init__(
+        self,
+        config: GPTConfig | dict,
+        lora: LoRAConfig | dict | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        max_steps: int = 1000,
+        warmup: float = 0.02,
+        model: GPT | None = None,
+    ) -> None:
         super().__init__()
         config = GPTConfig(**config) if isinstance(config, dict) else config
         lora = LoRAConfig(**lora) if isinstance(lora, dict) else lora
-        self.save_hyperparameters({"config": config.to_dict(), "lora": lora.to_dict() if lora else None,
-                                   "lr": lr, "weight_decay": weight_decay, "betas": list(betas),
-                                   "max_steps": max_steps, "warmup": warmup})
+        self.save_hyperparameters(
+            {
+                "config": config.to_dict(),
+                "lora": lora.to_dict() if lora else None,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "betas": list(betas),
+                "max_steps": max_steps,
+                "warmup": warmup,
+            }
+        )
         self.model = model if model is not None else GPT(config)
         if lora is not None:
             inject_lora(self.model, lora)

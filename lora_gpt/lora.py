@@ -10,6 +10,7 @@ A call may run a contiguous subset of the adapters (`clients`, a `ClientSlice`);
 adapter any input shape is accepted. One stacked tensor per layer makes aggregation across
 clients a single `einsum`, and the base matmul sees every client's tokens at once.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,25 +56,44 @@ class LoRAConfig:
     rank: int = option(4, "r: the inner dimension of each adapter", flag="lora_rank")
     alpha: float = option(32.0, "the adapter's update is scaled by alpha / r", flag="lora_alpha")
     dropout: float = option(0.1, "dropout on the adapter's input only", flag="lora_dropout")
-    targets: tuple[str, ...] = option(ATTENTION_TARGETS + MLP_TARGETS,
-                                      "suffixes of the linear layers to adapt (GPT-2's: attn.c_attn, attn.c_proj, "
-                                      "mlp.c_fc, mlp.c_proj)", flag="lora_targets")
-    kernel: str = option("auto", "LoRA matmul: auto (the fused Triton kernel on CUDA, else PyTorch), triton or torch",
-                         flag="kernel", choices=KERNELS)
-    init_seed: int | None = option(None, "seed of A's initialisation, one A shared by every adapter (None: torch's "
-                                         "global generator; python -m collab.fit: the run's --seed)",
-                                   flag="lora_init_seed")
-    init: str = option("peft", "A's initialisation (B starts at zero): LoRA's and PEFT's U(+-1/sqrt(d_in)), one draw "
-                               "shared by all clients (peft), or the reference code's U(+-1/sqrt(r)), drawn per "
-                               "client (reference)", flag="lora_init", choices=INITS)
+    targets: tuple[str, ...] = option(
+        ATTENTION_TARGETS + MLP_TARGETS,
+        "suffixes of the linear layers to adapt (GPT-2's: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)",
+        flag="lora_targets",
+    )
+    kernel: str = option(
+        "auto",
+        "LoRA matmul: auto (the fused Triton kernel on CUDA, else PyTorch), triton or torch",
+        flag="kernel",
+        choices=KERNELS,
+    )
+    init_seed: int | None = option(
+        None,
+        "seed of A's initialisation, one A shared by every adapter (None: torch's "
+        "global generator; python -m collab.fit: the run's --seed)",
+        flag="lora_init_seed",
+    )
+    init: str = option(
+        "peft",
+        "A's initialisation (B starts at zero): LoRA's and PEFT's U(+-1/sqrt(d_in)), one draw "
+        "shared by all clients (peft), or the reference code's U(+-1/sqrt(r)), drawn per "
+        "client (reference)",
+        flag="lora_init",
+        choices=INITS,
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         require(self, "rank", self.rank >= 1, ">= 1")
         require(self, "alpha", self.alpha > 0, "> 0")
         require(self, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
-        require(self, "targets", bool(self.targets), "at least one layer",
-                f"adapt some of {ATTENTION_TARGETS + MLP_TARGETS}")
+        require(
+            self,
+            "targets",
+            bool(self.targets),
+            "at least one layer",
+            f"adapt some of {ATTENTION_TARGETS + MLP_TARGETS}",
+        )
         require_choice(self, "kernel")
         require_choice(self, "init")
 
@@ -96,8 +116,16 @@ class LoRAConfig:
 class LoRALinear(nn.Linear):
     """`nn.Linear` plus N stacked low-rank adapters (see the module docstring)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, config: LoRAConfig,
-                 num_adapters: int = 1, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        config: LoRAConfig,
+        num_adapters: int = 1,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.lora_config = config
         self.num_adapters = num_adapters
@@ -119,8 +147,15 @@ class LoRALinear(nn.Linear):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: LoRAConfig, num_adapters: int) -> "LoRALinear":
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, config,
-                    num_adapters, device=linear.weight.device, dtype=linear.weight.dtype)
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            config,
+            num_adapters,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         layer.weight = linear.weight
         layer.bias = linear.bias
         return layer
@@ -130,8 +165,9 @@ class LoRALinear(nn.Linear):
             return super().forward(x)
         adapters = clients.adapters if clients is not None else slice(None)
         if clients is not None and clients.stop > self.num_adapters:
-            raise IndexError(f"clients {clients.start}..{clients.stop - 1} asked of a layer with {self.num_adapters} "
-                             "adapters.")
+            raise IndexError(
+                f"clients {clients.start}..{clients.stop - 1} asked of a layer with {self.num_adapters} adapters."
+            )
         A, B = self.lora_A[adapters], self.lora_B[adapters]
         n = A.shape[0]
         if n == 1:
@@ -151,13 +187,20 @@ class LoRALinear(nn.Linear):
         return self.lora_config.scale * (self.lora_A[adapter] @ self.lora_B[adapter]).t()
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, rank={self.lora_config.rank}, "
-                f"num_adapters={self.num_adapters}")
+        return f"{super().extra_repr()}, rank={self.lora_config.rank}, num_adapters={self.num_adapters}"
 
 
-def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
-                B: torch.Tensor, config: LoRAConfig, training: bool, clients: ClientSlice | None = None,
-                site: int = 0) -> torch.Tensor:
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    config: LoRAConfig,
+    training: bool,
+    clients: ClientSlice | None = None,
+    site: int = 0,
+) -> torch.Tensor:
     """`x: [N, M, d_in]` -> `[N, M, d_out]` through the fused kernel or plain PyTorch; the adapter
     dropout draws from each client's stream when `clients` carries seeds."""
     p = config.dropout if training else 0.0
@@ -187,11 +230,15 @@ def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> 
     existing = [name for name, _ in lora_layers(model)]
     if existing:
         raise ValueError(f"{existing[0]} already has LoRA adapters; inject all targets at once into a fresh model.")
-    matches = [name for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and name.endswith(config.targets)]
+    matches = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.endswith(config.targets)
+    ]
     if not matches:
-        raise ValueError(f"no nn.Linear matches the LoRA targets {config.targets}; "
-                         f"GPT-2's are {ATTENTION_TARGETS + MLP_TARGETS}.")
+        raise ValueError(
+            f"no nn.Linear matches the LoRA targets {config.targets}; GPT-2's are {ATTENTION_TARGETS + MLP_TARGETS}."
+        )
     generator = None
     if config.init_seed is not None:
         generator = torch.Generator().manual_seed(config.init_seed)
@@ -342,12 +389,15 @@ def _stacked_files(folder: Path) -> tuple[dict, Path]:
     elif (folder / LEGACY_CONFIG).is_file():
         config, weights = folder / LEGACY_CONFIG, folder / LEGACY_WEIGHTS
     else:
-        raise FileNotFoundError(f"{folder} holds neither {STACKED_CONFIG} nor {LEGACY_CONFIG}; "
-                                "save adapters with save_adapters().")
+        raise FileNotFoundError(
+            f"{folder} holds neither {STACKED_CONFIG} nor {LEGACY_CONFIG}; save adapters with save_adapters()."
+        )
     meta = json.loads(config.read_text())
     if "peft_type" in meta:
-        raise ValueError(f"{folder} holds a PEFT adapter, not this project's stacked adapters; load it with "
-                         "lora_gpt.import_peft(model, folder, into=n).")
+        raise ValueError(
+            f"{folder} holds a PEFT adapter, not this project's stacked adapters; load it with "
+            "lora_gpt.import_peft(model, folder, into=n)."
+        )
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found beside {config.name}; save the adapters again.")
     return meta, weights
@@ -360,8 +410,9 @@ def saved_lora_config(folder: str | Path) -> LoRAConfig:
 
 
 @torch.no_grad()
-def write_adapters(model: nn.Module, tensors: dict[str, torch.Tensor], into: slice | int | None,
-                   source: str | Path) -> nn.Module:
+def write_adapters(
+    model: nn.Module, tensors: dict[str, torch.Tensor], into: slice | int | None, source: str | Path
+) -> nn.Module:
     """Copy stacked tensors, named as `lora_parameters` names them, into slots `into` of every layer.
 
     Checks every name, shape and slot before the first copy. A slot whose adapter is merged is
@@ -370,18 +421,24 @@ def write_adapters(model: nn.Module, tensors: dict[str, torch.Tensor], into: sli
     select = _select(into)
     params = lora_parameters(model)
     if set(tensors) != set(params):
-        raise ValueError(f"{source}: adapter tensors do not match the model's LoRA layers "
-                         f"(missing {sorted(set(params) - set(tensors))[:3]}, "
-                         f"unexpected {sorted(set(tensors) - set(params))[:3]}).")
+        raise ValueError(
+            f"{source}: adapter tensors do not match the model's LoRA layers "
+            f"(missing {sorted(set(params) - set(tensors))[:3]}, "
+            f"unexpected {sorted(set(tensors) - set(params))[:3]})."
+        )
     for name, layer in lora_layers(model):
         merged = layer.merged_adapter
         if merged is not None and merged in range(layer.num_adapters)[select]:
-            raise RuntimeError(f"{source}: adapter {merged} is merged into {name}'s base weights; "
-                               "call unmerge_lora(model) first, then load.")
+            raise RuntimeError(
+                f"{source}: adapter {merged} is merged into {name}'s base weights; "
+                "call unmerge_lora(model) first, then load."
+            )
     for name, p in params.items():
         if tensors[name].shape != p[select].shape:
-            raise ValueError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
-                             f"the model slots take {tuple(p[select].shape)}.")
+            raise ValueError(
+                f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
+                f"the model slots take {tuple(p[select].shape)}."
+            )
     for name, p in params.items():
         p[select] = tensors[name].to(p.dtype)
     return model
@@ -401,12 +458,13 @@ def load_adapters(model: nn.Module, folder: str | Path, into: slice | int | None
     ours = model_lora_config(model).to_dict()
     for key in MATH_FIELDS:
         if meta["lora"][key] != ours[key]:
-            raise ValueError(f"{folder}: adapters have {key}={meta['lora'][key]}, the model has {ours[key]}; "
-                             "inject LoRA with lora_gpt.saved_lora_config(folder).")
+            raise ValueError(
+                f"{folder}: adapters have {key}={meta['lora'][key]}, the model has {ours[key]}; "
+                "inject LoRA with lora_gpt.saved_lora_config(folder)."
+            )
     signature = _model_signature(model)
     if meta.get("model") and signature:
-        diff = {k: (v, signature.get(k)) for k, v in meta["model"].items()
-                if k != "dropout" and signature.get(k) != v}
+        diff = {k: (v, signature.get(k)) for k, v in meta["model"].items() if k != "dropout" and signature.get(k) != v}
         if diff:
             raise ValueError(f"{folder}: adapters were made for another model; (saved, this) differ in {diff}.")
     return write_adapters(model, load_file(str(weights)), into, folder)

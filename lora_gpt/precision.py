@@ -4,6 +4,7 @@ On a CPU with native bfloat16 (x86 `avx512_bf16` or `amx_bf16`, Arm `bf16`) matr
 run 3-5x faster in bfloat16 than in float32; elsewhere bfloat16 is emulated and slower, so
 `auto` picks it only where it is native, and asking for it where it is not is an error.
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,10 +62,15 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if precision == "auto":
         return "bf16-mixed" if native_bf16(device_type) else "32-true"
     if precision == "bf16-mixed" and not native_bf16(device_type):
-        what = "this CPU has no native bfloat16 (no avx512_bf16/amx_bf16 flag)" if device_type == "cpu" \
+        what = (
+            "this CPU has no native bfloat16 (no avx512_bf16/amx_bf16 flag)"
+            if device_type == "cpu"
             else f"the {device_type} device does not support bfloat16"
-        raise ConfigError(f"--precision bf16-mixed: {what}, so bfloat16 would be emulated and slow. "
-                         "Fix: --precision 32-true (or auto, which picks it here).")
+        )
+        raise ConfigError(
+            f"--precision bf16-mixed: {what}, so bfloat16 would be emulated and slow. "
+            "Fix: --precision 32-true (or auto, which picks it here)."
+        )
     if precision == "16-mixed" and device_type != "cuda":
         raise ConfigError("--precision 16-mixed needs a CUDA GPU. Fix: --precision auto or 32-true.")
     return precision

@@ -1,4 +1,5 @@
 """The single-model LightningModule: it learns; its schedule, decay groups and random windows."""
+
 import lightning as L
 import numpy as np
 import pytest
@@ -19,9 +20,16 @@ def repeating_batches(n=8, b=4, t=17):
 
 
 def fit(module, steps):
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        val_check_interval=steps, check_val_every_n_epoch=None)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=steps,
+        check_val_every_n_epoch=None,
+    )
     data = repeating_batches()
     loader = lambda items: DataLoader(items, batch_size=None)
     trainer.fit(module, train_dataloaders=loader(data * 10), val_dataloaders=loader(data[:2]))

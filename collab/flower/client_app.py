@@ -13,6 +13,7 @@ Messages: `query.hello` (who are you), `train` (train up to a step), `query.peer
 score these adapters on your `trust` split), `query.ref_top` and `query.ref_values` (dynamic-token:
 your top tokens on the shared reference text, then your predictions on the union), `evaluate`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -35,8 +36,10 @@ KEEP = 2  # checkpoints kept: a server restarted from its last saved round may a
 def run_dir(run_config: Mapping[str, Any]) -> Path:
     """The run folder a run config names."""
     if not run_config.get("run-dir"):
-        raise ValueError("no run folder: start the run with --run-config \"run-dir='FOLDER'\" (collab.flower.deploy "
-                         "does), or build the apps with a `run-dir` default (collab.flower.simulate does).")
+        raise ValueError(
+            "no run folder: start the run with --run-config \"run-dir='FOLDER'\" (collab.flower.deploy "
+            "does), or build the apps with a `run-dir` default (collab.flower.simulate does)."
+        )
     return Path(str(run_config["run-dir"]))
 
 
@@ -68,8 +71,9 @@ class ClientState:
 
     def latest(self) -> bytes:
         if not self.steps:
-            raise RuntimeError("this client has not trained yet: the server asks for measurements only after "
-                               "a train round.")
+            raise RuntimeError(
+                "this client has not trained yet: the server asks for measurements only after a train round."
+            )
         return self.context.state[STATE_KEY][str(self.steps[-1])]
 
     def put(self, step: int, state: bytes) -> None:
@@ -122,24 +126,26 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     def measure(client: LocalClient) -> TopProbabilities | TopLogits:
         family = build_family(client.config.trust)
         if not isinstance(family, TokenAgreement):
-            raise ValueError(f"a dynamic-token query in a run of {client.config.trust.strategy}: the server and this "
-                             "client read different config.yaml files; start both from the same run folder.")
+            raise ValueError(
+                f"a dynamic-token query in a run of {client.config.trust.strategy}: the server and this "
+                "client read different config.yaml files; start both from the same run folder."
+            )
         return family.measure
 
     @app.query("ref_top")
     def ref_top(message: Message, context: Context) -> Message:
         client, state = local(context)
         m = measure(client)
-        tops = client.ref_outputs(checkpoint_adapter(state.latest()), m,
-                                  lambda s, outputs: top_ids(outputs, m.top_k))
+        tops = client.ref_outputs(checkpoint_adapter(state.latest()), m, lambda s, outputs: top_ids(outputs, m.top_k))
         return Message(records.ref_reply(records.IDS, tops), reply_to=message)
 
     @app.query("ref_values")
     def ref_values(message: Message, context: Context) -> Message:
         client, state = local(context)
         union = records.sequence_tensors(message.content[records.IDS])
-        values = client.ref_outputs(checkpoint_adapter(state.latest()), measure(client),
-                                    lambda s, outputs: on_union(outputs, union[s]))
+        values = client.ref_outputs(
+            checkpoint_adapter(state.latest()), measure(client), lambda s, outputs: on_union(outputs, union[s])
+        )
         return Message(records.ref_reply(records.VALUES, values), reply_to=message)
 
     @app.evaluate()

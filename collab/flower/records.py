@@ -3,6 +3,7 @@
 Every message of the app is built here, so the bytes the summary reports and the README's table
 come from the very records a run sends.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,7 @@ def peers_tensors(record: ArrayRecord) -> dict[int, dict[str, torch.Tensor]]:
 
 # --- the messages' contents, server -> client and back
 
+
 def train_content(first: int, last: int, adapter: Mapping[str, torch.Tensor] | None, reset: bool) -> RecordDict:
     """Train from step `first` to `last`, from `adapter` where the client does not hold its own yet."""
     content = RecordDict({"config": ConfigRecord({"first": first, "last": last, "reset": reset})})
@@ -65,14 +67,16 @@ def train_content(first: int, last: int, adapter: Mapping[str, torch.Tensor] | N
 
 def train_reply(adapter: Mapping[str, torch.Tensor], start: int, losses: Sequence[float]) -> RecordDict:
     """The trained adapter, the step training started from, and each step's loss."""
-    return RecordDict({ADAPTER: arrays(adapter),
-                       "metrics": MetricRecord({"start": start, "loss": [float(x) for x in losses]})})
+    return RecordDict(
+        {ADAPTER: arrays(adapter), "metrics": MetricRecord({"start": start, "loss": [float(x) for x in losses]})}
+    )
 
 
 def hello_reply(client: int, mixture: Sequence[float], step: int) -> RecordDict:
     """Who the node is: its client id, its data's category shares (for `static`), its state's step (-1: none)."""
-    return RecordDict({"client": ConfigRecord({"client": client, "mixture": [float(x) for x in mixture],
-                                               "step": step})})
+    return RecordDict(
+        {"client": ConfigRecord({"client": client, "mixture": [float(x) for x in mixture], "step": step})}
+    )
 
 
 def peer_losses_content(peers: Mapping[int, Mapping[str, torch.Tensor]], order: Sequence[int]) -> RecordDict:

@@ -8,6 +8,7 @@ their union, and each client sends its predictions on the union only. The server
 measure's own `distance_sum` on those compact predictions. Padding slots hold `PAD` for every client:
 never among a client's top probabilities, and at no distance between two clients' logits.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
