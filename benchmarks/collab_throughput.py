@@ -29,9 +29,9 @@ import torch
 from collab.config import MemoryConfig, OptimConfig
 from collab.module import CollabLoRAModule
 from lora_gpt import GPT, GPTConfig, LoRAConfig, client_slices, inject_lora, mark_only_lora_as_trainable
+from lora_gpt.cross_entropy import fused_linear_cross_entropy, token_cross_entropy
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
 from lora_gpt.precision import resolve_precision
-from lora_gpt.cross_entropy import fused_linear_cross_entropy, token_cross_entropy
 from lora_gpt.training import adamw
 
 LORA = LoRAConfig(rank=4, alpha=32, dropout=0.1, targets=ATTENTION_TARGETS + MLP_TARGETS)

@@ -13,8 +13,9 @@ import dataclasses
 import textwrap
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lora_gpt.errors import ConfigError
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lora_gpt import GPT, export_merged, export_peft, inject_lora, load_adapters, save_adapters, saved_lora_config
 from lora_gpt.errors import ConfigError, FixableError

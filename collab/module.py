@@ -12,7 +12,6 @@ and resuming leave each client's step unchanged.
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace

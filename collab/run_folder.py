@@ -16,9 +16,9 @@ import contextlib
 import csv
 import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from lora_gpt.errors import FixableError
 

@@ -69,7 +69,7 @@ class DataConfig:
         """The token budgets asked for, as `data.prepare_recipe` takes them (None: the recipe's)."""
         return {b: getattr(self, f"{b}_tokens") for b in BUDGETS}
 
-    def resolved(self, manifest: dict[str, Any]) -> "DataConfig":
+    def resolved(self, manifest: dict[str, Any]) -> DataConfig:
         """This config with the dataset and client count the prepared folder holds, after refusing
         any option that contradicts the folder's manifest (a `--data_dir` made with other options)."""
         used = manifest.get("budget", manifest["options"]["budget"])

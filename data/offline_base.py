@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lora_gpt.pretrain import REPORT_NAME, PretrainConfig, add_config_arguments, ensure_base, format_report
 

@@ -63,7 +63,7 @@ def resolve_pairing(kind: str, pairing: str | None) -> str | None:
         raise ConfigError(f"unknown pairing {pairing!r}; use {' or '.join(PAIRINGS)}.")
     if kind == "specific" and pairing is not None:
         raise ConfigError(
-            f"--pairing applies to the mixed split; this recipe's split is specific (one category per "
+            "--pairing applies to the mixed split; this recipe's split is specific (one category per "
             "client). Fix: the mixed recipe (RECIPE_mixed, or PATH:mixed for your own data), or no "
             "--pairing."
         )

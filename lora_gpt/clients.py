@@ -10,8 +10,8 @@ on N, or on a resume: chunked training, resumed training and N separate runs are
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -98,7 +98,7 @@ class LoRAConfig:
         require_choice(self, "init")
 
     @classmethod
-    def for_paper(cls, attention: bool = True, mlp: bool = True, **kwargs) -> "LoRAConfig":
+    def for_paper(cls, attention: bool = True, mlp: bool = True, **kwargs) -> LoRAConfig:
         """Targets as the paper's `--lora_causal_self_attention` / `--lora_mlp` flags choose."""
         targets = (ATTENTION_TARGETS if attention else ()) + (MLP_TARGETS if mlp else ())
         return cls(targets=targets, **kwargs)
@@ -146,7 +146,7 @@ class LoRALinear(nn.Linear):
             self.lora_B.zero_()
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: LoRAConfig, num_adapters: int) -> "LoRALinear":
+    def from_linear(cls, linear: nn.Linear, config: LoRAConfig, num_adapters: int) -> LoRALinear:
         layer = cls(
             linear.in_features,
             linear.out_features,

@@ -193,7 +193,7 @@ class GPT(nn.Module):
         return idx
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True) -> "GPT":
+    def from_pretrained(cls, name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True) -> GPT:
         """Load Hugging Face GPT-2 weights (a hub name such as `gpt2`, or a local folder), checking
         every tensor's name and shape."""
         config, state, source = read_pretrained(name_or_path, dropout=dropout, allow_download=allow_download)

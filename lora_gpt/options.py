@@ -8,7 +8,8 @@ CLI built from them (`collab.cli`) and every error about a field use the one def
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from .errors import ConfigError
 

@@ -17,9 +17,9 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import lightning as L
 import numpy as np

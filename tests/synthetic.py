@@ -20,7 +20,7 @@ def category_stream(category: int, length: int, offset: int) -> np.ndarray:
 
 
 class _Windows(IterableDataset):
-    def __init__(self, module: "SyntheticClients", start: int) -> None:
+    def __init__(self, module: SyntheticClients, start: int) -> None:
         self.module, self.start = module, start
 
     def __iter__(self):

@@ -6,6 +6,8 @@ import copy
 import lightning as L
 import pytest
 import torch
+from run_adapter import run_client
+from synthetic import VOCAB, SyntheticClients
 
 from collab.aggregation import TrustAggregation
 from collab.config import MemoryConfig, OptimConfig
@@ -14,8 +16,6 @@ from collab.trust import PeerLoss, TokenAgreement, TopLogits, TopProbabilities, 
 from lora_gpt import GPT, GPTConfig, LoRAConfig, inject_lora, lora_parameters, mark_only_lora_as_trainable
 from lora_gpt.cross_entropy import token_cross_entropy
 from lora_gpt.training import adamw, one_cycle
-from run_adapter import run_client
-from synthetic import VOCAB, SyntheticClients
 
 CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=VOCAB)
 N = 4

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from run_adapter import run_client
+from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import export, fit
 from collab.run_folder import RunFolder
 from lora_gpt import GPT, inject_lora, load_adapters, lora_parameters, saved_lora_config
-from run_adapter import run_client
-from tiny_run import TINY_DATA, tiny_inputs
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -6,7 +6,6 @@ import csv
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import fit
 from collab.run_folder import RunFolder
 from lora_gpt.errors import ConfigError
-from tiny_run import TINY_DATA, tiny_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs `python -m collab.fit ARGS` and dies by SIGKILL right after `where` (the checkpoint's save, or

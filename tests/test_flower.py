@@ -13,7 +13,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from flower_grid import InProcessGrid
 from safetensors.torch import load_file
+from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import fit
 from collab.cli import load_config
@@ -26,8 +28,6 @@ from collab.flower.strategy import PersonalizedTrust
 from collab.flower.token_union import mean_distances, on_union, top_ids, union_ids
 from collab.trust import TopLogits, TopProbabilities
 from lora_gpt import GPTConfig
-from flower_grid import InProcessGrid
-from tiny_run import TINY_DATA, tiny_inputs
 
 N = 3
 # 3 steps; aggregation after steps 2 and 3 (two rounds); LoRA dropout on (the default 0.1), so each

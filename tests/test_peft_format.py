@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from run_adapter import run_client
 from safetensors.torch import load_file
 
 from lora_gpt import (
@@ -28,7 +29,6 @@ from lora_gpt import (
     save_adapters,
 )
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
-from run_adapter import run_client
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -9,9 +9,10 @@ resumes only with the options it was started with.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..checkpoint import CONFIG_KEY
 from ..cli import build_parser, dump_config, fit_config, load_config

@@ -23,7 +23,7 @@ class KernelUnavailableError(FixableError, RuntimeError):
     """`kernel='triton'` was asked for where the fused kernel cannot run."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_importable() -> bool:
     """Whether `import triton` works (a broken install counts as missing); asked only when the
     kernel may run, so `import lora_gpt` and the CPU path never import Triton."""
@@ -53,7 +53,7 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve(kernel: str, device_type: str) -> str:
     if kernel not in KERNELS:
         raise ConfigError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
