@@ -61,7 +61,7 @@ def measure(
             return fused_linear_cross_entropy(model.hidden_states(x), model.lm_head.weight, y)[0]
 
         def step() -> None:
-            for i, (model, opt) in enumerate(zip(models, optimizers)):
+            for i, (model, opt) in enumerate(zip(models, optimizers, strict=True)):
                 with autocast:
                     loss = copy_loss(model, data[i])
                 loss.backward()

@@ -96,7 +96,7 @@ def case(
         leaves = (x,) if name == "base" else (x, A, B)
         with torch.no_grad():
             row[f"{name}_fwd"] = time_ms(fwd, reps, flush)
-        row[f"{name}_fb"] = time_ms(lambda: torch.autograd.grad(fwd(), leaves, dy), reps, flush)
+        row[f"{name}_fb"] = time_ms(lambda fwd=fwd, leaves=leaves: torch.autograd.grad(fwd(), leaves, dy), reps, flush)
     base_flops, lora_flops = 2 * tokens * d_in * d_out, 2 * tokens * r * (d_in + d_out)
     row["fwd_flops"] = base_flops + lora_flops
     row["fb_flops"] = 2 * base_flops + 3 * lora_flops  # dx = dy W (+ LoRA), then dA and dB

@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import Any, ContextManager
+from typing import Any
 
 import lightning as L
 import torch
@@ -135,7 +135,7 @@ class CollabLoRAModule(L.LightningModule):
                 self.model, self.num_clients, idx.to(self.device), reduce, positions, chunk or self.client_chunk
             )
 
-    def precision_context(self) -> ContextManager:
+    def precision_context(self) -> contextlib.AbstractContextManager:
         """The trainer's precision (e.g. bf16 autocast) for work outside its steps: trust scoring is
         called from a callback, where Lightning applies none, and would otherwise run in float32."""
         trainer = self._trainer

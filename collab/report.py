@@ -139,7 +139,7 @@ def client_table(runs: Iterable[dict[str, Any]], labels: list[str] | None = None
             + " | ".join(f"{c['ppl']:.1f}" for c in start["clients"])
             + f" | {start['mean']['ppl']:.1f} |"
         )
-    for label, r in zip(labels, runs):
+    for label, r in zip(labels, runs, strict=True):
         ppl = [f"{c['ppl']:.1f}" for c in r["final"]["clients"]]
         lines.append(f"| {label} | " + " | ".join(ppl) + f" | **{final_mean_ppl(r):.1f}** |")
     return "\n".join(lines)
@@ -166,7 +166,7 @@ def plot_client_curves(runs: list[dict[str, Any]], path: Path, labels: list[str]
     owner = runs[0]["dataset"]["client_categories"]
     colors = plt.get_cmap("tab10")
     values = [c["ppl"] for r in runs for point in r["curves"] for c in point["clients"]]
-    for ax, run, label in zip(axes.flat, runs, labels):
+    for ax, run, label in zip(axes.flat, runs, labels, strict=False):
         steps = [c["step"] for c in run["curves"]]
         for n in range(len(run["curves"][0]["clients"])):
             ax.plot(
@@ -188,7 +188,7 @@ def plot_client_curves(runs: list[dict[str, Any]], path: Path, labels: list[str]
     for ax in axes[:, 0]:
         ax.set_ylabel("validation perplexity")
     handles, names = axes[0][0].get_legend_handles_labels()
-    unique = dict(zip(names, handles))
+    unique = dict(zip(names, handles, strict=True))
     fig.legend(unique.values(), unique.keys(), loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -200,7 +200,9 @@ def plot_trust_heatmaps(runs: list[dict[str, Any]], path: Path, labels: list[str
     """Each run's last trust matrix side by side, clients ordered and labelled by category
     (runs that never aggregated are left out)."""
     labels = labels or [run_strategy(r) for r in runs]
-    shown = [(run, label, record) for run, label in zip(runs, labels) if (record := last_trust(run)) is not None]
+    shown = [
+        (run, label, record) for run, label in zip(runs, labels, strict=True) if (record := last_trust(run)) is not None
+    ]
     if not shown:
         return None
     plt = _pyplot()
@@ -212,7 +214,7 @@ def plot_trust_heatmaps(runs: list[dict[str, Any]], path: Path, labels: list[str
     names = [f"c{i} {categories[owner[i]]}" for i in order]
     size = 0.45 * len(order) + 1.4
     fig, axes = plt.subplots(1, len(shown), figsize=(size * len(shown), size + 0.4), squeeze=False)
-    for ax, (run, label, record) in zip(axes[0], shown):
+    for ax, (_, label, record) in zip(axes[0], shown, strict=True):
         trust = np.array(record["trust"])[np.ix_(order, order)]
         ax.imshow(trust, cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(len(order)), names, rotation=60, ha="right", fontsize=7)

@@ -148,7 +148,7 @@ def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, pr
         "client_categories": [int(row.argmax()) for row in mixture],
         "mixture": mixture.tolist(),
         "client_category_tokens": split.counts.tolist(),
-        "documents_used": dict(zip(categories, split.documents_used)),
+        "documents_used": dict(zip(categories, split.documents_used, strict=True)),
         "seconds": round(time.perf_counter() - started, 2),
         "files": files,
     }
@@ -172,7 +172,9 @@ def summary(folder: Path) -> str:
         ),
     ]
     for i, row in enumerate(m["mixture"]):
-        mix = " + ".join(f"{w:.2f} {c}" for w, c in sorted(zip(row, m["categories"]), reverse=True) if w > 0)
+        mix = " + ".join(
+            f"{w:.2f} {c}" for w, c in sorted(zip(row, m["categories"], strict=True), reverse=True) if w > 0
+        )
         sizes = ", ".join(f"{s} {m['files'][client_file(i, s)]['tokens']:,}" for s in SPLITS)
         lines.append(f"  client {i:2d}: {mix:<28} {sizes}")
     lines.append(f"  ref: {m['files']['ref.bin']['tokens']:,} tokens shared by all clients")

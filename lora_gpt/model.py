@@ -63,8 +63,7 @@ class CausalSelfAttention(nn.Module):
         *lead, T, C = x.shape
         q, k, v = self.c_attn(x, clients).split(C, dim=-1)
         # [..., T, C] -> [prod(lead), H, T, C/H] for the fused attention kernel
-        heads = lambda t: t.reshape(-1, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q, k, v = heads(q), heads(k), heads(v)
+        q, k, v = (t.reshape(-1, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         p = self.attn_dropout.p if self.training else 0.0
         streams = p > 0 and clients is not None and clients.dropout_seeds is not None
         # The fused kernel draws dropout from the global generator, and on a CPU it is slower in

@@ -110,7 +110,7 @@ def describe(summary: dict, minutes: float) -> str:
 
 
 def improvement(base: list[dict], final: list[dict]) -> str:
-    return ", ".join(f"{1 - f['ppl'] / b['ppl']:.0%}" for b, f in zip(base, final))
+    return ", ".join(f"{1 - f['ppl'] / b['ppl']:.0%}" for b, f in zip(base, final, strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     folders = [RunFolder(args.out / folder_name(r.name)) for r in chosen]
     try:
-        for r, folder in zip(chosen, folders):
+        for r, folder in zip(chosen, folders, strict=True):
             if folder.finished():
                 print(f"{r.name}: finished earlier, reusing {folder.path}")
                 continue
@@ -154,9 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     base = runs[0]["curves"][0]["clients"]
     print(
         "\nBelow the base's perplexity, per client: "
-        + "; ".join(f"{label} {improvement(base, r['final']['clients'])}" for label, r in zip(labels, runs))
+        + "; ".join(
+            f"{label} {improvement(base, r['final']['clients'])}" for label, r in zip(labels, runs, strict=True)
+        )
     )
-    shares = [(label, last_trust(r)) for label, r in zip(labels, runs)]
+    shares = [(label, last_trust(r)) for label, r in zip(labels, runs, strict=True)]
     print(
         "Share of each row's trust on same-language clients at the last aggregation: "
         + ", ".join(
@@ -166,14 +168,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     curves = plot_client_curves(runs, args.out / "client_curves.png", labels)
-    dynamic = [(r, label) for r, label in zip(runs, labels) if label.startswith("dynamic")]
+    dynamic = [(r, label) for r, label in zip(runs, labels, strict=True) if label.startswith("dynamic")]
     heatmaps = (
         plot_trust_heatmaps([r for r, _ in dynamic], args.out / "trust_heatmaps.png", [label for _, label in dynamic])
         if dynamic
         else None
     )
     (args.out / "table.md").write_text(client_table(runs, labels) + "\n")
-    (args.out / "runs.json").write_text(json.dumps({label: r["folder"] for label, r in zip(labels, runs)}, indent=1))
+    (args.out / "runs.json").write_text(
+        json.dumps({label: r["folder"] for label, r in zip(labels, runs, strict=True)}, indent=1)
+    )
     print(f"\nwrote {args.out / 'table.md'}, {curves}" + (f", {heatmaps}" if heatmaps else ""))
     return 0
 

@@ -142,7 +142,7 @@ def test_chunked_validation_gives_the_same_per_client_metrics():
 
     whole, chunked = run(None), run(3)
     assert [c["step"] for c in chunked] == [c["step"] for c in whole] == [1, 2]
-    for a, b in zip(whole, chunked):
+    for a, b in zip(whole, chunked, strict=True):
         for n in range(N):
             for key in ("loss", "acc"):
                 assert b["clients"][n][key] == pytest.approx(a["clients"][n][key], abs=1e-6)

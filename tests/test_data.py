@@ -369,7 +369,7 @@ def test_resumed_lightning_run_sees_exactly_the_batches_of_an_uninterrupted_one(
     rest = _Recorder()
     _trainer(5).fit(rest, datamodule=make(), ckpt_path=tmp_path / "step2.ckpt")
     assert len(whole.seen) == 10 and len(first.seen) == 4 and len(rest.seen) == 6
-    assert all(torch.equal(a, b) for a, b in zip(first.seen + rest.seen, whole.seen))
+    assert all(torch.equal(a, b) for a, b in zip(first.seen + rest.seen, whole.seen, strict=True))
 
 
 def test_eval_batches_fixed_non_overlapping_and_from_the_right_split(corpus):
@@ -377,7 +377,7 @@ def test_eval_batches_fixed_non_overlapping_and_from_the_right_split(corpus):
     dm = datamodule(folder, batch_size=2, sequence_length=16, eval_batches=2)
     val = list(dm.val_dataloader())
     assert len(val) == 2 and all(b.shape == (3, 2, 17) and b.dtype == torch.int64 for b in val)
-    assert all(torch.equal(a, b) for a, b in zip(val, dm.val_dataloader()))
+    assert all(torch.equal(a, b) for a, b in zip(val, dm.val_dataloader(), strict=True))
     for n in range(3):
         tokens = read(folder, f"client_{n:02d}/val.bin").astype(np.int64)
         windows = torch.cat(val, dim=1)[n].numpy()

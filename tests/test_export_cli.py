@@ -97,7 +97,7 @@ def test_stacked_format_converts_a_folder_with_the_old_names(run, ours, tmp_path
     assert sorted(p.name for p in out.iterdir()) == ["clients.json", "clients.safetensors"]
     single = inject_lora(GPT.from_pretrained(run[1]), saved_lora_config(out))
     load_adapters(single, out)
-    for p, q in zip(lora_parameters(ours).values(), lora_parameters(single).values()):
+    for p, q in zip(lora_parameters(ours).values(), lora_parameters(single).values(), strict=True):
         assert torch.equal(p[1:2], q)
 
 

@@ -109,7 +109,7 @@ def adapters(folder):
 
 
 def max_adapter_difference(a, b):
-    return max((x[k] - y[k]).abs().max().item() for x, y in zip(adapters(a), adapters(b)) for k in x)
+    return max((x[k] - y[k]).abs().max().item() for x, y in zip(adapters(a), adapters(b), strict=True) for k in x)
 
 
 def trust_matrices(folder):
@@ -123,7 +123,7 @@ def assert_same_run(flower_folder, batched_folder):
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], atol=1e-6, rtol=0)
     final = [json.loads((f / "summary.json").read_text())["final"]["clients"] for f in (flower_folder, batched_folder)]
-    for mine, reference in zip(*final):
+    for mine, reference in zip(*final, strict=True):
         assert mine["loss"] == pytest.approx(reference["loss"], abs=1e-5)
 
 

@@ -92,7 +92,7 @@ def test_reference_init_is_uniform_on_the_rank_and_drawn_per_client():
 def test_init_seed_makes_adapters_reproducible():
     a = inject_lora(GPT(CFG), LoRAConfig(init_seed=7))
     b = inject_lora(GPT(CFG), LoRAConfig(init_seed=7))
-    for (name, pa), pb in zip(lora_parameters(a).items(), lora_parameters(b).values()):
+    for (name, pa), pb in zip(lora_parameters(a).items(), lora_parameters(b).values(), strict=True):
         assert torch.equal(pa, pb), name
 
 
@@ -143,7 +143,7 @@ def test_stacked_adapters_equal_separate_models():
     for n in range(N):
         single = lora_model(num_adapters=1, seed=1)
         with torch.no_grad():
-            for (name, p), q in zip(lora_parameters(single).items(), lora_parameters(stacked).values()):
+            for p, q in zip(lora_parameters(single).values(), lora_parameters(stacked).values(), strict=True):
                 p.copy_(q[n : n + 1])
         singles.append(single)
     idx = torch.randint(0, 97, (N, 2, 12))
@@ -155,7 +155,7 @@ def test_stacked_adapters_equal_separate_models():
         out = single(idx[n])
         torch.testing.assert_close(out, logits[n], atol=1e-5, rtol=1e-5)
         torch.nn.functional.cross_entropy(out.flatten(0, 1), targets[n].flatten()).backward()
-        for (name, p), q in zip(lora_parameters(single).items(), lora_parameters(stacked).values()):
+        for (name, p), q in zip(lora_parameters(single).items(), lora_parameters(stacked).values(), strict=True):
             torch.testing.assert_close(p.grad[0], q.grad[n], atol=1e-6, rtol=1e-5, msg=name)
 
 
@@ -185,11 +185,11 @@ def test_adapter_save_load_round_trip(tmp_path):
     )
     fresh = lora_model(num_adapters=2, seed=4)
     load_adapters(fresh, tmp_path / "all")
-    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values()):
+    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values(), strict=True):
         assert torch.equal(p, q)
     single = lora_model(num_adapters=1, seed=5)
     load_adapters(single, tmp_path / "one")
-    for p, q in zip(lora_parameters(model).values(), lora_parameters(single).values()):
+    for p, q in zip(lora_parameters(model).values(), lora_parameters(single).values(), strict=True):
         assert torch.equal(p[1:2], q)
 
 
@@ -200,7 +200,7 @@ def test_folders_saved_under_the_old_names_still_load(tmp_path):
     (tmp_path / "clients.safetensors").rename(tmp_path / LEGACY_WEIGHTS)
     (tmp_path / "clients.json").rename(tmp_path / LEGACY_CONFIG)
     fresh = load_adapters(lora_model(num_adapters=2, seed=4), tmp_path)
-    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values()):
+    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values(), strict=True):
         assert torch.equal(p, q)
 
 

@@ -87,7 +87,7 @@ def check(n, m, d_in, d_out, r, p=0.0, dtype=torch.float32, bias=True, train_bas
         assert err < tol, f"{name}: relative error {err:.2e} (tolerance {tol:.0e})"
 
     close(y, y_ref, "y")
-    for name, got, ref in zip(("x", "W", "bias", "A", "B"), (x, W, b, A, B), leaves):
+    for name, got, ref in zip(("x", "W", "bias", "A", "B"), (x, W, b, A, B), leaves, strict=True):
         if got is not None and got.requires_grad:
             assert got.grad is not None and got.grad.dtype == got.dtype, f"d{name}"
             close(got.grad, ref.grad, f"d{name}")
@@ -223,7 +223,7 @@ def test_gpt_with_triton_kernel_equals_torch_path():
     torch.testing.assert_close(out_f, out_p, atol=1e-5, rtol=1e-5)
     out_f.square().mean().backward()
     out_p.square().mean().backward()
-    for (name, pf), pp in zip(lora_parameters(fused).items(), lora_parameters(plain).values()):
+    for (name, pf), pp in zip(lora_parameters(fused).items(), lora_parameters(plain).values(), strict=True):
         torch.testing.assert_close(pf.grad, pp.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 

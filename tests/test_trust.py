@@ -100,7 +100,7 @@ def test_similarity_of_peft_rows_matches_cosine_of_peft_layout_rows():
     for i in range(3):
         for j in range(3):
             total, rows = 0.0, 0
-            for name, a in adapters.items():
+            for a in adapters.values():
                 sim = F.cosine_similarity(a[i].T, a[j].T)  # PEFT's layout: A [r, d_in], B [d_out, r]
                 total += sim.sum().item()
                 rows += sim.numel()

@@ -154,7 +154,7 @@ class Federation:
                 n: records.sequence_tensors(c[records.IDS])
                 for n, c in self.send({n: RecordDict() for n in present}, "query.ref_top").items()
             }
-            union = [union_ids(per_client) for per_client in zip(*(tops[n] for n in sorted(tops)))]
+            union = [union_ids(per_client) for per_client in zip(*(tops[n] for n in sorted(tops)), strict=True)]
             replies = self.send({n: records.ref_union_content(union) for n in sorted(tops)}, "query.ref_values")
             done = sorted(replies)
             values = [records.sequence_tensors(replies[n][records.VALUES]) for n in done]

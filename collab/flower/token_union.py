@@ -48,7 +48,7 @@ def mean_distances(measure: TopProbabilities | TopLogits, values: Sequence[Seque
     """`[P, P]` mean distances from `values[c][s]`, client c's `[T', M]` predictions on sequence s's union:
     `measure.distance_sum` sequence by sequence over positions, as `TokenAgreement.scores` sums them."""
     total, positions = None, 0
-    for per_client in zip(*values):
+    for per_client in zip(*values, strict=True):
         outputs = torch.stack(list(per_client))[:, None]  # [P, 1, T', M], as client_outputs gives them
         part = measure.distance_sum(outputs)
         total = part if total is None else total + part

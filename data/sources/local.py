@@ -97,7 +97,7 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
                 " Fix: give every row its text and label, and put text that holds commas, quotes or line "
                 'breaks in double quotes ("like, this").'
             )
-        yield start, dict(zip(header, cells))
+        yield start, dict(zip(header, cells, strict=True))
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:

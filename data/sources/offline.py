@@ -2,9 +2,9 @@
 
 | corpus | Debian packages | one document is |
 | --- | --- | --- |
-| `french`, `german`, `italian` | `debian-reference-XX`, `manpages-XX` | about 2,000 characters of consecutive paragraphs in that language |
+| `french`, `german`, `italian` | `debian-reference-XX`, `manpages-XX` | consecutive paragraphs, ~2,000 characters |
 | `english_manual` | `debian-reference-en` | the same, in English |
-| `english_manpages` | `manpages`, `manpages-dev` | the same, from the English man pages (commands, files, system calls, C library) |
+| `english_manpages` | `manpages`, `manpages-dev` | the same, from man pages (commands, files, syscalls, C library) |
 | `java` | `openjdk-17-source` (or a newer JDK's) | one source file of `src.zip`, licence header removed |
 | `fortunes_<topic>` | `fortunes` | one fortune, from the files listed in `FORTUNE_TOPICS` |
 | `fortunes_de`, `fortunes_it` | `fortunes-de`, `fortunes-it` | one fortune in that language (pretraining only) |

@@ -33,7 +33,7 @@ def _configs(keys: list[str], values: list[tuple]) -> list[triton.Config]:
     """Autotuning candidates; the last two entries of each are num_warps and num_stages."""
     if INTERPRET:  # the interpreter runs on the CPU: one small config, no tuning runs
         values = [(32,) * len(keys) + (1, 1)]
-    return [triton.Config(dict(zip(keys, v[:-2])), num_warps=v[-2], num_stages=v[-1]) for v in values]
+    return [triton.Config(dict(zip(keys, v[:-2], strict=True)), num_warps=v[-2], num_stages=v[-1]) for v in values]
 
 
 # BLOCK_N tiles the output columns of the GEMM (d_out in the forward, d_in in dx); BLOCK_K its
@@ -327,7 +327,10 @@ class FusedLoRALinear(torch.autograd.Function):
         y = torch.empty(n, m, n_out, device=x.device, dtype=x.dtype)
         store_xa = ctx.needs_input_grad[4]  # dB needs dropout(x) @ A
         xa = torch.empty(n, m, r, device=x.device, dtype=x.dtype) if store_xa else y
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_out, meta["BLOCK_N"]), n)
+
+        def grid(meta: dict[str, int]) -> tuple[int, int]:
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_out, meta["BLOCK_N"]), n)
+
         _fused_fwd[grid](
             x,
             weight,
@@ -367,7 +370,10 @@ class FusedLoRALinear(torch.autograd.Function):
         if need_x:  # dx and dy @ B.T in one pass over dy
             dx = torch.empty_like(x)
             dyb = torch.empty(n, m, r, device=x.device, dtype=x.dtype)
-            grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k_in, meta["BLOCK_N"]), n)
+
+            def grid(meta: dict[str, int]) -> tuple[int, int]:
+                return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k_in, meta["BLOCK_N"]), n)
+
             _fused_dx[grid](
                 dy,
                 weight,
@@ -392,7 +398,10 @@ class FusedLoRALinear(torch.autograd.Function):
         if need_a:
             rows, blocks = _row_blocks(m)
             parts = torch.empty(blocks, n, k_in, r, device=x.device, dtype=torch.float32)
-            grid_a = lambda meta: (triton.cdiv(k_in, meta["BLOCK_K"]), blocks, n)
+
+            def grid_a(meta: dict[str, int]) -> tuple[int, int, int]:
+                return (triton.cdiv(k_in, meta["BLOCK_K"]), blocks, n)
+
             _lora_da[grid_a](
                 x,
                 dyb,
