@@ -15,10 +15,13 @@ import contextlib
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch.optim.lr_scheduler import LRScheduler
 
 from lora_gpt import (
     GPT,
@@ -53,12 +56,15 @@ def base_fingerprint(model: GPT) -> str:
 def clip_per_client(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """Clip each client's gradient (its slice of every stacked tensor) to `max_norm` on its own;
     returns the per-client norms before clipping. A global clip would let one client's large
-    gradient shrink every other client's step."""
-    sq = sum(p.grad.flatten(1).double().pow(2).sum(1) for p in params)
+    gradient shrink every other client's step. Parameters without a gradient are left out."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sq = torch.zeros(grads[0].shape[0], dtype=torch.float64, device=grads[0].device)
+    for g in grads:
+        sq += g.flatten(1).double().pow(2).sum(1)
     norms = sq.sqrt()
-    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(params[0].grad.dtype)
-    for p in params:
-        p.grad.mul_(factor.view(-1, *[1] * (p.dim() - 1)))
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(grads[0].dtype)
+    for g in grads:
+        g.mul_(factor.view(-1, *[1] * (g.dim() - 1)))
     return norms.float()
 
 
@@ -207,9 +213,11 @@ class CollabLoRAModule(L.LightningModule):
         """One AdamW step of every client (each clipped on its own), then its metrics."""
         step_losses, self._step_losses = self._step_losses, torch.zeros(self.num_clients)
         opt, sched = self.optimizers(), self.lr_schedulers()
+        # configure_optimizers gives one optimizer and one scheduler
+        assert isinstance(opt, LightningOptimizer) and isinstance(sched, LRScheduler)
         metrics = {
             "train/loss": float(step_losses.mean()),
-            "train/lr": sched.get_last_lr()[0],
+            "train/lr": float(sched.get_last_lr()[0]),
             **{f"train/loss_client_{n}": float(v) for n, v in enumerate(step_losses)},
         }
         if self.optim.grad_clip > 0:
@@ -223,16 +231,21 @@ class CollabLoRAModule(L.LightningModule):
         self.train_curve.append({"step": self.global_step, "loss": step_losses.tolist()})
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        metrics = self.client_metrics()
         for clients in client_slices(self.num_clients, self.client_chunk):
             x, y = batch[clients.adapters, ..., :-1], batch[clients.adapters, ..., 1:]
             hidden = self.model.hidden_states(x, clients)
             losses, correct = linear_predictions(hidden, self.model.lm_head.weight, y, self.loss_chunk)
             for offset, n in enumerate(range(clients.start, clients.stop)):
-                self.val_metrics[n].update(losses[offset], correct[offset])
+                metrics[n].update(losses[offset], correct[offset])
+
+    def client_metrics(self) -> list[LanguageModelMetrics]:
+        """Every client's validation metrics (`val_metrics`, a ModuleList, types them as Modules)."""
+        return cast(list[LanguageModelMetrics], list(self.val_metrics))
 
     def on_validation_epoch_end(self) -> None:
-        per_client = [{k: float(v) for k, v in m.compute().items()} for m in self.val_metrics]
-        for m in self.val_metrics:
+        per_client = [{k: float(v) for k, v in m.compute().items()} for m in self.client_metrics()]
+        for m in self.client_metrics():
             m.reset()
         if self.trainer.sanity_checking:
             return
@@ -243,7 +256,7 @@ class CollabLoRAModule(L.LightningModule):
         self.log_metrics(metrics, self.global_step)
         self.curves.append({"step": self.global_step, "clients": per_client, "mean": mean})
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         o = self.optim
         optimizer = adamw(self.adapters().items(), o.lr, o.weight_decay, o.betas)
         scheduler = one_cycle(optimizer, o.lr, o.iterations, o.warmup_percent, o.final_div)

@@ -65,6 +65,13 @@ class DataConfig:
         """The recipe or path to prepare (without `--data_dir`)."""
         return self.dataset or DEFAULT_DATASET
 
+    @property
+    def prepared_clients(self) -> int:
+        """The client count of a config `resolved` against its prepared folder (as a run folder's is)."""
+        if self.num_clients is None:
+            raise ConfigError("the client count is known once the dataset is prepared (DataConfig.resolved).")
+        return self.num_clients
+
     def budgets(self) -> dict[str, int | None]:
         """The token budgets asked for, as `data.prepare_recipe` takes them (None: the recipe's)."""
         return {b: getattr(self, f"{b}_tokens") for b in BUDGETS}

@@ -161,4 +161,5 @@ class ClientDataModule(L.LightningDataModule):
         return DataLoader(_TrainBatches(self, start), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_batches(), batch_size=None)
+        # A list of batches is a map-style dataset, though torch annotates DataLoader's dataset as Dataset.
+        return DataLoader(self.val_batches(), batch_size=None)  # type: ignore[arg-type]

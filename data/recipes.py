@@ -8,7 +8,7 @@ the specific way, or the mixed way when the path ends in `:mixed`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -22,7 +22,7 @@ from .sources import hf, offline
 from .sources.local import TABLE_SUFFIXES, fingerprint, load_local
 from .split import KINDS, Budget
 
-Documents = dict[str, Iterable[str]]  # category -> its documents, in a seed-dependent order
+Documents = Mapping[str, Iterable[str]]  # category -> its documents, in a seed-dependent order
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ OFFLINE_BUDGET = Budget(train=30_000, val=8_000, trust=4_000, ref=10_000)
 TOPICS_BUDGET = Budget(train=25_000, val=5_000, trust=2_500, ref=5_000)  # the fortune files are small
 
 # recipe base -> (category -> offline corpora), default clients (specific, mixed), budget, description
-OFFLINE_SHAPES = {
+OFFLINE_SHAPES: dict[str, tuple[dict[str, tuple[str, ...]], tuple[int, int], Budget, str]] = {
     "offline_multi": (
         {"french": ("french",), "german": ("german",), "italian": ("italian",)},
         (8, 8),
@@ -131,15 +131,15 @@ def _local_recipe(name: str) -> Recipe | None:
                 f"own data, or a recipe name: {', '.join(list_recipes())}."
             )
         return None
-    path = Path(path).resolve()
+    root = Path(path).resolve()
     return Recipe(
-        f"{path.name}_{kind}",
+        f"{root.name}_{kind}",
         kind,
         None,
         OFFLINE_BUDGET,
-        partial(_local_load, path),
-        f"your own data: {path}",
-        f"local:{path}:{fingerprint(path)}",
+        partial(_local_load, root),
+        f"your own data: {root}",
+        f"local:{root}:{fingerprint(root)}",
     )
 
 

@@ -104,6 +104,7 @@ def design_shares(kind: str, num_clients: int, num_categories: int, pairing: str
         if kind == "specific":
             shares[n, n % num_categories] = 1.0
         else:
+            assert pairing is not None  # resolve_pairing gives every mixed split one
             shares[n, n % num_categories] = MAJOR_SHARE
             shares[n, minor_category(n, num_categories, pairing)] = 1 - MAJOR_SHARE
     return shares

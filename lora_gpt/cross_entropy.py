@@ -57,9 +57,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 # G = w * (softmax - onehot); the onehot part is a row gather of the head (and a
                 # row scatter into its gradient), so no pass over the [chunk, V] block is spent on it
                 row_weights = token_weights[part, None]
-                if need_h:
+                if grad_h is not None:
                     grad_h[part] = (probs @ w - w[targets[part]]).float() * row_weights
-                if need_w:
+                if grad_w is not None:
                     weighted = h[part] * row_weights.to(dtype)
                     grad_w += probs.T @ weighted
                     grad_w.index_add_(0, targets[part], weighted.float(), alpha=-1)

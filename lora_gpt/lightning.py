@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from .config import GPTConfig
 from .cross_entropy import fused_linear_cross_entropy, linear_predictions
@@ -76,8 +75,8 @@ class LitGPT(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True)
         self.val_metrics.reset()
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         hp = self.hparams
-        optimizer = adamw(self.model.named_parameters(), hp.lr, hp.weight_decay, tuple(hp.betas))
-        scheduler = one_cycle(optimizer, hp.lr, hp.max_steps, hp.warmup)
+        optimizer = adamw(self.model.named_parameters(), hp["lr"], hp["weight_decay"], tuple(hp["betas"]))
+        scheduler = one_cycle(optimizer, hp["lr"], hp["max_steps"], hp["warmup"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

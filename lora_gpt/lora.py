@@ -19,6 +19,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -27,9 +28,12 @@ from safetensors.torch import load_file, save_file
 
 from .clients import ClientSlice, site_id, zero_dropped
 from .kernels import KERNELS, resolve_kernel
+from .model import GPT
 from .names import is_lora_name
 from .options import option, require, require_choice
 from .precision import compute_dtype
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)  # functions that change a model in place return it as given
 
 ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
@@ -217,7 +221,7 @@ def lora_linear(
     return torch.baddbmm(F.linear(x, weight, bias), torch.bmm(dropped, A), B, alpha=config.scale * factor)
 
 
-def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> nn.Module:
+def inject_lora(model: ModuleT, config: LoRAConfig, num_adapters: int = 1) -> ModuleT:
     """Swap every `nn.Linear` whose name ends in one of `config.targets` for a `LoRALinear`.
 
     A is drawn as `config.init` says (seeded by `config.init_seed` when given): by default every
@@ -230,11 +234,11 @@ def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> 
     existing = [name for name, _ in lora_layers(model)]
     if existing:
         raise ValueError(f"{existing[0]} already has LoRA adapters; inject all targets at once into a fresh model.")
-    matches = [
-        name
+    matches = {
+        name: module
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and name.endswith(config.targets)
-    ]
+    }
     if not matches:
         raise ValueError(
             f"no nn.Linear matches the LoRA targets {config.targets}; GPT-2's are {ATTENTION_TARGETS + MLP_TARGETS}."
@@ -242,9 +246,9 @@ def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> 
     generator = None
     if config.init_seed is not None:
         generator = torch.Generator().manual_seed(config.init_seed)
-    for name in matches:
+    for name, linear in matches.items():
         parent_name, _, child = name.rpartition(".")
-        layer = LoRALinear.from_linear(model.get_submodule(name), config, num_adapters)
+        layer = LoRALinear.from_linear(linear, config, num_adapters)
         layer.reset_lora_parameters(generator)
         layer.site = site_id(f"{name}.lora_dropout")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
@@ -262,7 +266,7 @@ def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if is_lora_name(name)}
 
 
-def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> nn.Module:
+def mark_only_lora_as_trainable(model: ModuleT, bias: str = "none") -> ModuleT:
     """Freeze everything but the adapters (`bias="lora_only"` also trains the adapted linears' biases)."""
     if bias not in ("none", "lora_only", "all"):
         raise ValueError(f"bias must be 'none', 'lora_only' or 'all', got {bias!r}.")
@@ -290,7 +294,7 @@ def _check_adapter_index(layer: LoRALinear, adapter: int) -> None:
 
 
 @torch.no_grad()
-def merge_lora(model: nn.Module, adapter: int = 0) -> nn.Module:
+def merge_lora(model: ModuleT, adapter: int = 0) -> ModuleT:
     """Fold adapter `adapter` into the base weights; the model then runs as a plain GPT.
 
     Merging touches the frozen base, so it happens only when asked (never on `eval()`), and
@@ -306,7 +310,7 @@ def merge_lora(model: nn.Module, adapter: int = 0) -> nn.Module:
 
 
 @torch.no_grad()
-def unmerge_lora(model: nn.Module) -> nn.Module:
+def unmerge_lora(model: ModuleT) -> ModuleT:
     """Subtract the merged adapter from the base weights again."""
     for _, layer in lora_layers(model):
         if layer.merged_adapter is not None:
@@ -316,14 +320,12 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _plain_gpt(model: nn.Module, adapter: int | None) -> nn.Module:
+def _plain_gpt(model: nn.Module, adapter: int | None) -> GPT:
     """A plain GPT: the base weights plus adapter `adapter`'s update (None: the base alone).
 
     Built from the unmerged base whatever adapter is merged, so a merged model never gets an
     update twice; where `adapter` is the merged one, its weights are taken as they are.
     """
-    from .model import GPT
-
     if not isinstance(model, GPT):
         raise TypeError("expected a lora_gpt.GPT.")
     plain = GPT(model.config)
@@ -343,19 +345,19 @@ def _plain_gpt(model: nn.Module, adapter: int | None) -> nn.Module:
     return plain
 
 
-def export_merged(model: nn.Module, adapter: int) -> nn.Module:
+def export_merged(model: nn.Module, adapter: int) -> GPT:
     """A plain GPT (no LoRA layers) whose weights include adapter `adapter`: client n's model."""
     return _plain_gpt(model, adapter)
 
 
-def export_base(model: nn.Module) -> nn.Module:
+def export_base(model: nn.Module) -> GPT:
     """The frozen base as a plain GPT, without any adapter's update even while one is merged."""
     return _plain_gpt(model, None)
 
 
 def _model_signature(model: nn.Module) -> dict:
-    config = getattr(model, "config", None)
-    return config.to_dict() if hasattr(config, "to_dict") else {}
+    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    return to_dict() if callable(to_dict) else {}
 
 
 def _select(adapters: slice | int | None) -> slice:
@@ -411,8 +413,8 @@ def saved_lora_config(folder: str | Path) -> LoRAConfig:
 
 @torch.no_grad()
 def write_adapters(
-    model: nn.Module, tensors: dict[str, torch.Tensor], into: slice | int | None, source: str | Path
-) -> nn.Module:
+    model: ModuleT, tensors: dict[str, torch.Tensor], into: slice | int | None, source: str | Path
+) -> ModuleT:
     """Copy stacked tensors, named as `lora_parameters` names them, into slots `into` of every layer.
 
     Checks every name, shape and slot before the first copy. A slot whose adapter is merged is
@@ -444,7 +446,7 @@ def write_adapters(
     return model
 
 
-def load_adapters(model: nn.Module, folder: str | Path, into: slice | int | None = None) -> nn.Module:
+def load_adapters(model: ModuleT, folder: str | Path, into: slice | int | None = None) -> ModuleT:
     """Load adapters saved by `save_adapters` into `model`'s stack (all, or slots `into`).
 
     Refuses adapters made for another model configuration or another rank, alpha or target set

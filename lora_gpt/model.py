@@ -104,19 +104,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x), clients)
 
 
+class Transformer(nn.Module):
+    """GPT-2's trunk, its modules under the names GPT-2 checkpoints give them (`transformer.h.0...`)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(
-            dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.block_size, config.n_embd),
-                drop=Dropout(config.dropout),
-                h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-                ln_f=LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon),
-            )
-        )
+        self.transformer = Transformer(config)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the output projection reuses the token embedding, as in GPT-2.
         self.lm_head.weight = self.transformer.wte.weight

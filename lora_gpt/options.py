@@ -8,14 +8,14 @@ CLI built from them (`collab.cli`) and every error about a field use the one def
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import ConfigError
 
 
 def option(
-    default: Any, help: str, *, flag: str | None = None, choices: Sequence[Any] | None = None, resume_free: bool = False
+    default: Any, help: str, *, flag: str | None = None, choices: Iterable[Any] | None = None, resume_free: bool = False
 ) -> Any:
     """A dataclass field with its `--help` text. `flag`: the option's name where it is not the
     field's; `choices`: the values it may take; `resume_free`: a resumed run may change it, as

@@ -10,12 +10,14 @@ from __future__ import annotations
 import functools
 import platform
 from pathlib import Path
+from typing import Literal, cast
 
 import torch
 
 from .errors import ConfigError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]  # what `auto` resolves among, as Lightning names them
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,7 +56,7 @@ def native_bf16(device_type: str) -> bool:
     return device_type == "cpu" and cpu_has_native_bf16()
 
 
-def resolve_precision(precision: str, device_type: str) -> str:
+def resolve_precision(precision: str, device_type: str) -> Precision:
     """A Lightning precision for `precision` on `device_type`: `auto` is `bf16-mixed` where
     bfloat16 is native, else `32-true`; `bf16-mixed` where it is not native is refused."""
     if precision not in PRECISIONS:
@@ -73,4 +75,4 @@ def resolve_precision(precision: str, device_type: str) -> str:
         )
     if precision == "16-mixed" and device_type != "cuda":
         raise ConfigError("--precision 16-mixed needs a CUDA GPU. Fix: --precision auto or 32-true.")
-    return precision
+    return cast(Precision, precision)  # one of PRECISIONS other than auto, checked above

@@ -136,7 +136,9 @@ def pretrain(config: PretrainConfig, corpus: Path, out: Path, progress: bool = T
         num_sanity_val_steps=0,
     )
     start = time.time()
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=DataLoader(val_batches, batch_size=None))
+    # A list of batches is a map-style dataset, though torch annotates DataLoader's dataset as Dataset.
+    val: DataLoader[torch.Tensor] = DataLoader(val_batches, batch_size=None)  # type: ignore[arg-type]
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     seconds = time.time() - start
     tokens = config.steps * config.batch_size * config.sequence_length
     report = {

@@ -135,7 +135,8 @@ def read_pretrained(
             continue
         key = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
         state[key] = tensor.t() if key.endswith(CONV1D_SUFFIXES) else tensor
-    state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    if "lm_head.weight" not in state and "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]  # tied: GPT-2 checkpoints leave it out
     return config, state, folder / WEIGHTS_NAME
 
 

@@ -46,7 +46,7 @@ class FlowerRun:
 
     @property
     def num_clients(self) -> int:
-        return int(self.config.data.num_clients)
+        return self.config.data.prepared_clients
 
 
 def parser(

@@ -43,7 +43,8 @@ class StartFrom(L.Callback):
     def __init__(self, adapter: Mapping[str, torch.Tensor] | None, reset: bool) -> None:
         self.adapter, self.reset = adapter, reset
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: CollabLoRAModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, CollabLoRAModule)  # the module LocalClient trains
         if self.adapter is not None or self.reset:
             adapters = pl_module.adapters() if self.adapter is None else {k: v[None] for k, v in self.adapter.items()}
             pl_module.replace_adapters(adapters, reset=torch.tensor([self.reset]))

@@ -47,7 +47,7 @@ class Federation:
     def __init__(self, grid: Grid, folder: Path, run_config: Mapping[str, Any]) -> None:
         self.grid, self.folder = grid, folder
         self.config = load_config(folder / "config.yaml")
-        self.num_clients = int(self.config.data.num_clients)
+        self.num_clients = self.config.data.prepared_clients
         self.strategy = PersonalizedTrust.resume(folder, self.config.trust, self.num_clients)
         self.round_timeout = float(run_config.get("round-timeout", 600))
         self.join_timeout = float(run_config.get("join-timeout", 300))
@@ -64,18 +64,18 @@ class Federation:
         answered = {}
         for n, message in messages.items():
             reply = replies.get(message.metadata.dst_node_id)
-            ok = reply is not None and not reply.has_error()
+            good = reply if reply is not None and not reply.has_error() else None
             self.strategy.traffic.append(
                 {
                     "round": self.round,
                     "client": n,
                     "message": kind,
                     "down": records.message_bytes(message),
-                    "up": records.message_bytes(reply) if ok else 0,
+                    "up": records.message_bytes(good) if good is not None else 0,
                 }
             )
-            if ok:
-                answered[n] = reply.content
+            if good is not None:
+                answered[n] = good.content
             else:
                 why = "no reply in time" if reply is None else f"error {reply.error.reason}"
                 logger.warning("round %d: client %d left out of %s (%s)", self.round, n, kind, why)
@@ -93,9 +93,9 @@ class Federation:
                 for reply in self.grid.send_and_receive(hellos.values(), timeout=self.round_timeout):
                     if reply.has_error():
                         continue
-                    node, who = reply.metadata.src_node_id, reply.content["client"]
-                    client = int(who["client"])
-                    self.strategy.mixture[client] = [float(x) for x in who["mixture"]]
+                    node = reply.metadata.src_node_id
+                    client, mixture, _ = records.hello(reply.content)
+                    self.strategy.mixture[client] = mixture
                     self.strategy.rejoined(client)
                     self.nodes[client] = node
                     self.strategy.traffic.append(
@@ -124,11 +124,9 @@ class Federation:
             {n: records.train_content(first, last, s.owed(n), n in s.reset) for n in self.nodes}, "train"
         )
         for n, content in replies.items():
-            s.received(n, records.tensors(content[records.ADAPTER]))
-            metrics = content["metrics"]
-            s.train_loss.append(
-                {"round": self.round, "client": n, "start": int(metrics["start"]), "loss": list(metrics["loss"])}
-            )
+            adapter, start, losses = records.train_result(content)
+            s.received(n, adapter)
+            s.train_loss.append({"round": self.round, "client": n, "start": start, "loss": losses})
         return sorted(replies)
 
     def measure(self, present: list[int]) -> tuple[list[int], torch.Tensor | None]:
@@ -144,20 +142,18 @@ class Federation:
             )
             done = sorted(replies)
             columns = [present.index(j) for j in done]
-            return done, torch.stack(
-                [records.tensors(replies[i][records.LOSSES])[records.LOSSES][columns] for i in done]
-            )
+            return done, torch.stack([records.losses(replies[i])[columns] for i in done])
         if what == "ref_predictions":
             family = s.family
             assert isinstance(family, TokenAgreement)
             tops = {
-                n: records.sequence_tensors(c[records.IDS])
+                n: records.sequences(c, records.IDS)
                 for n, c in self.send({n: RecordDict() for n in present}, "query.ref_top").items()
             }
             union = [union_ids(per_client) for per_client in zip(*(tops[n] for n in sorted(tops)), strict=True)]
             replies = self.send({n: records.ref_union_content(union) for n in sorted(tops)}, "query.ref_values")
             done = sorted(replies)
-            values = [records.sequence_tensors(replies[n][records.VALUES]) for n in done]
+            values = [records.sequences(replies[n], records.VALUES) for n in done]
             return done, mean_distances(family.measure, values)
         return present, None
 
@@ -177,7 +173,7 @@ class Federation:
         self.discover(wait=not self.nodes)
         final = self.send({n: records.evaluate_content(self.strategy.owed(n)) for n in self.nodes}, "evaluate")
         self.save_adapters()
-        return self.write_summary(ends, {n: dict(c["metrics"]) for n, c in final.items()})
+        return self.write_summary(ends, {n: records.metrics(c) for n, c in final.items()})
 
     def save_trust(self, record: dict[str, Any]) -> None:
         folder = self.folder / "trust"

@@ -100,9 +100,11 @@ class PersonalizedTrust:
             return family.scores_from_mixture(torch.tensor([self.mixture[n] for n in present], dtype=torch.float64))
         if isinstance(family, AdapterSimilarity):
             return family.scores_from_adapters(self.stacked(present))
-        if isinstance(family, PeerLoss):
-            return family.scores_from_losses(measured)
-        if isinstance(family, TokenAgreement):
+        if isinstance(family, (PeerLoss, TokenAgreement)):
+            if measured is None:
+                raise ValueError(f"{family.name} scores what the clients measured (`measures`); nothing was given.")
+            if isinstance(family, PeerLoss):
+                return family.scores_from_losses(measured)
             return family.scores_from_distances(measured)
         raise TypeError(
             f"no federated measurement for trust family {family.name}; add it to "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from flwr.app import RecordDict
@@ -73,7 +74,7 @@ def round_traffic(config: FitConfig, model: GPTConfig, num_clients: int, union_w
     return traffic
 
 
-STRATEGY_ROWS = {  # table row -> trust options
+STRATEGY_ROWS: dict[str, dict[str, Any]] = {  # table row -> trust options
     "none": {"strategy": "none"},
     "naive": {"strategy": "naive"},
     "static": {"strategy": "static"},

@@ -62,7 +62,7 @@ def _read(path: Path) -> str:
 def file_documents(text: str) -> list[str]:
     """A file's documents: blank-line paragraphs (cut at line ends when longer than a document),
     grouped in order into documents of about `DOCUMENT_CHARS` characters."""
-    pieces = []
+    pieces: list[str] = []
     for block in re.split(r"\n\s*\n", text):
         block = block.rstrip().lstrip("\n")
         if not block.strip():

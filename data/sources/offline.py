@@ -85,7 +85,7 @@ def _english_manpages() -> list[str]:
 
 
 def _language(name: str) -> list[str]:
-    code, seen = LANGUAGES[name], set()
+    code, seen = LANGUAGES[name], set[str]()
     return _debian_reference(code, seen) + _manpages(code, code, f"manpages-{code}", seen)
 
 

@@ -42,7 +42,7 @@ def language_of(paragraph: str) -> str | None:
     (tables, commands, code, lists of names)."""
     words = WORD.findall(paragraph.lower())
     hits = {lang: sum(w in vocab for w in words) for lang, vocab in STOPWORDS.items()}
-    best = max(hits, key=hits.get)
+    best = max(hits, key=hits.__getitem__)
     runner_up = max(v for lang, v in hits.items() if lang != best)
     if hits[best] >= 3 and hits[best] >= 0.08 * len(words) and hits[best] > 2 * runner_up:
         return best
@@ -65,7 +65,9 @@ def group(pieces: Iterable[str], max_chars: int = DOCUMENT_CHARS, sep: str = "\n
     """Consecutive pieces joined by `sep` into documents of at most about `max_chars` characters
     (a piece longer than that is a document of its own): documents long enough to carry
     context, and many of them, so a big text can be dealt out to many clients."""
-    docs, current, size = [], [], 0
+    docs: list[str] = []
+    current: list[str] = []
+    size = 0
     for p in pieces:
         if current and size + len(p) > max_chars:
             docs.append(sep.join(current))
