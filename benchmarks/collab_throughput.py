@@ -13,6 +13,7 @@ allocated). Prints tokens/s, peak memory and the ratios against (b) at the same 
     python benchmarks/collab_throughput.py                 # GPT-2 124M shape, N in 1 4 8 16
     python benchmarks/collab_throughput.py --quick         # a small model, for a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,9 @@ import torch
 from collab.config import MemoryConfig, OptimConfig
 from collab.module import CollabLoRAModule
 from lora_gpt import GPT, GPTConfig, LoRAConfig, client_slices, inject_lora, mark_only_lora_as_trainable
+from lora_gpt.cross_entropy import fused_linear_cross_entropy, token_cross_entropy
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
 from lora_gpt.precision import resolve_precision
-from lora_gpt.cross_entropy import fused_linear_cross_entropy, token_cross_entropy
 from lora_gpt.training import adamw
 
 LORA = LoRAConfig(rank=4, alpha=32, dropout=0.1, targets=ATTENTION_TARGETS + MLP_TARGETS)
@@ -42,8 +43,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(mode: str, n: int, preset: str, batch: int, seq: int, steps: int, device: torch.device,
-            precision: str) -> dict:
+def measure(
+    mode: str, n: int, preset: str, batch: int, seq: int, steps: int, device: torch.device, precision: str
+) -> dict:
     torch.manual_seed(0)
     config = GPTConfig.from_name(preset)
     data = torch.randint(0, config.vocab_size, (n, batch, seq + 1), device=device)
@@ -59,7 +61,7 @@ def measure(mode: str, n: int, preset: str, batch: int, seq: int, steps: int, de
             return fused_linear_cross_entropy(model.hidden_states(x), model.lm_head.weight, y)[0]
 
         def step() -> None:
-            for i, (model, opt) in enumerate(zip(models, optimizers)):
+            for i, (model, opt) in enumerate(zip(models, optimizers, strict=True)):
                 with autocast:
                     loss = copy_loss(model, data[i])
                 loss.backward()
@@ -67,8 +69,9 @@ def measure(mode: str, n: int, preset: str, batch: int, seq: int, steps: int, de
                 opt.zero_grad(set_to_none=True)
     else:
         chunk = n if mode == "batched" else int(mode.split("-")[1])
-        module = CollabLoRAModule(base=GPT(config), lora=LORA, optim=OptimConfig(), num_clients=n,
-                                  memory=MemoryConfig(client_chunk=chunk)).to(device)
+        module = CollabLoRAModule(
+            base=GPT(config), lora=LORA, optim=OptimConfig(), num_clients=n, memory=MemoryConfig(client_chunk=chunk)
+        ).to(device)
         opt = adamw(module.adapters().items(), 1e-3, 1e-3)
 
         def step() -> None:
@@ -88,13 +91,35 @@ def measure(mode: str, n: int, preset: str, batch: int, seq: int, steps: int, de
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = (time.perf_counter() - start) / steps
-    return {"mode": mode, "N": n, "tokens_per_s": n * batch * seq / seconds, "step_s": seconds,
-            "peak_mb": peak_memory_mb(device)}
+    return {
+        "mode": mode,
+        "N": n,
+        "tokens_per_s": n * batch * seq / seconds,
+        "step_s": seconds,
+        "peak_mb": peak_memory_mb(device),
+    }
 
 
 def run_isolated(args: argparse.Namespace, mode: str, n: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, str(n), "--preset", args.preset, "--batch", str(args.batch),
-           "--seq", str(args.seq), "--steps", str(args.steps), "--device", args.device, "--precision", args.precision]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        mode,
+        str(n),
+        "--preset",
+        args.preset,
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--steps",
+        str(args.steps),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -108,7 +133,9 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="auto", help="auto (bf16-mixed where bfloat16 is native), 32-true or bf16-mixed")
+    p.add_argument(
+        "--precision", default="auto", help="auto (bf16-mixed where bfloat16 is native), 32-true or bf16-mixed"
+    )
     p.add_argument("--quick", action="store_true", help="gpt2-mini, N in 1 4, one step")
     p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     p.add_argument("--child", nargs=2, metavar=("MODE", "N"), help=argparse.SUPPRESS)
@@ -116,24 +143,41 @@ def main() -> None:
     args.precision = resolve_precision(args.precision, torch.device(args.device).type)
     if args.child:
         mode, n = args.child
-        print(json.dumps(measure(mode, int(n), args.preset, args.batch, args.seq, args.steps, torch.device(args.device),
-                                 args.precision)))
+        print(
+            json.dumps(
+                measure(
+                    mode,
+                    int(n),
+                    args.preset,
+                    args.batch,
+                    args.seq,
+                    args.steps,
+                    torch.device(args.device),
+                    args.precision,
+                )
+            )
+        )
         return
     if args.quick:
         args.preset, args.clients, args.steps = "gpt2-mini", [1, 4], 1
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    lines = [f"# Collaborative training throughput: {args.preset} shape, seq {args.seq}, "
-             f"{args.batch} sequences per client, LoRA r=4 on attention+MLP, {args.precision}, on {device_name}", "",
-             "| N | mode | tokens/s | peak MB | throughput vs copies | memory vs copies |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Collaborative training throughput: {args.preset} shape, seq {args.seq}, "
+        f"{args.batch} sequences per client, LoRA r=4 on attention+MLP, {args.precision}, on {device_name}",
+        "",
+        "| N | mode | tokens/s | peak MB | throughput vs copies | memory vs copies |",
+        "|---|---|---|---|---|---|",
+    ]
     print("\n".join(lines), flush=True)
     for n in args.clients:
         modes = ["copies", "copies-full-logits", "batched"] + [f"chunked-{k}" for k in args.chunks if k < n]
         results = {mode: run_isolated(args, mode, n) for mode in modes}
         ref = results["copies"]
         for mode, r in results.items():
-            line = (f"| {n} | {mode} | {r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | "
-                    f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x | {r['peak_mb'] / ref['peak_mb']:.2f}x |")
+            line = (
+                f"| {n} | {mode} | {r['tokens_per_s']:.0f} | {r['peak_mb']:.0f} | "
+                f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x | {r['peak_mb'] / ref['peak_mb']:.2f}x |"
+            )
             lines.append(line)
             print(line, flush=True)
     if args.out:

@@ -13,6 +13,7 @@ table gives each variant's median step time, its tokens/s and its ratio to the r
     python benchmarks/cpu_speed.py --out benchmarks/results/cpu_speed.md
     python benchmarks/cpu_speed.py --quick          # gpt2-tiny shapes, 2 rounds: a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,10 +60,14 @@ def pretraining_steps(preset: str, batch: int, seq: int) -> dict[str, Step]:
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+
         return step
 
-    return {"fp32, full logits (plain PyTorch)": full_logits, "fp32, fused head loss": fused(False),
-            "bf16, fused head loss": fused(True)}
+    return {
+        "fp32, full logits (plain PyTorch)": full_logits,
+        "fp32, fused head loss": fused(False),
+        "bf16, fused head loss": fused(True),
+    }
 
 
 def collaborative_steps(preset: str, clients: int, batch: int, seq: int) -> tuple[dict[str, Step], dict[str, Step]]:
@@ -90,11 +95,14 @@ def collaborative_steps(preset: str, clients: int, batch: int, seq: int) -> tupl
             if train:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+
         return run
 
     names = {False: "fp32", True: "bf16"}
-    return ({names[b]: step(lora, b, True) for b in (False, True)},
-            {names[b]: step(base, b, False) for b in (False, True)})
+    return (
+        {names[b]: step(lora, b, True) for b in (False, True)},
+        {names[b]: step(base, b, False) for b in (False, True)},
+    )
 
 
 def measure(steps: dict[str, Step], reps: int) -> dict[str, float]:
@@ -112,7 +120,9 @@ def measure(steps: dict[str, Step], reps: int) -> dict[str, float]:
 
 def rows(title: str, seconds: dict[str, float], tokens: int) -> list[str]:
     first = next(iter(seconds.values()))
-    return [f"| {title} | {name} | {1000 * s:.0f} | {tokens / s:,.0f} | {first / s:.2f}x |" for name, s in seconds.items()]
+    return [
+        f"| {title} | {name} | {1000 * s:.0f} | {tokens / s:,.0f} | {first / s:.2f}x |" for name, s in seconds.items()
+    ]
 
 
 def main() -> None:
@@ -126,9 +136,13 @@ def main() -> None:
     micro, gpt2, reps, seq = ("gpt2-tiny", "gpt2-tiny", 2, 32) if args.quick else ("gpt2-micro", "gpt2", args.reps, 128)
     if not native_bf16("cpu"):
         print("note: this CPU has no native bfloat16; the bf16 rows are emulated and slow.")
-    head = [f"# CPU step speed, float32 vs bfloat16 ({platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {reps} interleaved rounds)", "",
-            "| row | variant | ms/step | tokens/s | vs the row's first |", "|---|---|---|---|---|"]
+    head = [
+        f"# CPU step speed, float32 vs bfloat16 ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, median of {reps} interleaved rounds)",
+        "",
+        "| row | variant | ms/step | tokens/s | vs the row's first |",
+        "|---|---|---|---|---|",
+    ]
     lines = list(head)
     print("\n".join(head), flush=True)
 
@@ -145,9 +159,11 @@ def main() -> None:
         emit(rows(f"collaborative step, {preset}, N={args.clients} x 2 x {seq}", lora_s, tokens))
         base_s = measure(base_steps, reps)
         for name in ("fp32", "bf16"):
-            overheads.append(f"| LoRA overhead, {preset} | {name}: LoRA step / frozen-base step | "
-                             f"{1000 * lora_s[name]:.0f} / {1000 * base_s[name]:.0f} | | "
-                             f"{lora_s[name] / base_s[name]:.2f}x |")
+            overheads.append(
+                f"| LoRA overhead, {preset} | {name}: LoRA step / frozen-base step | "
+                f"{1000 * lora_s[name]:.0f} / {1000 * base_s[name]:.0f} | | "
+                f"{lora_s[name] / base_s[name]:.2f}x |"
+            )
     emit(overheads)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ as a share of the device's peak, and writes the table to
     python benchmarks/lora_kernel.py --quick          # 768 -> 2304, r 16, 16k tokens, N 1 and 8
     python benchmarks/lora_kernel.py --dropout 0.1    # LoRA dropout on in every candidate
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,14 @@ RANKS = (4, 8, 16)
 TOKENS = (4096, 16384, 65536)
 CLIENTS = (1, 8)
 # Dense bf16 tensor-core TFLOP/s and memory GB/s by device name (first match wins).
-PEAKS = [("H100 PCIe", 756.0, 2000.0), ("H100 NVL", 835.0, 3900.0), ("H100", 989.0, 3350.0),
-         ("H200", 989.0, 4800.0), ("A100", 312.0, 2039.0), ("L40S", 362.0, 864.0)]
+PEAKS = [
+    ("H100 PCIe", 756.0, 2000.0),
+    ("H100 NVL", 835.0, 3900.0),
+    ("H100", 989.0, 3350.0),
+    ("H200", 989.0, 4800.0),
+    ("A100", 312.0, 2039.0),
+    ("L40S", 362.0, 864.0),
+]
 SCALE = 2.0
 
 
@@ -61,16 +68,17 @@ def time_ms(fn, reps: int, flush: torch.Tensor) -> float:
     return statistics.median(times)
 
 
-def case(d_in: int, d_out: int, r: int, tokens: int, n: int, dtype: torch.dtype, p: float, reps: int,
-         flush: torch.Tensor) -> dict:
+def case(
+    d_in: int, d_out: int, r: int, tokens: int, n: int, dtype: torch.dtype, p: float, reps: int, flush: torch.Tensor
+) -> dict:
     from lora_gpt.kernels.triton_lora import fused_lora_linear
 
     m = tokens // n
     g = torch.Generator("cuda").manual_seed(0)
     x = torch.randn(n, m, d_in, device="cuda", generator=g).to(dtype).requires_grad_()
-    W = (torch.randn(d_out, d_in, device="cuda", generator=g) / d_in ** 0.5).to(dtype)
+    W = (torch.randn(d_out, d_in, device="cuda", generator=g) / d_in**0.5).to(dtype)
     bias = torch.randn(d_out, device="cuda", generator=g).to(dtype)
-    A = (torch.randn(n, d_in, r, device="cuda", generator=g) / d_in ** 0.5).to(dtype).requires_grad_()
+    A = (torch.randn(n, d_in, r, device="cuda", generator=g) / d_in**0.5).to(dtype).requires_grad_()
     B = (torch.randn(n, r, d_out, device="cuda", generator=g) * 0.1).to(dtype).requires_grad_()
     dy = torch.randn(n, m, d_out, device="cuda", generator=g).to(dtype)
     compiled = torch.compile(unfused, dynamic=False)
@@ -88,7 +96,7 @@ def case(d_in: int, d_out: int, r: int, tokens: int, n: int, dtype: torch.dtype,
         leaves = (x,) if name == "base" else (x, A, B)
         with torch.no_grad():
             row[f"{name}_fwd"] = time_ms(fwd, reps, flush)
-        row[f"{name}_fb"] = time_ms(lambda: torch.autograd.grad(fwd(), leaves, dy), reps, flush)
+        row[f"{name}_fb"] = time_ms(lambda fwd=fwd, leaves=leaves: torch.autograd.grad(fwd(), leaves, dy), reps, flush)
     base_flops, lora_flops = 2 * tokens * d_in * d_out, 2 * tokens * r * (d_in + d_out)
     row["fwd_flops"] = base_flops + lora_flops
     row["fb_flops"] = 2 * base_flops + 3 * lora_flops  # dx = dy W (+ LoRA), then dA and dB
@@ -117,9 +125,12 @@ def main() -> int:
     parser.add_argument("--peak-gbs", type=float, default=None, help="override the device's memory bandwidth")
     args = parser.parse_args()
     if not torch.cuda.is_available():
-        print("benchmarks/lora_kernel.py needs a CUDA GPU: it times the Triton kernel against cuBLAS and "
-              "torch.compile, and there is none here. The kernel's correctness is tested on the CPU under "
-              "TRITON_INTERPRET=1 by tests/test_lora_kernel.py.", file=sys.stderr)
+        print(
+            "benchmarks/lora_kernel.py needs a CUDA GPU: it times the Triton kernel against cuBLAS and "
+            "torch.compile, and there is none here. The kernel's correctness is tested on the CPU under "
+            "TRITON_INTERPRET=1 by tests/test_lora_kernel.py.",
+            file=sys.stderr,
+        )
         return 2
     import torch._dynamo as dynamo
 
@@ -129,14 +140,19 @@ def main() -> int:
     device = torch.cuda.get_device_name()
     peak_tflops, peak_gbs = peaks(device, args.peak_tflops, args.peak_gbs)
     flush = torch.empty(256 * 2**20, dtype=torch.int8, device="cuda")
-    grid = ([(768, 2304, 16, 16384, 1), (768, 2304, 16, 16384, 8)] if args.quick else
-            [(di, do, r, t, n) for (di, do), r, t, n in itertools.product(SHAPES, RANKS, TOKENS, CLIENTS)])
+    grid = (
+        [(768, 2304, 16, 16384, 1), (768, 2304, 16, 16384, 8)]
+        if args.quick
+        else [(di, do, r, t, n) for (di, do), r, t, n in itertools.product(SHAPES, RANKS, TOKENS, CLIENTS)]
+    )
     lines = [
-        f"# Fused LoRA linear on {device}, {args.dtype}, LoRA dropout {args.dropout}", "",
+        f"# Fused LoRA linear on {device}, {args.dtype}, LoRA dropout {args.dropout}",
+        "",
         f"torch {torch.__version__}; times in ms, median of {args.reps} after warmup, L2 flushed. "
         f"Peaks: {peak_tflops} TFLOP/s, {peak_gbs} GB/s. Targets (bf16, r <= 16, >= 16k tokens): "
         "fused/base fwd <= 1.10; eager/fused f+b >= 1.30; compile/fused f+b >= 1.15. "
-        "`f+b` = forward + backward (dx, dA, dB). `err` = max |fused - eager| / max |eager| (forward).", "",
+        "`f+b` = forward + backward (dx, dA, dB). `err` = max |fused - eager| / max |eager| (forward).",
+        "",
         "| d_in->d_out | r | tokens | N | base fwd | eager fwd | compile fwd | fused fwd | fused/base fwd | "
         "eager/fused fwd | base f+b | eager f+b | compile f+b | fused f+b | fused/base f+b | eager/fused f+b | "
         "compile/fused f+b | fused fwd TFLOP/s (% peak) | fused fwd GB/s (% peak) | fused f+b TFLOP/s (% peak) | err |",
@@ -149,11 +165,17 @@ def main() -> int:
         cells += [f"{c[f'{k}_fwd']:.3f}" for k in ("base", "eager", "compile", "fused")]
         cells += [f"{c['fused_fwd'] / c['base_fwd']:.2f}", f"{c['eager_fwd'] / c['fused_fwd']:.2f}"]
         cells += [f"{c[f'{k}_fb']:.3f}" for k in ("base", "eager", "compile", "fused")]
-        cells += [f"{c['fused_fb'] / c['base_fb']:.2f}", f"{c['eager_fb'] / c['fused_fb']:.2f}",
-                  f"{c['compile_fb'] / c['fused_fb']:.2f}"]
-        cells += [share(c["fwd_flops"] / c["fused_fwd"] / 1e9, peak_tflops),
-                  share(c["fwd_bytes"] / c["fused_fwd"] / 1e6, peak_gbs),
-                  share(c["fb_flops"] / c["fused_fb"] / 1e9, peak_tflops), f"{c['err']:.1e}"]
+        cells += [
+            f"{c['fused_fb'] / c['base_fb']:.2f}",
+            f"{c['eager_fb'] / c['fused_fb']:.2f}",
+            f"{c['compile_fb'] / c['fused_fb']:.2f}",
+        ]
+        cells += [
+            share(c["fwd_flops"] / c["fused_fwd"] / 1e9, peak_tflops),
+            share(c["fwd_bytes"] / c["fused_fwd"] / 1e6, peak_gbs),
+            share(c["fb_flops"] / c["fused_fb"] / 1e9, peak_tflops),
+            f"{c['err']:.1e}",
+        ]
         line = "| " + " | ".join(str(v) for v in cells) + " |"
         lines.append(line)
         print(line, flush=True)

@@ -7,6 +7,7 @@ whose adapter or scores turned non-finite, and saves the round (one JSON per agg
 the trust's quality against the known data. It reads the module and the data module only through
 `collab.trust.protocols`.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,16 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from .trust import (ClientData, CollaborativeModel, TrustSettings, aggregate, build_family, finite_clients,
-                    trust_quality, usable_clients)
+from .trust import (
+    ClientData,
+    CollaborativeModel,
+    TrustSettings,
+    aggregate,
+    build_family,
+    finite_clients,
+    trust_quality,
+    usable_clients,
+)
 from .trust.protocols import missing_members
 
 
@@ -37,9 +46,11 @@ class TrustAggregation(L.Callback):
         missing = missing_members(pl_module, CollaborativeModel)
         missing_data = missing_members(getattr(trainer, "datamodule", None), ClientData, self.family.needs)
         if missing or missing_data:
-            raise TypeError(f"trust strategy {self.settings.strategy} needs the module to offer {missing} and the data "
-                            f"module {missing_data} (collab.trust.protocols); use collab.module.CollabLoRAModule and "
-                            "data.ClientDataModule, or add them.")
+            raise TypeError(
+                f"trust strategy {self.settings.strategy} needs the module to offer {missing} and the data "
+                f"module {missing_data} (collab.trust.protocols); use collab.module.CollabLoRAModule and "
+                "data.ClientDataModule, or add them."
+            )
 
     def due(self, step: int) -> bool:
         return step != self.last_step and self.settings.aggregates_at(step)
@@ -52,8 +63,13 @@ class TrustAggregation(L.Callback):
         trust = self.family.to_trust(scores, finite)
         model.replace_adapters(aggregate(model.adapters(), trust, usable), reset=~usable)
         excluded = [int(i) for i in (~usable).nonzero().flatten()]
-        record: dict[str, Any] = {"step": step, "strategy": self.settings.strategy, "trust": trust.tolist(),
-                                  "scores": scores.tolist(), "excluded": excluded}
+        record: dict[str, Any] = {
+            "step": step,
+            "strategy": self.settings.strategy,
+            "trust": trust.tolist(),
+            "scores": scores.tolist(),
+            "excluded": excluded,
+        }
         mixture = getattr(data, "mixture", None)
         if mixture is not None:
             record["quality"] = trust_quality(trust, torch.as_tensor(mixture, dtype=torch.float32))
@@ -68,9 +84,11 @@ class TrustAggregation(L.Callback):
         if "quality" in record:
             pl_module.log_metrics({f"trust/{k}": v for k, v in record["quality"].items() if v is not None}, step)
         if record["excluded"]:
-            rank_zero_warn(f"step {step}: clients {record['excluded']} have non-finite adapters or trust "
-                           "scores; they were left out of every other client's average and reset to "
-                           "the mean of the healthy clients.")
+            rank_zero_warn(
+                f"step {step}: clients {record['excluded']} have non-finite adapters or trust "
+                "scores; they were left out of every other client's average and reset to "
+                "the mean of the healthy clients."
+            )
         self.history.append(record)
         if self.out_dir is not None and trainer.is_global_zero:
             folder = self.out_dir / "trust"

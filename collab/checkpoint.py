@@ -6,6 +6,7 @@ nothing (Lightning's own `ModelCheckpoint` saves before the evaluation, which th
 then skips). The loggers are flushed first, so the metrics file holds every step the checkpoint
 covers, and the file is written beside its final name and renamed, so it is whole or absent.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,16 +56,21 @@ class RunCheckpoint(L.Callback):
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A run checkpoint's contents, or a `RunFolderError` naming the file and how to start afresh."""
-    afresh = (f"Fix: delete {path} to start the run afresh from step 0 (its folder's other files are replaced as "
-              "the run goes), or choose another --out.")
+    afresh = (
+        f"Fix: delete {path} to start the run afresh from step 0 (its folder's other files are replaced as "
+        "the run goes), or choose another --out."
+    )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - whatever torch.load raises, the file cannot be resumed from
-        raise RunFolderError(f"{path} cannot be read ({type(err).__name__}: {err}): it is empty, cut short or "
-                             f"damaged. {afresh}") from None
-    missing = [k for k in ("global_step", "state_dict", CONFIG_KEY) if not isinstance(checkpoint, dict) or
-               k not in checkpoint]
+        raise RunFolderError(
+            f"{path} cannot be read ({type(err).__name__}: {err}): it is empty, cut short or damaged. {afresh}"
+        ) from None
+    missing = [
+        k for k in ("global_step", "state_dict", CONFIG_KEY) if not isinstance(checkpoint, dict) or k not in checkpoint
+    ]
     if missing:
-        raise RunFolderError(f"{path} is not a checkpoint of python -m collab.fit (it lacks {', '.join(missing)}). "
-                             f"{afresh}")
+        raise RunFolderError(
+            f"{path} is not a checkpoint of python -m collab.fit (it lacks {', '.join(missing)}). {afresh}"
+        )
     return checkpoint

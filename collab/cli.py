@@ -5,6 +5,7 @@ the field's help and the defaults of both profiles. A value comes from, last one
 field's default, the `--profile`, the `--config` file (grouped as the run folder's
 `config.yaml`), the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,8 +13,9 @@ import dataclasses
 import textwrap
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lora_gpt.errors import ConfigError
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
@@ -32,9 +34,16 @@ class HelpFormatter(argparse.HelpFormatter):
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return "\n\n".join(textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
-                                         subsequent_indent=indent, break_on_hyphens=False)
-                           for paragraph in text.strip().split("\n\n"))
+        return "\n\n".join(
+            textwrap.fill(
+                " ".join(paragraph.split()),
+                width,
+                initial_indent=indent,
+                subsequent_indent=indent,
+                break_on_hyphens=False,
+            )
+            for paragraph in text.strip().split("\n\n")
+        )
 
 
 def _fields(cls: type) -> list[tuple[dataclasses.Field, Any]]:
@@ -93,14 +102,27 @@ def _help(group: str, f: dataclasses.Field) -> str:
 def build_parser(prog: str = "python -m collab.fit", description: str | None = None) -> argparse.ArgumentParser:
     """The parser of every `FitConfig` field; an option left out stays out of the namespace, so
     `fit_config` knows what was given (`dest` is `GROUP.FIELD`)."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter,
-                                usage="%(prog)s [--config FILE] [--profile {cpu,paper}] [--OPTION VALUE ...]",
-                                argument_default=argparse.SUPPRESS)
-    p.add_argument("--config", type=Path, metavar="FILE", help="a YAML or JSON file of options, grouped as a run folder's "
-                                               "config.yaml; options on the command line override it")
-    p.add_argument("--profile", choices=tuple(PROFILES), help="a named set of defaults: cpu (the default: small and "
-                                                               "quick on a CPU) or paper (everything the paper's runs "
-                                                               "used); options given explicitly override it")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        formatter_class=HelpFormatter,
+        usage="%(prog)s [--config FILE] [--profile {cpu,paper}] [--OPTION VALUE ...]",
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a YAML or JSON file of options, grouped as a run folder's "
+        "config.yaml; options on the command line override it",
+    )
+    p.add_argument(
+        "--profile",
+        choices=tuple(PROFILES),
+        help="a named set of defaults: cpu (the default: small and "
+        "quick on a CPU) or paper (everything the paper's runs "
+        "used); options given explicitly override it",
+    )
     for group, cls in FitConfig.groups().items():
         g = p.add_argument_group(group, (cls.__doc__ or "").strip())
         for f, tp in _fields(cls):
@@ -120,8 +142,12 @@ def build_parser(prog: str = "python -m collab.fit", description: str | None = N
             g.add_argument(f"--{_flag(f)}", **kwargs)
         if cls.__name__ == "LoRAConfig":
             for switch, targets in TARGET_SWITCHES.items():
-                g.add_argument(f"--{switch}", dest=f"switch.{switch}", action=argparse.BooleanOptionalAction,
-                               help=f"adapt {', '.join(targets)} (the paper's switch; shorthand for --lora_targets)")
+                g.add_argument(
+                    f"--{switch}",
+                    dest=f"switch.{switch}",
+                    action=argparse.BooleanOptionalAction,
+                    help=f"adapt {', '.join(targets)} (the paper's switch; shorthand for --lora_targets)",
+                )
     return p
 
 
@@ -147,8 +173,9 @@ def _merge(into: dict[str, dict[str, Any]], values: dict[str, Any], where: str) 
         if group not in groups:
             raise ConfigError(f"{where}: unknown group {group!r}; the groups are {', '.join(groups)}.")
         if not isinstance(items, dict):
-            raise ConfigError(f"{where}: {group!r} must be a mapping of its options (e.g. {group}: {{...}}), "
-                              f"got {items!r}.")
+            raise ConfigError(
+                f"{where}: {group!r} must be a mapping of its options (e.g. {group}: {{...}}), got {items!r}."
+            )
         fields = dict((f.name, (f, tp)) for f, tp in _fields(groups[group]))
         for name, value in items.items():
             if name not in fields:
@@ -166,10 +193,12 @@ def _apply_switches(values: dict[str, dict[str, Any]], switches: dict[str, bool]
     for switch, on in switches.items():
         targets += TARGET_SWITCHES[switch] if on else ()
     if not targets:
-        raise ConfigError("no LoRA targets: keep --lora_causal_self_attention or --lora_mlp on (or give "
-                          "--lora_targets).")
+        raise ConfigError(
+            "no LoRA targets: keep --lora_causal_self_attention or --lora_mlp on (or give --lora_targets)."
+        )
     values["lora"]["targets"] = tuple(t for t in ATTENTION_TARGETS + MLP_TARGETS if t in targets) + tuple(
-        t for t in targets if t not in ATTENTION_TARGETS + MLP_TARGETS)
+        t for t in targets if t not in ATTENTION_TARGETS + MLP_TARGETS
+    )
 
 
 def fit_config(namespace: argparse.Namespace) -> FitConfig:
@@ -213,4 +242,3 @@ def dump_config(config: FitConfig) -> str:
 def parse(argv: Sequence[str] | None = None, description: str | None = None) -> FitConfig:
     """Parse `argv` into a `FitConfig`; argparse's own errors exit 2, a `ConfigError` propagates."""
     return fit_config(build_parser(description=description).parse_args(argv))
-

@@ -9,6 +9,7 @@ is a new field of its group: its flag, its help, its default and its check are w
 `PROFILES` are named sets of defaults (the paper's runs: `--profile paper`); options given
 explicitly override them.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,10 +59,12 @@ class OptimConfig:
 class MemoryConfig:
     """How much goes through the model at once: exact either way, only memory and speed change."""
 
-    client_chunk: int | None = option(None, "clients per forward/backward pass (default all): lower it to cap memory",
-                                      resume_free=True)
-    loss_chunk: int | None = option(None, "tokens whose full-vocabulary logits exist at once in the loss (default: "
-                                          "~16M logits)", resume_free=True)
+    client_chunk: int | None = option(
+        None, "clients per forward/backward pass (default all): lower it to cap memory", resume_free=True
+    )
+    loss_chunk: int | None = option(
+        None, "tokens whose full-vocabulary logits exist at once in the loss (default: ~16M logits)", resume_free=True
+    )
 
     def __post_init__(self) -> None:
         for name in ("client_chunk", "loss_chunk"):
@@ -73,19 +76,29 @@ class RunConfig:
     """The base model, the seed, when to evaluate and checkpoint, where and on what it runs."""
 
     seed: int = option(0, "seed of the data split, the batches, the adapters' initialisation and every dropout stream")
-    init: str = option("offline", "base model: 'offline' (this project's pretrained base, built on first use), a "
-                                  "GPT-2 hub name (gpt2, gpt2-medium, ...) or a folder with config.json + "
-                                  "model.safetensors")
+    init: str = option(
+        "offline",
+        "base model: 'offline' (this project's pretrained base, built on first use), a "
+        "GPT-2 hub name (gpt2, gpt2-medium, ...) or a folder with config.json + "
+        "model.safetensors",
+    )
     dropout: float = option(0.0, "dropout in the frozen base while training")
     eval_freq: int = option(20, "evaluate every client every this many steps (and at step 0, before training)")
     ckpt_freq: int | None = option(None, "checkpoint every this many steps (default --eval_freq)", resume_free=True)
     out: Path | None = option(None, "run folder (default runs/DATASET[-nCLIENTS]/TRUST/seedSEED)", resume_free=True)
     accelerator: str = option("auto", "cpu, gpu (cuda) or auto", choices=ACCELERATORS, resume_free=True)
     devices: int = option(1, "devices to run on", resume_free=True)
-    precision: str = option("auto", "auto: bf16-mixed where bfloat16 is native (GPUs, CPUs with avx512_bf16/amx), "
-                                    "else 32-true", choices=PRECISIONS)
-    logger: str = option("csv", "where metrics go: metrics.csv in the run folder, tensorboard or wandb",
-                         choices=LOGGERS, resume_free=True)
+    precision: str = option(
+        "auto",
+        "auto: bf16-mixed where bfloat16 is native (GPUs, CPUs with avx512_bf16/amx), else 32-true",
+        choices=PRECISIONS,
+    )
+    logger: str = option(
+        "csv",
+        "where metrics go: metrics.csv in the run folder, tensorboard or wandb",
+        choices=LOGGERS,
+        resume_free=True,
+    )
     progress: bool = option(True, "progress bar", resume_free=True)
 
     def __post_init__(self) -> None:
@@ -118,27 +131,36 @@ class FitConfig:
     def check_clients(self, num_clients: int) -> None:
         """Refuse options that cannot hold for `num_clients` clients."""
         if self.trust.variant == "top-k" and self.trust.k > num_clients:
-            raise ConfigError(f"--k {self.trust.k} exceeds the {num_clients} clients: {self.trust.strategy} keeps "
-                              f"each client's k best peers. Fix: --k {num_clients} or less.")
+            raise ConfigError(
+                f"--k {self.trust.k} exceeds the {num_clients} clients: {self.trust.strategy} keeps "
+                f"each client's k best peers. Fix: --k {num_clients} or less."
+            )
 
     def warnings(self) -> list[str]:
         """What is allowed but probably not meant, said once at the start and kept in summary.json."""
         said = []
         steps = range(1, self.optim.iterations + 1)
         if self.trust.strategy != "none" and not any(map(self.trust.aggregates_at, steps)):
-            said.append(f"no aggregation happens in {self.optim.iterations} steps (--pretraining_rounds "
-                        f"{self.trust.pretraining_rounds}, --trust_freq {self.trust.trust_freq}): every client "
-                        f"trains alone, as with --trust none. Fix: --pretraining_rounds below --iterations, or a "
-                        f"smaller --trust_freq.")
+            said.append(
+                f"no aggregation happens in {self.optim.iterations} steps (--pretraining_rounds "
+                f"{self.trust.pretraining_rounds}, --trust_freq {self.trust.trust_freq}): every client "
+                f"trains alone, as with --trust none. Fix: --pretraining_rounds below --iterations, or a "
+                f"smaller --trust_freq."
+            )
         return said
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain values by group, as `config.yaml` holds them (paths as text, tuples as lists)."""
+
         def plain(value: Any) -> Any:
             return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
 
-        return {g.name: {f.name: plain(getattr(getattr(self, g.name), f.name))
-                         for f in dataclasses.fields(getattr(self, g.name))} for g in dataclasses.fields(self)}
+        return {
+            g.name: {
+                f.name: plain(getattr(getattr(self, g.name), f.name)) for f in dataclasses.fields(getattr(self, g.name))
+            }
+            for g in dataclasses.fields(self)
+        }
 
     @classmethod
     def groups(cls) -> dict[str, type]:
@@ -155,8 +177,15 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "trust": {"trust_freq": 25, "pretraining_rounds": 100},
         "data": {"batch_size": 50, "sequence_length": 512, "eval_batches": 12},
         "lora": {"rank": 4, "alpha": 32.0, "dropout": 0.1, "targets": ATTENTION_TARGETS + MLP_TARGETS},
-        "optim": {"iterations": 500, "acc_steps": 4, "lr": 2e-3, "betas": (0.9, 0.95), "weight_decay": 1e-3,
-                  "warmup_percent": 0.02, "final_div": 5.0},
+        "optim": {
+            "iterations": 500,
+            "acc_steps": 4,
+            "lr": 2e-3,
+            "betas": (0.9, 0.95),
+            "weight_decay": 1e-3,
+            "warmup_percent": 0.02,
+            "final_div": 5.0,
+        },
         "run": {"init": "gpt2", "dropout": 0.2, "eval_freq": 25},
     },
 }

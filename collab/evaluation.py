@@ -6,6 +6,7 @@ held at once. All dropout is off. `collab.module.CollabLoRAModule` offers these 
 `CollaborativeModel` methods of `collab.trust.protocols`; any GPT with stacked adapters can call
 them directly (e.g. one client of a federated run scoring its peers' adapters on its own data).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,9 @@ def evaluating(model: torch.nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def all_adapters_hidden(model: GPT, num_adapters: int, idx: torch.Tensor,
-                        chunk: int) -> Iterator[tuple[slice, torch.Tensor]]:
+def all_adapters_hidden(
+    model: GPT, num_adapters: int, idx: torch.Tensor, chunk: int
+) -> Iterator[tuple[slice, torch.Tensor]]:
     """Yield `(adapters, hidden)`: final hidden states `[k, b, T, d]` of adapters `adapters` on `idx` `[b, T]`."""
     for clients in client_slices(num_adapters, chunk):
         yield clients.adapters, model.hidden_states(idx.expand(len(clients), *idx.shape), clients)
@@ -50,11 +52,21 @@ def mean_losses(model: GPT, num_adapters: int, batches: Sequence[torch.Tensor], 
     return (total / tokens).float()
 
 
-def client_outputs(model: GPT, num_adapters: int, idx: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor],
-                   positions: slice, chunk: int) -> torch.Tensor:
+def client_outputs(
+    model: GPT,
+    num_adapters: int,
+    idx: torch.Tensor,
+    reduce: Callable[[torch.Tensor], torch.Tensor],
+    positions: slice,
+    chunk: int,
+) -> torch.Tensor:
     """`reduce` of each adapter's logits on token ids `idx` `[b, T]` at `positions` (`reduce` sees
     `[k, b, T', V]` for a chunk of k adapters), concatenated over adapters: the head runs only at
     `positions`, and at most `chunk` adapters' logits exist at once."""
     with evaluating(model):
-        return torch.cat([reduce(model.lm_head(hidden[..., positions, :]))
-                          for _, hidden in all_adapters_hidden(model, num_adapters, idx, chunk)])
+        return torch.cat(
+            [
+                reduce(model.lm_head(hidden[..., positions, :]))
+                for _, hidden in all_adapters_hidden(model, num_adapters, idx, chunk)
+            ]
+        )

@@ -5,12 +5,13 @@ with that base model in `OUT/base`. merged: client n's whole model in Hugging Fa
 (`config.json` + `model.safetensors`). stacked: this project's own format (`clients.safetensors` +
 `clients.json`), which also converts an adapter folder written before that rename.
 """
+
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lora_gpt import GPT, export_merged, export_peft, inject_lora, load_adapters, save_adapters, saved_lora_config
 from lora_gpt.errors import ConfigError, FixableError
@@ -40,9 +41,14 @@ def client_model(run: Path, client: int) -> GPT:
     folder = RunFolder(run).adapters(client)
     if not folder.is_dir():
         saved = sorted(p.name for p in (run / "adapters").glob("client_*"))
-        raise RunFolderError(f"{folder} not found; " + (
-            f"the run saved {saved[0]} to {saved[-1]}." if saved else
-            "adapters are saved when a run finishes: rerun its python -m collab.fit command to finish it."))
+        raise RunFolderError(
+            f"{folder} not found; "
+            + (
+                f"the run saved {saved[0]} to {saved[-1]}."
+                if saved
+                else "adapters are saved when a run finishes: rerun its python -m collab.fit command to finish it."
+            )
+        )
     model = GPT.from_pretrained(base_source(init))
     inject_lora(model, saved_lora_config(folder))
     return load_adapters(model, folder)
@@ -64,8 +70,9 @@ def export(run: Path, client: int, fmt: str, out: Path | None = None) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m collab.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m collab.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("run", type=Path, help="a run folder written by python -m collab.fit")
     parser.add_argument("--client", type=int, required=True, help="which client's model to export")
     parser.add_argument("--format", choices=FORMATS, required=True)

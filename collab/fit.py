@@ -10,6 +10,7 @@ aggregation every 25 steps from step 100, AdamW at 2e-3 with OneCycle down to lr
 the base, LoRA r=4, alpha=32 on attention and MLP; it wants a GPU. Any option can also come from
 a --config file (a run folder's config.yaml is one); options on the command line win.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,10 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -43,8 +45,10 @@ RUNS_ROOT = Path("runs")
 def device_type(accelerator: str) -> str:
     """The torch device type an `--accelerator` choice runs on; a GPU that is not there is refused."""
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--accelerator {accelerator}: no CUDA device is visible here. Fix: --accelerator cpu, "
-                          "or auto (a GPU where there is one).")
+        raise ConfigError(
+            f"--accelerator {accelerator}: no CUDA device is visible here. Fix: --accelerator cpu, "
+            "or auto (a GPU where there is one)."
+        )
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     return "cuda" if on_gpu else "cpu"
 
@@ -62,8 +66,10 @@ def load_base(run: RunConfig, sequence_length: int) -> GPT:
     """The frozen base every client shares."""
     base = GPT.from_pretrained(base_source(run.init), dropout=run.dropout)
     if sequence_length > base.config.block_size:
-        raise ConfigError(f"--sequence_length {sequence_length} exceeds the base model's block_size "
-                          f"{base.config.block_size}; use --sequence_length {base.config.block_size} or less.")
+        raise ConfigError(
+            f"--sequence_length {sequence_length} exceeds the base model's block_size "
+            f"{base.config.block_size}; use --sequence_length {base.config.block_size} or less."
+        )
     return base
 
 
@@ -73,8 +79,9 @@ def prepare_data(config: FitConfig):
     from data import ClientDataModule, prepare_recipe
 
     data = config.data
-    folder = data.data_dir or prepare_recipe(data.recipe, num_clients=data.num_clients, seed=config.run.seed,
-                                             pairing=data.pairing, **data.budgets())
+    folder = data.data_dir or prepare_recipe(
+        data.recipe, num_clients=data.num_clients, seed=config.run.seed, pairing=data.pairing, **data.budgets()
+    )
     datamodule = ClientDataModule(folder=folder, config=data, seed=config.run.seed, accumulate=config.optim.acc_steps)
     return datamodule, data.resolved(datamodule.manifest)
 
@@ -95,22 +102,35 @@ def check_resume(checkpoint: dict[str, Any], config: FitConfig, path: Path) -> N
             if not f.metadata.get("resume_free") and before != now[group][f.name]:
                 diff.append(f"{flag_name(cls, f.name)} {before} (now {now[group][f.name]})")
     if diff:
-        raise RunFolderError(f"{path} was made with other options: {'; '.join(diff)}. Fix: resume with the options "
-                             "the run started with (its config.yaml: --config), or choose another --out.")
+        raise RunFolderError(
+            f"{path} was made with other options: {'; '.join(diff)}. Fix: resume with the options "
+            "the run started with (its config.yaml: --config), or choose another --out."
+        )
 
 
-def write_summary(folder: RunFolder, config: FitConfig, precision: str, module: CollabLoRAModule,
-                  aggregation: TrustAggregation, datamodule, said: list[str], seconds: float) -> dict[str, Any]:
+def write_summary(
+    folder: RunFolder,
+    config: FitConfig,
+    precision: str,
+    module: CollabLoRAModule,
+    aggregation: TrustAggregation,
+    datamodule,
+    said: list[str],
+    seconds: float,
+) -> dict[str, Any]:
     final = module.curves[-1]
     manifest = datamodule.manifest
     summary = {
         "folder": str(folder.path),
         "config": config.to_dict(),
         "precision": precision,
-        "dataset": {"folder": str(datamodule.data_dir), "budget": manifest.get("budget", manifest["options"]["budget"]),
-                    "categories": list(datamodule.categories),
-                    "mixture": [list(map(float, row)) for row in datamodule.mixture],
-                    "client_categories": list(map(int, datamodule.client_categories))},
+        "dataset": {
+            "folder": str(datamodule.data_dir),
+            "budget": manifest.get("budget", manifest["options"]["budget"]),
+            "categories": list(datamodule.categories),
+            "mixture": [list(map(float, row)) for row in datamodule.mixture],
+            "client_categories": list(map(int, datamodule.client_categories)),
+        },
         "final": {"step": final["step"], "clients": final["clients"], "mean": final["mean"]},
         "curves": module.curves,
         "train_loss": module.train_curve,
@@ -131,8 +151,10 @@ def run(config: FitConfig) -> dict[str, Any]:
     precision = resolve_precision(config.run.precision, device_type(config.run.accelerator))
     folder = RunFolder(config.run.out or default_out(config))
     if folder.finished():
-        raise RunFolderError(f"{folder.path} already holds a finished run ({folder.summary.name}); choose another "
-                             "--out, or delete the folder to run again.")
+        raise RunFolderError(
+            f"{folder.path} already holds a finished run ({folder.summary.name}); choose another "
+            "--out, or delete the folder to run again."
+        )
     with folder.locked():
         checkpoint = read_checkpoint(folder.checkpoint) if folder.checkpoint.exists() else None
         base = load_base(config.run, config.data.sequence_length)  # a bad --init fails before data work
@@ -147,20 +169,38 @@ def run(config: FitConfig) -> dict[str, Any]:
         folder.keep_until(checkpoint["global_step"] if checkpoint is not None else -1)
 
         L.seed_everything(config.run.seed, verbose=False)
-        module = CollabLoRAModule(base=base, lora=config.lora, optim=config.optim, num_clients=datamodule.num_clients,
-                                  seed=config.run.seed, memory=config.memory)
+        module = CollabLoRAModule(
+            base=base,
+            lora=config.lora,
+            optim=config.optim,
+            num_clients=datamodule.num_clients,
+            seed=config.run.seed,
+            memory=config.memory,
+        )
         aggregation = TrustAggregation(settings=config.trust, out_dir=folder.path)
-        saver = RunCheckpoint(folder.checkpoint, every=config.run.ckpt_freq or config.run.eval_freq,
-                              eval_every=config.run.eval_freq, config=config.to_dict())
-        trainer = L.Trainer(max_steps=config.optim.iterations, accelerator=config.run.accelerator,
-                            devices=config.run.devices, precision=precision,
-                            logger=make_logger(config.run.logger, folder.path), callbacks=[aggregation, saver],
-                            enable_checkpointing=False,
-                            val_check_interval=config.run.eval_freq * config.optim.acc_steps,
-                            check_val_every_n_epoch=None, num_sanity_val_steps=0,
-                            enable_progress_bar=config.run.progress, enable_model_summary=False,
-                            # metric states made by the step-0 evaluation stay usable in training's
-                            inference_mode=False, default_root_dir=folder.path)
+        saver = RunCheckpoint(
+            folder.checkpoint,
+            every=config.run.ckpt_freq or config.run.eval_freq,
+            eval_every=config.run.eval_freq,
+            config=config.to_dict(),
+        )
+        trainer = L.Trainer(
+            max_steps=config.optim.iterations,
+            accelerator=config.run.accelerator,
+            devices=config.run.devices,
+            precision=precision,
+            logger=make_logger(config.run.logger, folder.path),
+            callbacks=[aggregation, saver],
+            enable_checkpointing=False,
+            val_check_interval=config.run.eval_freq * config.optim.acc_steps,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+            enable_progress_bar=config.run.progress,
+            enable_model_summary=False,
+            # metric states made by the step-0 evaluation stay usable in training's
+            inference_mode=False,
+            default_root_dir=folder.path,
+        )
         start = time.time()
         if checkpoint is None:  # step 0: every client's model before fine-tuning, the base
             trainer.validate(module, datamodule=datamodule, verbose=False)
@@ -189,8 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FixableError as err:  # anything else is a bug (or out of memory): its traceback shows
         parser.exit(2, f"error: {err}\n")
     data: dict[str, Any] = summary["config"]["data"]
-    print(f"\n{summary['config']['trust']['strategy']} on {data['dataset']} ({data['num_clients']} clients), "
-          f"step {summary['final']['step']}:")
+    print(
+        f"\n{summary['config']['trust']['strategy']} on {data['dataset']} ({data['num_clients']} clients), "
+        f"step {summary['final']['step']}:"
+    )
     print(format_final(summary))
     print(f"outputs in {summary['folder']}")
     return 0

@@ -1,4 +1,5 @@
 """Where a run's metrics go: `metrics.csv` in the run folder (kept across resumes), TensorBoard or W&B."""
+
 from __future__ import annotations
 
 import csv
@@ -30,7 +31,7 @@ class RunCSVLogger(loggers.CSVLogger):
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
+        if not isinstance(self._experiment, _AppendingWriter):  # None until the first call
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment

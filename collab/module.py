@@ -8,20 +8,31 @@ chunks: still exact, with peak activation memory set by the chunk, not by N. Eve
 its dropout masks from its own stream (seeded by run seed, client and micro-step), so chunking
 and resuming leave each client's step unchanged.
 """
+
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import Any, ContextManager
+from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
+from torch.optim.lr_scheduler import LRScheduler
 
-from lora_gpt import (GPT, ClientSlice, LoRAConfig, client_slices, inject_lora, is_lora_name, lora_parameters,
-                      mark_only_lora_as_trainable)
+from lora_gpt import (
+    GPT,
+    ClientSlice,
+    LoRAConfig,
+    client_slices,
+    inject_lora,
+    is_lora_name,
+    lora_parameters,
+    mark_only_lora_as_trainable,
+)
 from lora_gpt.cross_entropy import fused_linear_cross_entropy, linear_predictions
 from lora_gpt.errors import ConfigError
 from lora_gpt.precision import flush_denormals
@@ -45,12 +56,15 @@ def base_fingerprint(model: GPT) -> str:
 def clip_per_client(params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
     """Clip each client's gradient (its slice of every stacked tensor) to `max_norm` on its own;
     returns the per-client norms before clipping. A global clip would let one client's large
-    gradient shrink every other client's step."""
-    sq = sum(p.grad.flatten(1).double().pow(2).sum(1) for p in params)
+    gradient shrink every other client's step. Parameters without a gradient are left out."""
+    grads = [p.grad for p in params if p.grad is not None]
+    sq = torch.zeros(grads[0].shape[0], dtype=torch.float64, device=grads[0].device)
+    for g in grads:
+        sq += g.flatten(1).double().pow(2).sum(1)
     norms = sq.sqrt()
-    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(params[0].grad.dtype)
-    for p in params:
-        p.grad.mul_(factor.view(-1, *[1] * (p.dim() - 1)))
+    factor = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(grads[0].dtype)
+    for g in grads:
+        g.mul_(factor.view(-1, *[1] * (g.dim() - 1)))
     return norms.float()
 
 
@@ -64,15 +78,32 @@ class CollabLoRAModule(L.LightningModule):
     training, so a resumed run's history continues where its checkpoint left it.
     """
 
-    def __init__(self, *, base: GPT, lora: LoRAConfig, optim: OptimConfig, num_clients: int, seed: int = 0,
-                 memory: MemoryConfig = MemoryConfig(), first_client: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        base: GPT,
+        lora: LoRAConfig,
+        optim: OptimConfig,
+        num_clients: int,
+        seed: int = 0,
+        memory: MemoryConfig = MemoryConfig(),
+        first_client: int = 0,
+    ) -> None:
         super().__init__()
         if num_clients < 1:
             raise ConfigError(f"--num_clients must be >= 1, got {num_clients}.")
         lora = lora if lora.init_seed is not None else replace(lora, init_seed=seed)
-        self.save_hyperparameters({"model": base.config.to_dict(), "lora": lora.to_dict(), "optim": asdict(optim),
-                                   "memory": asdict(memory), "num_clients": num_clients, "seed": seed},
-                                  logger=False)  # the run folder's config.yaml holds the options
+        self.save_hyperparameters(
+            {
+                "model": base.config.to_dict(),
+                "lora": lora.to_dict(),
+                "optim": asdict(optim),
+                "memory": asdict(memory),
+                "num_clients": num_clients,
+                "seed": seed,
+            },
+            logger=False,
+        )  # the run folder's config.yaml holds the options
         self.model = mark_only_lora_as_trainable(inject_lora(base, lora, num_adapters=num_clients))
         self.optim, self.seed, self.num_clients, self.first_client = optim, seed, num_clients, first_client
         self.client_chunk = memory.client_chunk or num_clients
@@ -93,17 +124,24 @@ class CollabLoRAModule(L.LightningModule):
     def mean_losses(self, batches: Sequence[torch.Tensor], chunk: int | None = None) -> torch.Tensor:
         """`[N]`: every client's model's mean next-token loss on the same batches `[b, T+1]`, dropout off."""
         with self.precision_context():
-            return evaluation.mean_losses(self.model, self.num_clients, [b.to(self.device) for b in batches],
-                                          chunk or self.client_chunk)
+            return evaluation.mean_losses(
+                self.model, self.num_clients, [b.to(self.device) for b in batches], chunk or self.client_chunk
+            )
 
-    def client_outputs(self, idx: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor],
-                       positions: slice = slice(None), chunk: int | None = None) -> torch.Tensor:
+    def client_outputs(
+        self,
+        idx: torch.Tensor,
+        reduce: Callable[[torch.Tensor], torch.Tensor],
+        positions: slice = slice(None),
+        chunk: int | None = None,
+    ) -> torch.Tensor:
         """`reduce` of every client's logits on the same token ids `[b, T]` at `positions`, dropout off."""
         with self.precision_context():
-            return evaluation.client_outputs(self.model, self.num_clients, idx.to(self.device), reduce, positions,
-                                             chunk or self.client_chunk)
+            return evaluation.client_outputs(
+                self.model, self.num_clients, idx.to(self.device), reduce, positions, chunk or self.client_chunk
+            )
 
-    def precision_context(self) -> ContextManager:
+    def precision_context(self) -> contextlib.AbstractContextManager:
         """The trainer's precision (e.g. bf16 autocast) for work outside its steps: trust scoring is
         called from a callback, where Lightning applies none, and would otherwise run in float32."""
         trainer = self._trainer
@@ -116,8 +154,9 @@ class CollabLoRAModule(L.LightningModule):
         params = self.adapters()
         if set(adapters) != set(params):
             missing, unexpected = sorted(set(params) - set(adapters)), sorted(set(adapters) - set(params))
-            raise ValueError(f"new adapters do not match the model's: missing {missing[:3]}, "
-                             f"unexpected {unexpected[:3]}.")
+            raise ValueError(
+                f"new adapters do not match the model's: missing {missing[:3]}, unexpected {unexpected[:3]}."
+            )
         for name, p in params.items():
             p.copy_(adapters[name])
         if not reset.any() or self._trainer is None:
@@ -134,8 +173,9 @@ class CollabLoRAModule(L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(metrics, step=step)
 
-    def client_losses(self, batch: torch.Tensor, clients: ClientSlice,
-                      scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    def client_losses(
+        self, batch: torch.Tensor, clients: ClientSlice, scale: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`(objective, losses)` for `clients` on their slices of `batch`: `losses` is each client's
         mean next-token loss (detached), `objective` their sum times `scale`, to back-propagate.
         Dropout draws from the clients' own streams where `clients` carries them. The head's
@@ -144,8 +184,8 @@ class CollabLoRAModule(L.LightningModule):
         hidden = self.model.hidden_states(x, clients)
         per_token = scale / y[0].numel()  # the sum over clients of each client's mean
         objective, token_losses = fused_linear_cross_entropy(
-            hidden, self.model.lm_head.weight, y, torch.full(y.shape, per_token, device=y.device),
-            self.loss_chunk)
+            hidden, self.model.lm_head.weight, y, torch.full(y.shape, per_token, device=y.device), self.loss_chunk
+        )
         return objective, token_losses.mean(dim=(1, 2))
 
     def on_fit_start(self) -> None:
@@ -157,8 +197,9 @@ class CollabLoRAModule(L.LightningModule):
         acc = self.optim.acc_steps
         micro_step = self.global_step * acc + self._micro_in_step
         losses = []
-        for clients in client_slices(self.num_clients, self.client_chunk, seed=self.seed, step=micro_step,
-                                     first_id=self.first_client):
+        for clients in client_slices(
+            self.num_clients, self.client_chunk, seed=self.seed, step=micro_step, first_id=self.first_client
+        ):
             objective, loss = self.client_losses(batch, clients, scale=1.0 / acc)
             self.manual_backward(objective)
             losses.append(loss)
@@ -172,8 +213,13 @@ class CollabLoRAModule(L.LightningModule):
         """One AdamW step of every client (each clipped on its own), then its metrics."""
         step_losses, self._step_losses = self._step_losses, torch.zeros(self.num_clients)
         opt, sched = self.optimizers(), self.lr_schedulers()
-        metrics = {"train/loss": float(step_losses.mean()), "train/lr": sched.get_last_lr()[0],
-                   **{f"train/loss_client_{n}": float(v) for n, v in enumerate(step_losses)}}
+        # configure_optimizers gives one optimizer and one scheduler
+        assert isinstance(opt, LightningOptimizer) and isinstance(sched, LRScheduler)
+        metrics = {
+            "train/loss": float(step_losses.mean()),
+            "train/lr": float(sched.get_last_lr()[0]),
+            **{f"train/loss_client_{n}": float(v) for n, v in enumerate(step_losses)},
+        }
         if self.optim.grad_clip > 0:
             norms = clip_per_client([p for p in self.adapters().values() if p.grad is not None], self.optim.grad_clip)
             metrics["train/grad_norm_max"] = float(norms.max())
@@ -185,16 +231,21 @@ class CollabLoRAModule(L.LightningModule):
         self.train_curve.append({"step": self.global_step, "loss": step_losses.tolist()})
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        metrics = self.client_metrics()
         for clients in client_slices(self.num_clients, self.client_chunk):
             x, y = batch[clients.adapters, ..., :-1], batch[clients.adapters, ..., 1:]
             hidden = self.model.hidden_states(x, clients)
             losses, correct = linear_predictions(hidden, self.model.lm_head.weight, y, self.loss_chunk)
             for offset, n in enumerate(range(clients.start, clients.stop)):
-                self.val_metrics[n].update(losses[offset], correct[offset])
+                metrics[n].update(losses[offset], correct[offset])
+
+    def client_metrics(self) -> list[LanguageModelMetrics]:
+        """Every client's validation metrics (`val_metrics`, a ModuleList, types them as Modules)."""
+        return cast(list[LanguageModelMetrics], list(self.val_metrics))
 
     def on_validation_epoch_end(self) -> None:
-        per_client = [{k: float(v) for k, v in m.compute().items()} for m in self.val_metrics]
-        for m in self.val_metrics:
+        per_client = [{k: float(v) for k, v in m.compute().items()} for m in self.client_metrics()]
+        for m in self.client_metrics():
             m.reset()
         if self.trainer.sanity_checking:
             return
@@ -205,7 +256,7 @@ class CollabLoRAModule(L.LightningModule):
         self.log_metrics(metrics, self.global_step)
         self.curves.append({"step": self.global_step, "clients": per_client, "mean": mean})
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         o = self.optim
         optimizer = adamw(self.adapters().items(), o.lr, o.weight_decay, o.betas)
         scheduler = one_cycle(optimizer, o.lr, o.iterations, o.warmup_percent, o.final_div)
@@ -213,8 +264,9 @@ class CollabLoRAModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Only the adapters change; the frozen base is rebuilt from --init on resume.
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if is_lora_name(k) or "val_metrics" in k}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if is_lora_name(k) or "val_metrics" in k
+        }
         checkpoint["base_fingerprint"] = self.base_fingerprint
         checkpoint["curves"] = self.curves
         checkpoint["train_curve"] = self.train_curve
@@ -225,12 +277,15 @@ class CollabLoRAModule(L.LightningModule):
             raise ConfigError(
                 f"this checkpoint's adapters were trained on another base model (fingerprint {saved}, "
                 f"this base {self.base_fingerprint}); resume with the same --init, or start afresh "
-                "in a new --out folder.")
+                "in a new --out folder."
+            )
         ours = {k: tuple(v.shape) for k, v in self.state_dict().items() if is_lora_name(k)}
         theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items() if is_lora_name(k)}
         if ours != theirs:
             diff = sorted(set(ours.items()) ^ set(theirs.items()))[:3]
-            raise ConfigError(f"checkpoint adapters do not match this configuration (e.g. {diff}); "
-                              "resume with the options the run started with.")
+            raise ConfigError(
+                f"checkpoint adapters do not match this configuration (e.g. {diff}); "
+                "resume with the options the run started with."
+            )
         self.curves = checkpoint.get("curves", [])
         self.train_curve = checkpoint.get("train_curve", [])

@@ -1,12 +1,14 @@
 """Results of finished runs (their `summary.json`) as tables and plots."""
+
 from __future__ import annotations
 
 import json
 import math
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 SUMMARY_FILE = "summary.json"
 
@@ -43,8 +45,7 @@ def seed_table(runs: Iterable[dict[str, Any]], strategies: list[str] | None = No
         cells[(run_strategy(run), run_column(run))].append(final_mean_ppl(run))
     datasets = sorted({d for _, d in cells})
     strategies = strategies or sorted({s for s, _ in cells})
-    best = {d: min((statistics.mean(v) for (s, dd), v in cells.items() if dd == d), default=math.nan)
-            for d in datasets}
+    best = {d: min((statistics.mean(v) for (s, dd), v in cells.items() if dd == d), default=math.nan) for d in datasets}
     lines = ["| strategy | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for s in strategies:
         row = []
@@ -82,24 +83,33 @@ def paired_table(runs: Iterable[dict[str, Any]], strategies: list[str] | None = 
     for column in sorted(by_column):
         cells = by_column[column]
         order = strategies or sorted(cells)
-        lines = [f"**{column}**", "",
-                 "| strategy | mean ppl ± std | vs none (lower on) | vs naive (lower on) | same-category trust |",
-                 "|---|---|---|---|---|"]
+        lines = [
+            f"**{column}**",
+            "",
+            "| strategy | mean ppl ± std | vs none (lower on) | vs naive (lower on) | same-category trust |",
+            "|---|---|---|---|---|",
+        ]
         for strategy in (s for s in order if s in cells):
             seeds = cells[strategy]
             values = [final_mean_ppl(r) for r in seeds.values()]
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             row = [f"{statistics.mean(values):.1f} ± {std:.1f} (n={len(values)})"]
             for other in ("none", "naive"):
-                pairs = [(final_mean_ppl(r), final_mean_ppl(cells[other][seed]))
-                         for seed, r in seeds.items() if other in cells and seed in cells[other]]
+                pairs = [
+                    (final_mean_ppl(r), final_mean_ppl(cells[other][seed]))
+                    for seed, r in seeds.items()
+                    if other in cells and seed in cells[other]
+                ]
                 if strategy == other or not pairs:
                     row.append("")
                     continue
                 diff = statistics.mean(a / b - 1 for a, b in pairs)
                 row.append(f"{diff:+.1%} ({sum(a < b for a, b in pairs)}/{len(pairs)})")
-            shares = [rec["quality"]["same_category"] for r in seeds.values()
-                      if (rec := last_trust(r)) is not None and rec.get("quality")]
+            shares = [
+                rec["quality"]["same_category"]
+                for r in seeds.values()
+                if (rec := last_trust(r)) is not None and rec.get("quality")
+            ]
             row.append(f"{statistics.mean(shares):.2f}" if shares else "")
             lines.append(f"| {strategy} | " + " | ".join(row) + " |")
         sections.append("\n".join(lines))
@@ -124,9 +134,12 @@ def client_table(runs: Iterable[dict[str, Any]], labels: list[str] | None = None
     lines = [f"| run | {head} | mean |", "|---|" + "---|" * (n + 1)]
     start = runs[0]["curves"][0]
     if start["step"] == 0:
-        lines.append("| base (step 0) | " + " | ".join(f"{c['ppl']:.1f}" for c in start["clients"])
-                     + f" | {start['mean']['ppl']:.1f} |")
-    for label, r in zip(labels, runs):
+        lines.append(
+            "| base (step 0) | "
+            + " | ".join(f"{c['ppl']:.1f}" for c in start["clients"])
+            + f" | {start['mean']['ppl']:.1f} |"
+        )
+    for label, r in zip(labels, runs, strict=True):
         ppl = [f"{c['ppl']:.1f}" for c in r["final"]["clients"]]
         lines.append(f"| {label} | " + " | ".join(ppl) + f" | **{final_mean_ppl(r):.1f}** |")
     return "\n".join(lines)
@@ -153,23 +166,29 @@ def plot_client_curves(runs: list[dict[str, Any]], path: Path, labels: list[str]
     owner = runs[0]["dataset"]["client_categories"]
     colors = plt.get_cmap("tab10")
     values = [c["ppl"] for r in runs for point in r["curves"] for c in point["clients"]]
-    for ax, run, label in zip(axes.flat, runs, labels):
+    for ax, run, label in zip(axes.flat, runs, labels, strict=False):
         steps = [c["step"] for c in run["curves"]]
         for n in range(len(run["curves"][0]["clients"])):
-            ax.plot(steps, [c["clients"][n]["ppl"] for c in run["curves"]], color=colors(owner[n]),
-                    alpha=0.8, lw=1.2, label=categories[owner[n]])
+            ax.plot(
+                steps,
+                [c["clients"][n]["ppl"] for c in run["curves"]],
+                color=colors(owner[n]),
+                alpha=0.8,
+                lw=1.2,
+                label=categories[owner[n]],
+            )
         ax.plot(steps, [c["mean"]["ppl"] for c in run["curves"]], color="black", lw=2.2, label="mean")
         ax.set_title(f"{label}: mean {final_mean_ppl(run):.1f}", fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
         if max(values) > 10 * min(values):
             ax.set_yscale("log")
-    for ax in axes.flat[len(runs):]:
+    for ax in axes.flat[len(runs) :]:
         ax.axis("off")
     for ax in axes[:, 0]:
         ax.set_ylabel("validation perplexity")
     handles, names = axes[0][0].get_legend_handles_labels()
-    unique = dict(zip(names, handles))
+    unique = dict(zip(names, handles, strict=True))
     fig.legend(unique.values(), unique.keys(), loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -181,7 +200,9 @@ def plot_trust_heatmaps(runs: list[dict[str, Any]], path: Path, labels: list[str
     """Each run's last trust matrix side by side, clients ordered and labelled by category
     (runs that never aggregated are left out)."""
     labels = labels or [run_strategy(r) for r in runs]
-    shown = [(run, label, record) for run, label in zip(runs, labels) if (record := last_trust(run)) is not None]
+    shown = [
+        (run, label, record) for run, label in zip(runs, labels, strict=True) if (record := last_trust(run)) is not None
+    ]
     if not shown:
         return None
     plt = _pyplot()
@@ -193,18 +214,26 @@ def plot_trust_heatmaps(runs: list[dict[str, Any]], path: Path, labels: list[str
     names = [f"c{i} {categories[owner[i]]}" for i in order]
     size = 0.45 * len(order) + 1.4
     fig, axes = plt.subplots(1, len(shown), figsize=(size * len(shown), size + 0.4), squeeze=False)
-    for ax, (run, label, record) in zip(axes[0], shown):
+    for ax, (_, label, record) in zip(axes[0], shown, strict=True):
         trust = np.array(record["trust"])[np.ix_(order, order)]
         ax.imshow(trust, cmap="viridis", vmin=0, vmax=1)
         ax.set_xticks(range(len(order)), names, rotation=60, ha="right", fontsize=7)
         ax.set_yticks(range(len(order)), names, fontsize=7)
         for i in range(len(order)):
             for j in range(len(order)):
-                ax.text(j, i, f"{trust[i, j]:.2f}", ha="center", va="center", fontsize=5.5,
-                        color="white" if trust[i, j] < 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{trust[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=5.5,
+                    color="white" if trust[i, j] < 0.5 else "black",
+                )
         share = record.get("quality", {}).get("same_category")
-        ax.set_title(f"{label}, step {record['step']}" + (f"\nsame-category share {share:.2f}" if share else ""),
-                     fontsize=8)
+        ax.set_title(
+            f"{label}, step {record['step']}" + (f"\nsame-category share {share:.2f}" if share else ""), fontsize=8
+        )
     fig.suptitle("last trust matrix: row i's weight on column j's adapter", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

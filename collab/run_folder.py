@@ -9,15 +9,16 @@ and trimming what an interrupted attempt wrote past the checkpoint a resume star
         trust/step_NNNNNN.json one file per aggregation
         adapters/client_NN/    each client's final adapter
 """
+
 from __future__ import annotations
 
 import contextlib
 import csv
 import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from lora_gpt.errors import FixableError
 
@@ -82,9 +83,11 @@ class RunFolder:
             except BlockingIOError:
                 lock.seek(0)
                 holder = lock.read().strip() or "another process"
-                raise RunFolderError(f"{self.path} is in use by another run ({holder}); two runs in one folder "
-                                     "would overwrite each other. Fix: wait for it to finish, or choose another "
-                                     "--out.") from None
+                raise RunFolderError(
+                    f"{self.path} is in use by another run ({holder}); two runs in one folder "
+                    "would overwrite each other. Fix: wait for it to finish, or choose another "
+                    "--out."
+                ) from None
             lock.seek(0)
             lock.truncate()
             lock.write(f"pid {os.getpid()}\n")

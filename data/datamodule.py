@@ -1,4 +1,5 @@
 """The LightningDataModule over a prepared dataset: `[N, b, T+1]` batches, one slice per client."""
+
 from __future__ import annotations
 
 import warnings
@@ -46,8 +47,9 @@ class ClientDataModule(L.LightningDataModule):
     evaluation windows every client gets comes from the manifest's token counts, not the files.
     """
 
-    def __init__(self, *, folder: str | Path, config: DataConfig, seed: int = 0, accumulate: int = 1,
-                 client: int | None = None) -> None:
+    def __init__(
+        self, *, folder: str | Path, config: DataConfig, seed: int = 0, accumulate: int = 1, client: int | None = None
+    ) -> None:
         super().__init__()
         self.data_dir = Path(folder)
         self.manifest: dict = read_manifest(self.data_dir)
@@ -55,8 +57,10 @@ class ClientDataModule(L.LightningDataModule):
         self.seed, self.eval_batches, self.accumulate = seed, config.eval_batches, accumulate
         total = self.manifest["num_clients"]
         if client is not None and not 0 <= client < total:
-            raise ConfigError(f"client {client} is not in {self.data_dir}, which holds clients 0..{total - 1}. Fix: "
-                              "a client id (partition-id) below the dataset's client count.")
+            raise ConfigError(
+                f"client {client} is not in {self.data_dir}, which holds clients 0..{total - 1}. Fix: "
+                "a client id (partition-id) below the dataset's client count."
+            )
         self.clients: list[int] = list(range(total)) if client is None else [client]
         self.num_clients: int = len(self.clients)
         self.categories: list[str] = self.manifest["categories"]
@@ -74,18 +78,23 @@ class ClientDataModule(L.LightningDataModule):
                     raise ConfigError(
                         f"client {n}'s {split} split holds {have:,} tokens, fewer than one window of {span:,} "
                         f"(sequence_length + 1) in {self.data_dir}. Fix: --sequence_length {have - 1} or less, "
-                        f"or prepare the dataset with a larger --{split}_tokens.")
+                        f"or prepare the dataset with a larger --{split}_tokens."
+                    )
         have = self.manifest["files"]["ref.bin"]["tokens"]
         if have < span:
-            raise ConfigError(f"the shared ref stream holds {have:,} tokens, fewer than one window of {span:,} in "
-                              f"{self.data_dir}. Fix: a shorter --sequence_length, or a larger --ref_tokens.")
+            raise ConfigError(
+                f"the shared ref stream holds {have:,} tokens, fewer than one window of {span:,} in "
+                f"{self.data_dir}. Fix: a shorter --sequence_length, or a larger --ref_tokens."
+            )
 
     def setup(self, stage: str | None = None) -> None:
         """Check every token file this view reads against the manifest's sha256 (once)."""
         if not self._verified:
             mine = {client_file(n, split) for n in self.clients for split in SPLITS} | {"ref.bin"}
-            verify(self.data_dir, {**self.manifest, "files": {k: v for k, v in self.manifest["files"].items()
-                                                              if k in mine}})
+            verify(
+                self.data_dir,
+                {**self.manifest, "files": {k: v for k, v in self.manifest["files"].items() if k in mine}},
+            )
             self._verified = True
 
     def tokens(self, client: int | None, split: str = "train") -> np.memmap:
@@ -96,24 +105,32 @@ class ClientDataModule(L.LightningDataModule):
     def train_batch(self, t: int) -> torch.Tensor:
         """Training micro-batch t, `[N, b, T+1]` int64: b random windows of each client's own train split."""
         span = self.sequence_length + 1
-        return torch.from_numpy(np.stack([
-            random_windows(self.tokens(n, "train"), self.batch_size, span, (self.seed, n, t))
-            for n in self.clients]))
+        return torch.from_numpy(
+            np.stack(
+                [
+                    random_windows(self.tokens(n, "train"), self.batch_size, span, (self.seed, n, t))
+                    for n in self.clients
+                ]
+            )
+        )
 
     def _windows(self, tokens: np.ndarray, count: int) -> np.ndarray:
         """`count` non-overlapping windows spread evenly from the start to the end of `tokens`
         (starts at least a window apart, as `count <= len // span`)."""
         span = self.sequence_length + 1
         starts = np.linspace(0, len(tokens) - span, count).astype(np.int64)
-        return np.stack([tokens[s:s + span] for s in starts]).astype(np.int64)
+        return np.stack([tokens[s : s + span] for s in starts]).astype(np.int64)
 
     def _window_count(self, lengths: list[int], num_batches: int | None, what: str) -> int:
         wanted = (num_batches or self.eval_batches) * self.batch_size
         fits = min(lengths) // (self.sequence_length + 1)
         if fits < wanted:
-            warnings.warn(f"the {what} split holds {fits} non-overlapping windows of {self.sequence_length + 1} tokens "
-                          f"for some client, fewer than the {wanted} asked for; every client gets {fits}. Prepare the "
-                          f"dataset with a larger --{what}_tokens for more.", stacklevel=3)
+            warnings.warn(
+                f"the {what} split holds {fits} non-overlapping windows of {self.sequence_length + 1} tokens "
+                f"for some client, fewer than the {wanted} asked for; every client gets {fits}. Prepare the "
+                f"dataset with a larger --{what}_tokens for more.",
+                stacklevel=3,
+            )
         return min(wanted, fits)
 
     def _client_batches(self, split: str, num_batches: int | None) -> list[torch.Tensor]:
@@ -144,4 +161,5 @@ class ClientDataModule(L.LightningDataModule):
         return DataLoader(_TrainBatches(self, start), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_batches(), batch_size=None)
+        # A list of batches is a map-style dataset, though torch annotates DataLoader's dataset as Dataset.
+        return DataLoader(self.val_batches(), batch_size=None)  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
 """The errors `data` raises for problems the user can fix; each message names the fix."""
+
 from __future__ import annotations
 
 from lora_gpt.errors import FixableError

@@ -4,6 +4,7 @@ A file appears under its final name only once complete (written to `NAME.<pid>.t
 and the manifest is written last, so a folder with a manifest is a complete dataset and an
 interrupted preparation never leaves anything that looks finished.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,9 +56,11 @@ def write_json(path: Path, obj: dict) -> None:
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.exists():
-        raise ManifestError(f"{folder} has no {MANIFEST}: it is not a prepared dataset, or its preparation was "
-                            "interrupted. Fix: run `python -m data.prepare RECIPE` (or `data.prepare_recipe`) and "
-                            "pass the folder it prints.")
+        raise ManifestError(
+            f"{folder} has no {MANIFEST}: it is not a prepared dataset, or its preparation was "
+            "interrupted. Fix: run `python -m data.prepare RECIPE` (or `data.prepare_recipe`) and "
+            "pass the folder it prints."
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
@@ -77,5 +80,7 @@ def verify(folder: Path, manifest: dict, hashes: bool = True) -> None:
         elif hashes and sha256(path) != entry["sha256"]:
             problem = "does not match its sha256 in the manifest (the file was changed or is corrupt)"
         if problem:
-            raise ManifestError(f"{path} {problem}. Fix: delete the folder {folder} and prepare the dataset again "
-                                f"(`python -m data.prepare {manifest.get('recipe', 'RECIPE')} ...`).")
+            raise ManifestError(
+                f"{path} {problem}. Fix: delete the folder {folder} and prepare the dataset again "
+                f"(`python -m data.prepare {manifest.get('recipe', 'RECIPE')} ...`)."
+            )

@@ -4,13 +4,14 @@ Builds the pretraining corpus from the offline corpora (`data.pretraining`: docu
 client ever gets) and pretrains `lora_gpt.pretrain`'s small GPT-2-shaped model on it; both are
 cached, so `collab.fit --init offline` builds them on first use and reuses them after.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from lora_gpt.pretrain import REPORT_NAME, PretrainConfig, add_config_arguments, ensure_base, format_report
 
@@ -23,8 +24,9 @@ def offline_base(config: PretrainConfig | None = None, progress: bool = True) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.offline_base", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m data.offline_base", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_config_arguments(p)
     try:
         folder = offline_base(PretrainConfig(**vars(p.parse_args(argv))))

@@ -7,6 +7,7 @@ given, shrink the per-client budgets until the text suffices. The default folder
 recipe and options, so the same call reuses it and other options get their own; an `--out`
 that holds another configuration is refused, never overwritten.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,7 @@ from lora_gpt.errors import ConfigError, FixableError
 from .errors import ManifestError
 from .manifest import MANIFEST, client_file, read_manifest, verify, write_json, write_tokens
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
-from .split import (PAIRINGS, SPLITS, Layout, category_needs, fitted_budget, resolve_pairing,
-                    split_clients)
+from .split import PAIRINGS, SPLITS, Layout, category_needs, fitted_budget, resolve_pairing, split_clients
 from .tokenize import TokenizedDocuments
 
 FORMAT_VERSION = 2
@@ -49,14 +49,22 @@ def _clear_partial(folder: Path) -> None:
         return
     ours = [p for p in folder.iterdir() if p.name.startswith("client_") or p.name.endswith((".bin", ".tmp"))]
     if len(ours) != len(list(folder.iterdir())):
-        raise ManifestError(f"{folder} exists and holds files that are not a prepared dataset. Fix: pass an empty "
-                            "or new --out folder.")
+        raise ManifestError(
+            f"{folder} exists and holds files that are not a prepared dataset. Fix: pass an empty or new --out folder."
+        )
     for p in ours:
         shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
-def prepare_recipe(recipe: str, num_clients: int | None = None, out: Path | None = None, seed: int = 0,
-                   progress: bool = True, pairing: str | None = None, **budgets: int | None) -> Path:
+def prepare_recipe(
+    recipe: str,
+    num_clients: int | None = None,
+    out: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    pairing: str | None = None,
+    **budgets: int | None,
+) -> Path:
     """Prepare, or reuse, the token files of `recipe` for `num_clients` clients; returns the folder.
 
     `recipe` is a name from `list_recipes()` or the path of your own data; `budgets` (`train`,
@@ -70,18 +78,26 @@ def prepare_recipe(recipe: str, num_clients: int | None = None, out: Path | None
     spec = get_recipe(recipe, **budgets)
     if num_clients is not None and num_clients < 1:
         raise ConfigError(f"--num_clients must be at least 1, got {num_clients}.")
-    options = {"recipe": spec.name, "source": spec.source_id, "kind": spec.kind,
-               "pairing": resolve_pairing(spec.kind, pairing),
-               "num_clients": num_clients if num_clients is not None else spec.num_clients, "seed": seed,
-               "budget": asdict(spec.budget), "budget_given": any(v is not None for v in budgets.values()),
-               "format": FORMAT_VERSION}
+    options = {
+        "recipe": spec.name,
+        "source": spec.source_id,
+        "kind": spec.kind,
+        "pairing": resolve_pairing(spec.kind, pairing),
+        "num_clients": num_clients if num_clients is not None else spec.num_clients,
+        "seed": seed,
+        "budget": asdict(spec.budget),
+        "budget_given": any(v is not None for v in budgets.values()),
+        "format": FORMAT_VERSION,
+    }
     folder = Path(out) if out is not None else default_folder(options)
     with _exclusive(folder):
         if (folder / MANIFEST).exists():
             manifest = read_manifest(folder)
             if manifest.get("options") != options:
-                raise ManifestError(f"{folder} already holds another dataset (options {manifest.get('options')}, "
-                                    f"asked for {options}). Fix: choose another --out, or delete that folder.")
+                raise ManifestError(
+                    f"{folder} already holds another dataset (options {manifest.get('options')}, "
+                    f"asked for {options}). Fix: choose another --out, or delete that folder."
+                )
             verify(folder, manifest, hashes=False)  # cheap; the DataModule checks the hashes
             return folder
         _clear_partial(folder)
@@ -109,8 +125,13 @@ def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, pr
     budget = spec.budget
     if not options["budget_given"] and layout.num_clients > (spec.num_clients or len(categories)):
         budget = fitted_budget(docs, categories, layout, budget)  # more clients than the recipe's: data-poor ones
-    with tqdm(total=int(category_needs(shares, budget).sum()), desc=f"tokenizing {spec.name}", unit="tok",
-              unit_scale=True, disable=not progress) as bar:
+    with tqdm(
+        total=int(category_needs(shares, budget).sum()),
+        desc=f"tokenizing {spec.name}",
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+    ) as bar:
         split = split_clients(docs, categories, layout, budget, bar.update)
     files = {"ref.bin": write_tokens(folder / "ref.bin", split.ref)}
     for i, client in enumerate(split.clients):
@@ -118,11 +139,18 @@ def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, pr
             files[client_file(i, name)] = write_tokens(folder / client_file(i, name), client[name])
     mixture = split.mixture
     manifest = {
-        "recipe": recipe, "description": spec.description, "options": options, "num_clients": layout.num_clients,
-        "budget": asdict(budget), "categories": categories, "client_categories": [int(row.argmax()) for row in mixture],
-        "mixture": mixture.tolist(), "client_category_tokens": split.counts.tolist(),
-        "documents_used": dict(zip(categories, split.documents_used)),
-        "seconds": round(time.perf_counter() - started, 2), "files": files,
+        "recipe": recipe,
+        "description": spec.description,
+        "options": options,
+        "num_clients": layout.num_clients,
+        "budget": asdict(budget),
+        "categories": categories,
+        "client_categories": [int(row.argmax()) for row in mixture],
+        "mixture": mixture.tolist(),
+        "client_category_tokens": split.counts.tolist(),
+        "documents_used": dict(zip(categories, split.documents_used, strict=True)),
+        "seconds": round(time.perf_counter() - started, 2),
+        "files": files,
     }
     write_json(folder / MANIFEST, manifest)  # last: its presence means the folder is complete
 
@@ -131,13 +159,22 @@ def summary(folder: Path) -> str:
     """A few lines describing a prepared dataset: clients, their mixtures, token counts."""
     m = read_manifest(folder)
     pairing, used, asked = m["options"]["pairing"], m["budget"], m["options"]["budget"]
-    lines = [f"{folder}", f"{m['recipe']}: {m['num_clients']} clients over {', '.join(m['categories'])}"
-             + (f" (mixed, pairing {pairing})" if pairing else ""),
-             f"  budget: train {used['train']:,}, val {used['val']:,}, trust {used['trust']:,} per client, ref "
-             f"{used['ref']:,} per category" + ("" if used == asked else f" (shrunk from train {asked['train']:,}, "
-                                                f"so the text serves {m['num_clients']} clients)")]
+    lines = [
+        f"{folder}",
+        f"{m['recipe']}: {m['num_clients']} clients over {', '.join(m['categories'])}"
+        + (f" (mixed, pairing {pairing})" if pairing else ""),
+        f"  budget: train {used['train']:,}, val {used['val']:,}, trust {used['trust']:,} per client, ref "
+        f"{used['ref']:,} per category"
+        + (
+            ""
+            if used == asked
+            else f" (shrunk from train {asked['train']:,}, so the text serves {m['num_clients']} clients)"
+        ),
+    ]
     for i, row in enumerate(m["mixture"]):
-        mix = " + ".join(f"{w:.2f} {c}" for w, c in sorted(zip(row, m["categories"]), reverse=True) if w > 0)
+        mix = " + ".join(
+            f"{w:.2f} {c}" for w, c in sorted(zip(row, m["categories"], strict=True), reverse=True) if w > 0
+        )
         sizes = ", ".join(f"{s} {m['files'][client_file(i, s)]['tokens']:,}" for s in SPLITS)
         lines.append(f"  client {i:2d}: {mix:<28} {sizes}")
     lines.append(f"  ref: {m['files']['ref.bin']['tokens']:,} tokens shared by all clients")
@@ -145,23 +182,38 @@ def summary(folder: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", nargs="?", help="a recipe name (see --list), or a folder / .csv / .jsonl of your own "
-                                             "(append :mixed for the mixed split)")
+    p = argparse.ArgumentParser(
+        prog="python -m data.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        help="a recipe name (see --list), or a folder / .csv / .jsonl of your own (append :mixed for the mixed split)",
+    )
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
-    p.add_argument("--num_clients", type=int, default=None,
-                   help="clients (default: the recipe's own count; more than that, with no --*_tokens, shrinks the "
-                        "per-client budgets until the text suffices)")
+    p.add_argument(
+        "--num_clients",
+        type=int,
+        default=None,
+        help="clients (default: the recipe's own count; more than that, with no --*_tokens, shrinks the "
+        "per-client budgets until the text suffices)",
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: under the cache, keyed by options)")
     p.add_argument("--seed", type=int, default=0, help="which documents go to which client and split")
-    p.add_argument("--pairing", choices=PAIRINGS, default=None,
-                   help="mixed split: whose main category a client takes as its minor 1/4: ring (default: client "
-                        "n+1's) or pairs (the reference code's AG News: clients 2k and 2k+1 swap)")
+    p.add_argument(
+        "--pairing",
+        choices=PAIRINGS,
+        default=None,
+        help="mixed split: whose main category a client takes as its minor 1/4: ring (default: client "
+        "n+1's) or pairs (the reference code's AG News: clients 2k and 2k+1 swap)",
+    )
     for name in ("train", "val", "trust", "ref"):
-        p.add_argument(f"--{name}_tokens", type=int, default=None,
-                       help=f"{name} tokens {'per category' if name == 'ref' else 'per client'} "
-                            "(default: the recipe's)")
+        p.add_argument(
+            f"--{name}_tokens",
+            type=int,
+            default=None,
+            help=f"{name} tokens {'per category' if name == 'ref' else 'per client'} (default: the recipe's)",
+        )
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
     args = p.parse_args(argv)
     if args.list:
@@ -172,9 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.recipe is None:
         p.error("give a RECIPE (see --list)")
     try:
-        folder = prepare_recipe(args.recipe, args.num_clients, args.out, args.seed, args.progress, args.pairing,
-                                train=args.train_tokens, val=args.val_tokens, trust=args.trust_tokens,
-                                ref=args.ref_tokens)
+        folder = prepare_recipe(
+            args.recipe,
+            args.num_clients,
+            args.out,
+            args.seed,
+            args.progress,
+            args.pairing,
+            train=args.train_tokens,
+            val=args.val_tokens,
+            trust=args.trust_tokens,
+            ref=args.ref_tokens,
+        )
     except FixableError as err:
         p.exit(2, f"error: {err}\n")
     print(summary(folder))

@@ -9,6 +9,7 @@ Which corpora, and at most how many tokens of each, is a `mix` (`DEFAULT_MIX`), 
 ones do not drown the rest; documents of all corpora are interleaved so that any stretch of
 `train.bin` or `val.bin` is a mixture.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -31,9 +32,13 @@ FORMAT_VERSION = 4  # bump when how a corpus is built changes: the corpus is reb
 # the paper's French, German and Italian Wikipedia, it leaves the clients' adapters much to learn.
 # Chosen by measurement (README, "The offline base"): adding the three languages' manuals made
 # the base better on the clients' text and left the adapters little to learn.
-DEFAULT_MIX: dict[str, int] = {"english_manual": 600_000, "english_manpages": 600_000,
-                               **{f"fortunes_{topic}": 600_000 for topic in offline.FORTUNE_TOPICS},
-                               "fortunes_de": 300_000, "fortunes_it": 300_000}
+DEFAULT_MIX: dict[str, int] = {
+    "english_manual": 600_000,
+    "english_manpages": 600_000,
+    **{f"fortunes_{topic}": 600_000 for topic in offline.FORTUNE_TOPICS},
+    "fortunes_de": 300_000,
+    "fortunes_it": 300_000,
+}
 
 
 def _tokenized(texts: list[str], limit: int) -> list[np.ndarray]:
@@ -41,7 +46,7 @@ def _tokenized(texts: list[str], limit: int) -> list[np.ndarray]:
     stream, docs, total = TokenStream(TokenizedDocuments(texts)), [], 0
     while total < limit:
         try:
-            doc = stream.next_document()[:limit - total]
+            doc = stream.next_document()[: limit - total]
         except TextExhausted:
             break
         docs.append(doc)
@@ -61,11 +66,16 @@ def pretraining_corpus(mix: dict[str, int] | None = None, out: Path | None = Non
     mix = dict(DEFAULT_MIX if mix is None else mix)
     unknown = sorted(set(mix) - set(offline.CORPORA))
     if unknown or not mix or min(mix.values()) < 1:
-        raise ValueError(f"a pretraining mix maps offline corpora ({', '.join(offline.CORPORA)}) to positive token "
-                         f"caps; got {mix}" + (f" (unknown: {', '.join(unknown)})" if unknown else "") + ".")
+        raise ValueError(
+            f"a pretraining mix maps offline corpora ({', '.join(offline.CORPORA)}) to positive token "
+            f"caps; got {mix}" + (f" (unknown: {', '.join(unknown)})" if unknown else "") + "."
+        )
     key = hashlib.sha256(json.dumps(mix, sort_keys=True).encode()).hexdigest()[:10]
-    folder = Path(out) if out is not None else (
-        cache_dir() / f"pretraining-v{offline.CORPUS_VERSION}.{FORMAT_VERSION}" / key)
+    folder = (
+        Path(out)
+        if out is not None
+        else (cache_dir() / f"pretraining-v{offline.CORPUS_VERSION}.{FORMAT_VERSION}" / key)
+    )
     if (folder / MANIFEST).exists():
         verify(folder, read_manifest(folder), hashes=False)
         return folder
@@ -81,12 +91,20 @@ def pretraining_corpus(mix: dict[str, int] | None = None, out: Path | None = Non
         sizes[name] = {"train": sum(map(len, corpus_train)), "val": sum(map(len, corpus_val))}
         train += corpus_train
         val += corpus_val
-    files = {"train.bin": write_tokens(folder / "train.bin", _interleaved(train)),
-             "val.bin": write_tokens(folder / "val.bin", _interleaved(val))}
-    write_json(folder / MANIFEST, {
-        "share": f"documents whose sha1 falls in the first {offline.PRETRAIN_PERMILLE / 10:g}% of the hash range "
-                 f"(validation: the first {offline.PRETRAIN_VAL_PERMILLE / 10:g}%), and all of "
-                 f"{', '.join(sorted(offline.PRETRAINING_ONLY))} (used by no recipe); never given to a client",
-        "corpus_version": offline.CORPUS_VERSION, "mix": mix,
-        "corpora": sizes, "files": files})
+    files = {
+        "train.bin": write_tokens(folder / "train.bin", _interleaved(train)),
+        "val.bin": write_tokens(folder / "val.bin", _interleaved(val)),
+    }
+    write_json(
+        folder / MANIFEST,
+        {
+            "share": f"documents whose sha1 falls in the first {offline.PRETRAIN_PERMILLE / 10:g}% of the hash range "
+            f"(validation: the first {offline.PRETRAIN_VAL_PERMILLE / 10:g}%), and all of "
+            f"{', '.join(sorted(offline.PRETRAINING_ONLY))} (used by no recipe); never given to a client",
+            "corpus_version": offline.CORPUS_VERSION,
+            "mix": mix,
+            "corpora": sizes,
+            "files": files,
+        },
+    )
     return folder

@@ -5,9 +5,10 @@ Paper recipes stream from the Hugging Face hub; offline recipes use text from De
 (`sources/offline.py`); a path (folder, `.csv`, `.jsonl`) is a recipe of your own data, split
 the specific way, or the mixed way when the path ends in `:mixed`.
 """
+
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ from .sources import hf, offline
 from .sources.local import TABLE_SUFFIXES, fingerprint, load_local
 from .split import KINDS, Budget
 
-Documents = dict[str, Iterable[str]]  # category -> its documents, in a seed-dependent order
+Documents = Mapping[str, Iterable[str]]  # category -> its documents, in a seed-dependent order
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,28 @@ OFFLINE_BUDGET = Budget(train=30_000, val=8_000, trust=4_000, ref=10_000)
 TOPICS_BUDGET = Budget(train=25_000, val=5_000, trust=2_500, ref=5_000)  # the fortune files are small
 
 # recipe base -> (category -> offline corpora), default clients (specific, mixed), budget, description
-OFFLINE_SHAPES = {
-    "offline_multi": ({"french": ("french",), "german": ("german",), "italian": ("italian",)}, (8, 8),
-                      OFFLINE_BUDGET, "French, German, Italian prose: the Debian Reference manual and man pages"),
-    "offline_code_prose": ({"java": ("java",), "english": ("english_manual", "english_manpages") + tuple(
-                            f"fortunes_{t}" for t in offline.FORTUNE_TOPICS)}, (8, 8), OFFLINE_BUDGET,
-                           "Java (OpenJDK sources) vs English prose (Debian Reference manual, man pages, fortunes)"),
-    "offline_topics": ({t: (f"fortunes_{t}",) for t in offline.FORTUNE_TOPICS}, (8, 4), TOPICS_BUDGET,
-                       "four topics of English fortunes: " + ", ".join(offline.FORTUNE_TOPICS)),
+OFFLINE_SHAPES: dict[str, tuple[dict[str, tuple[str, ...]], tuple[int, int], Budget, str]] = {
+    "offline_multi": (
+        {"french": ("french",), "german": ("german",), "italian": ("italian",)},
+        (8, 8),
+        OFFLINE_BUDGET,
+        "French, German, Italian prose: the Debian Reference manual and man pages",
+    ),
+    "offline_code_prose": (
+        {
+            "java": ("java",),
+            "english": ("english_manual", "english_manpages") + tuple(f"fortunes_{t}" for t in offline.FORTUNE_TOPICS),
+        },
+        (8, 8),
+        OFFLINE_BUDGET,
+        "Java (OpenJDK sources) vs English prose (Debian Reference manual, man pages, fortunes)",
+    ),
+    "offline_topics": (
+        {t: (f"fortunes_{t}",) for t in offline.FORTUNE_TOPICS},
+        (8, 4),
+        TOPICS_BUDGET,
+        "four topics of English fortunes: " + ", ".join(offline.FORTUNE_TOPICS),
+    ),
 }
 HUB_SHAPES = {  # recipe base -> default clients (specific, mixed), budget, description
     "agnews": ((8, 4), AGNEWS_BUDGET, "AG News (Hugging Face): World, Sports, Business, Sci/Tech"),
@@ -68,8 +83,9 @@ def shuffled(docs: list[str], seed: int, category: int) -> list[str]:
 
 
 def _offline_load(categories: dict[str, tuple[str, ...]], seed: int) -> Documents:
-    return {cat: shuffled(offline.client_documents(corpora), seed, i)
-            for i, (cat, corpora) in enumerate(categories.items())}
+    return {
+        cat: shuffled(offline.client_documents(corpora), seed, i) for i, (cat, corpora) in enumerate(categories.items())
+    }
 
 
 def _local_load(path: Path, seed: int) -> Documents:
@@ -80,12 +96,19 @@ def _registry() -> dict[str, Recipe]:
     recipes = {}
     for kind in KINDS:
         for base, (categories, clients, budget, text) in OFFLINE_SHAPES.items():
-            recipes[f"{base}_{kind}"] = Recipe(f"{base}_{kind}", kind, clients[KINDS.index(kind)], budget,
-                                               partial(_offline_load, categories), text,
-                                               f"offline-v{offline.CORPUS_VERSION}:{categories}")
+            recipes[f"{base}_{kind}"] = Recipe(
+                f"{base}_{kind}",
+                kind,
+                clients[KINDS.index(kind)],
+                budget,
+                partial(_offline_load, categories),
+                text,
+                f"offline-v{offline.CORPUS_VERSION}:{categories}",
+            )
         for base, (clients, budget, text) in HUB_SHAPES.items():
-            recipes[f"{base}_{kind}"] = Recipe(f"{base}_{kind}", kind, clients[KINDS.index(kind)], budget,
-                                               partial(hf.load, base), text, "hub")
+            recipes[f"{base}_{kind}"] = Recipe(
+                f"{base}_{kind}", kind, clients[KINDS.index(kind)], budget, partial(hf.load, base), text, "hub"
+            )
     return recipes
 
 
@@ -103,12 +126,21 @@ def _local_recipe(name: str) -> Recipe | None:
         path, _, kind = name.rpartition(":")
     if not Path(path).exists():
         if "/" in path or path.endswith(TABLE_SUFFIXES):  # meant as a path, not a recipe name
-            raise DataNotFoundError(f"{path} does not exist. Fix: give an existing folder, .csv or .jsonl of your "
-                                    f"own data, or a recipe name: {', '.join(list_recipes())}.")
+            raise DataNotFoundError(
+                f"{path} does not exist. Fix: give an existing folder, .csv or .jsonl of your "
+                f"own data, or a recipe name: {', '.join(list_recipes())}."
+            )
         return None
-    path = Path(path).resolve()
-    return Recipe(f"{path.name}_{kind}", kind, None, OFFLINE_BUDGET, partial(_local_load, path),
-                  f"your own data: {path}", f"local:{path}:{fingerprint(path)}")
+    root = Path(path).resolve()
+    return Recipe(
+        f"{root.name}_{kind}",
+        kind,
+        None,
+        OFFLINE_BUDGET,
+        partial(_local_load, root),
+        f"your own data: {root}",
+        f"local:{root}:{fingerprint(root)}",
+    )
 
 
 def get_recipe(name: str, **budgets: int | None) -> Recipe:
@@ -116,9 +148,11 @@ def get_recipe(name: str, **budgets: int | None) -> Recipe:
     with any budget (`train`, `val`, `trust`, `ref` tokens) replaced where given."""
     recipe = RECIPES.get(name) or _local_recipe(name)
     if recipe is None:
-        raise ConfigError(f"unknown recipe {name!r}. Known recipes: {', '.join(list_recipes())}. Or give the path "
-                         "of your own data: a folder with one sub-folder or file per category, or a .csv/.jsonl "
-                         "with 'text' and 'label' columns (append ':mixed' for the mixed split).")
+        raise ConfigError(
+            f"unknown recipe {name!r}. Known recipes: {', '.join(list_recipes())}. Or give the path "
+            "of your own data: a folder with one sub-folder or file per category, or a .csv/.jsonl "
+            "with 'text' and 'label' columns (append ':mixed' for the mixed split)."
+        )
     given = {k: v for k, v in budgets.items() if v is not None}
     for key, value in given.items():
         if key not in Budget.__dataclass_fields__:

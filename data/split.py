@@ -7,6 +7,7 @@ Many clients: `fitted_budget` shrinks a budget in proportion, down to `FLOOR`, u
 category's text fills every piece; where even the floor is too much, or the budget is fixed, the
 error names the largest client count the text serves.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -61,9 +62,11 @@ def resolve_pairing(kind: str, pairing: str | None) -> str | None:
     if pairing is not None and pairing not in PAIRINGS:
         raise ConfigError(f"unknown pairing {pairing!r}; use {' or '.join(PAIRINGS)}.")
     if kind == "specific" and pairing is not None:
-        raise ConfigError(f"--pairing applies to the mixed split; this recipe's split is specific (one category per "
-                         "client). Fix: the mixed recipe (RECIPE_mixed, or PATH:mixed for your own data), or no "
-                         "--pairing.")
+        raise ConfigError(
+            "--pairing applies to the mixed split; this recipe's split is specific (one category per "
+            "client). Fix: the mixed recipe (RECIPE_mixed, or PATH:mixed for your own data), or no "
+            "--pairing."
+        )
     return (pairing or PAIRINGS[0]) if kind == "mixed" else None
 
 
@@ -83,20 +86,25 @@ def design_shares(kind: str, num_clients: int, num_categories: int, pairing: str
     if num_clients < 1:
         raise ConfigError(f"num_clients must be at least 1, got {num_clients}.")
     if kind == "specific" and num_clients < num_categories:
-        raise ConfigError(f"the specific split gives each of the {num_categories} categories at least one client, so "
-                         f"it needs num_clients >= {num_categories}, got {num_clients}. Fix: --num_clients "
-                         f"{num_categories} or more, or the mixed variant of the recipe.")
+        raise ConfigError(
+            f"the specific split gives each of the {num_categories} categories at least one client, so "
+            f"it needs num_clients >= {num_categories}, got {num_clients}. Fix: --num_clients "
+            f"{num_categories} or more, or the mixed variant of the recipe."
+        )
     if kind == "mixed" and num_categories < 2:
         raise ConfigError("a mixed split needs at least 2 categories; this data has 1. Fix: use the specific split.")
     if pairing == "pairs" and num_clients % 2:
-        raise ConfigError(f"--pairing pairs makes pairs of clients 2k and 2k+1, so it needs an even num_clients, "
-                         f"got {num_clients}. Fix: --num_clients {num_clients - 1} or {num_clients + 1}, or --pairing "
-                         "ring.")
+        raise ConfigError(
+            f"--pairing pairs makes pairs of clients 2k and 2k+1, so it needs an even num_clients, "
+            f"got {num_clients}. Fix: --num_clients {num_clients - 1} or {num_clients + 1}, or --pairing "
+            "ring."
+        )
     shares = np.zeros((num_clients, num_categories))
     for n in range(num_clients):
         if kind == "specific":
             shares[n, n % num_categories] = 1.0
         else:
+            assert pairing is not None  # resolve_pairing gives every mixed split one
             shares[n, n % num_categories] = MAJOR_SHARE
             shares[n, minor_category(n, num_categories, pairing)] = 1 - MAJOR_SHARE
     return shares
@@ -150,8 +158,12 @@ class NotEnoughText(Exception):
         self.category = category
 
 
-def deal(docs: list[TokenizedDocuments], shares: np.ndarray, budget: Budget,
-         on_tokens: Callable[[int], None] = lambda n: None) -> Split:
+def deal(
+    docs: list[TokenizedDocuments],
+    shares: np.ndarray,
+    budget: Budget,
+    on_tokens: Callable[[int], None] = lambda n: None,
+) -> Split:
     """Deal documents out: the reference stream, then client by client, split by split;
     `NotEnoughText` when a category runs out."""
     streams = [TokenStream(d) for d in docs]
@@ -226,8 +238,13 @@ def fitted_budget(docs: list[TokenizedDocuments], categories: list[str], layout:
     return scaled(budget, lo)
 
 
-def split_clients(docs: list[TokenizedDocuments], categories: list[str], layout: Layout, budget: Budget,
-                  on_tokens: Callable[[int], None] = lambda n: None) -> Split:
+def split_clients(
+    docs: list[TokenizedDocuments],
+    categories: list[str],
+    layout: Layout,
+    budget: Budget,
+    on_tokens: Callable[[int], None] = lambda n: None,
+) -> Split:
     """Every client's splits and the reference stream at `budget`; where a category runs out, an
     error naming it and the largest client count that works."""
     try:
@@ -236,20 +253,27 @@ def split_clients(docs: list[TokenizedDocuments], categories: list[str], layout:
         raise shortage(docs, categories, layout, budget, short.category, at_floor=False) from None
 
 
-def shortage(docs: list[TokenizedDocuments], categories: list[str], layout: Layout, budget: Budget, short: int,
-             at_floor: bool) -> ConfigError:
+def shortage(
+    docs: list[TokenizedDocuments], categories: list[str], layout: Layout, budget: Budget, short: int, at_floor: bool
+) -> ConfigError:
     """The error for a category that ran out: what it has, what the clients need, and the fix."""
     n_docs, tokens = docs[short].tokenized()  # all of it: it ran out
     need = category_needs(layout.shares(), budget)[short]
     most = most_clients(docs, layout, budget)
     at = "even at the smallest budgets" if at_floor else "at these budgets"
-    sizes = (f"train {budget.train:,}, val {budget.val:,}, trust {budget.trust:,} per client, ref {budget.ref:,} per "
-             "category" + ("; budgets shrink toward these for more clients than the recipe's default" if at_floor
-                           else ""))
+    sizes = (
+        f"train {budget.train:,}, val {budget.val:,}, trust {budget.trust:,} per client, ref {budget.ref:,} per "
+        "category" + ("; budgets shrink toward these for more clients than the recipe's default" if at_floor else "")
+    )
     fixes = [f"--num_clients {most} or fewer (the most this text serves {at.removeprefix('even ')})"] if most else []
-    fixes.append("more text in that category" if at_floor else
-                 "smaller budgets (--train_tokens, --val_tokens, --trust_tokens, --ref_tokens)")
-    return ConfigError(f"not enough text in category {categories[short]!r} for {layout.num_clients} clients {at} "
-                      f"({sizes}): its {n_docs:,} documents ({tokens:,} tokens) ran out, where these clients need "
-                      f"at least {need:,} tokens of it (and more, as each piece takes whole documents and drops the "
-                      f"rest of its last one). Fix: {', or '.join(fixes)}.")
+    fixes.append(
+        "more text in that category"
+        if at_floor
+        else "smaller budgets (--train_tokens, --val_tokens, --trust_tokens, --ref_tokens)"
+    )
+    return ConfigError(
+        f"not enough text in category {categories[short]!r} for {layout.num_clients} clients {at} "
+        f"({sizes}): its {n_docs:,} documents ({tokens:,} tokens) ran out, where these clients need "
+        f"at least {need:,} tokens of it (and more, as each piece takes whole documents and drops the "
+        f"rest of its last one). Fix: {', or '.join(fixes)}."
+    )

@@ -2,6 +2,7 @@
 time with tiktoken's threaded batch encoder, only as far as the splits need them, so a large
 or streamed source costs what is used, not what exists. Tokenized documents are kept, so
 dealing them out again (to find budgets that fit, see `split.fitted_budget`) tokenizes nothing."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Where files built once and reused are kept: the tokenizer's ranks, corpora, datasets, bases."""
+
 from __future__ import annotations
 
 import os

@@ -6,11 +6,12 @@ adapter. In training, every dropout mask of client n is drawn from a generator s
 client's masks do not depend on which other clients share its pass, on how clients are chunked,
 on N, or on a resume: chunked training, resumed training and N separate runs are the same step.
 """
+
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -69,8 +70,9 @@ class ClientSlice:
         return [mix64(s, site) for s in self.dropout_seeds]
 
 
-def client_slices(num_clients: int, chunk: int | None = None, *, seed: int | None = None,
-                  step: int | None = None, first_id: int = 0) -> Iterator[ClientSlice]:
+def client_slices(
+    num_clients: int, chunk: int | None = None, *, seed: int | None = None, step: int | None = None, first_id: int = 0
+) -> Iterator[ClientSlice]:
     """Clients `0..num_clients-1` in passes of at most `chunk` (default: all in one pass). With a
     run's `seed` and a micro-`step`, each client carries its own dropout stream for that step.
     `first_id` is the run's id of adapter 0 (a federated client holds one adapter, client n's),
@@ -106,8 +108,9 @@ def keep_mask(shape: tuple[int, ...], p: float, seeds: list[int], device: torch.
     return (words.view(torch.int16)[:, :numel] >= threshold).view(len(seeds), *shape)
 
 
-def zero_dropped(x: torch.Tensor, p: float, training: bool, clients: ClientSlice | None,
-                 site: int) -> tuple[torch.Tensor, float]:
+def zero_dropped(
+    x: torch.Tensor, p: float, training: bool, clients: ClientSlice | None, site: int
+) -> tuple[torch.Tensor, float]:
     """`(x with its dropped elements zeroed, the factor the kept ones still need)`: dropout without
     its rescaling, so a caller that multiplies anyway (a matmul's alpha) folds the factor in.
     `x` is `[k, ...]`, slice i for client i of `clients` (any shape for one client); masks come
@@ -125,8 +128,7 @@ def zero_dropped(x: torch.Tensor, p: float, training: bool, clients: ClientSlice
     return torch.where(keep, per_client, 0.0).view(x.shape), 1.0 / keep_probability(p)
 
 
-def client_dropout(x: torch.Tensor, p: float, training: bool, clients: ClientSlice | None,
-                   site: int) -> torch.Tensor:
+def client_dropout(x: torch.Tensor, p: float, training: bool, clients: ClientSlice | None, site: int) -> torch.Tensor:
     """Dropout of `x` from the clients' own streams (see `zero_dropped`)."""
     dropped, factor = zero_dropped(x, p, training, clients, site)
     return dropped if factor == 1.0 else dropped * factor

@@ -1,10 +1,10 @@
 """Model configuration: one dataclass of scalars, with GPT-2's sizes and small CPU presets."""
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
-
 
 GPT2_VOCAB_SIZE = 50_257  # GPT-2's byte-pair encoding: 50,000 merges, 256 bytes, <|endoftext|>
 
@@ -33,7 +33,7 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
 
     @classmethod
-    def from_name(cls, name: str, **overrides: Any) -> "GPTConfig":
+    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
         """Build a preset by name (`gpt2`, ..., `gpt2-xl`, or a small CPU preset)."""
         if name not in PRESETS:
             raise ValueError(f"unknown model preset {name!r}; known presets: {', '.join(PRESETS)}.")
@@ -42,7 +42,7 @@ class GPTConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def replace(self, **changes: Any) -> "GPTConfig":
+    def replace(self, **changes: Any) -> GPTConfig:
         return dataclasses.replace(self, **changes)
 
 

@@ -10,6 +10,7 @@ The chunk's logits and probabilities are in the compute dtype (bfloat16 under au
 float32 accumulation inside the matmuls and the softmax); the loss is read off the softmax as
 -log p(target), which keeps bfloat16's relative precision, and accumulated in float32.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,9 +57,9 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
                 # G = w * (softmax - onehot); the onehot part is a row gather of the head (and a
                 # row scatter into its gradient), so no pass over the [chunk, V] block is spent on it
                 row_weights = token_weights[part, None]
-                if need_h:
+                if grad_h is not None:
                     grad_h[part] = (probs @ w - w[targets[part]]).float() * row_weights
-                if need_w:
+                if grad_w is not None:
                     weighted = h[part] * row_weights.to(dtype)
                     grad_w += probs.T @ weighted
                     grad_w.index_add_(0, targets[part], weighted.float(), alpha=-1)
@@ -77,9 +78,13 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         return dh, dw, None, None, None, None
 
 
-def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                               token_weights: torch.Tensor | None = None,
-                               chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    targets: torch.Tensor,
+    token_weights: torch.Tensor | None = None,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`(objective, token_losses)` of hidden states `[..., d]` under the output head `[V, d]`.
 
     `objective` is the differentiable scalar `sum_t w_t * loss_t` (`token_weights` shaped like
@@ -91,14 +96,20 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
         token_weights = torch.full(flat_targets.shape, 1.0 / flat_targets.numel(), device=hidden.device)
     chunk = chunk or default_chunk(weight.shape[0])
     objective, losses = _FusedLinearCrossEntropy.apply(
-        hidden.reshape(-1, hidden.shape[-1]), weight, flat_targets, token_weights.reshape(-1).float(), chunk,
-        compute_dtype(hidden))
+        hidden.reshape(-1, hidden.shape[-1]),
+        weight,
+        flat_targets,
+        token_weights.reshape(-1).float(),
+        chunk,
+        compute_dtype(hidden),
+    )
     return objective, losses.view(targets.shape)
 
 
 @torch.no_grad()
-def linear_predictions(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                       chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def linear_predictions(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`(token_losses, correct)` shaped like `targets`: each token's cross-entropy (float32) and
     whether the head's top prediction is the target, chunk by chunk (for evaluation)."""
     dtype = compute_dtype(hidden)

@@ -4,6 +4,7 @@ Command-line entry points print these on one line and exit 2; any other exceptio
 the machine running out of memory) and keeps its traceback. Subclasses also derive from the
 built-in type they replace (`ValueError`, `FileNotFoundError`, ...), so existing handlers hold.
 """
+
 from __future__ import annotations
 
 

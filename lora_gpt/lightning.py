@@ -1,10 +1,10 @@
 """A LightningModule for one model: pretraining from scratch or single-client LoRA fine-tuning."""
-from __future__ import annotations
 
-from typing import Any
+from __future__ import annotations
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from .config import GPTConfig
 from .cross_entropy import fused_linear_cross_entropy, linear_predictions
@@ -22,15 +22,31 @@ class LitGPT(L.LightningModule):
     exactly the same model.
     """
 
-    def __init__(self, config: GPTConfig | dict, lora: LoRAConfig | dict | None = None,
-                 lr: float = 1e-3, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.95),
-                 max_steps: int = 1000, warmup: float = 0.02, model: GPT | None = None) -> None:
+    def __init__(
+        self,
+        config: GPTConfig | dict,
+        lora: LoRAConfig | dict | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        max_steps: int = 1000,
+        warmup: float = 0.02,
+        model: GPT | None = None,
+    ) -> None:
         super().__init__()
         config = GPTConfig(**config) if isinstance(config, dict) else config
         lora = LoRAConfig(**lora) if isinstance(lora, dict) else lora
-        self.save_hyperparameters({"config": config.to_dict(), "lora": lora.to_dict() if lora else None,
-                                   "lr": lr, "weight_decay": weight_decay, "betas": list(betas),
-                                   "max_steps": max_steps, "warmup": warmup})
+        self.save_hyperparameters(
+            {
+                "config": config.to_dict(),
+                "lora": lora.to_dict() if lora else None,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "betas": list(betas),
+                "max_steps": max_steps,
+                "warmup": warmup,
+            }
+        )
         self.model = model if model is not None else GPT(config)
         if lora is not None:
             inject_lora(self.model, lora)
@@ -59,8 +75,8 @@ class LitGPT(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True)
         self.val_metrics.reset()
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         hp = self.hparams
-        optimizer = adamw(self.model.named_parameters(), hp.lr, hp.weight_decay, tuple(hp.betas))
-        scheduler = one_cycle(optimizer, hp.lr, hp.max_steps, hp.warmup)
+        optimizer = adamw(self.model.named_parameters(), hp["lr"], hp["weight_decay"], tuple(hp["betas"]))
+        scheduler = one_cycle(optimizer, hp["lr"], hp["max_steps"], hp["warmup"])
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

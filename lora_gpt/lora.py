@@ -10,14 +10,16 @@ A call may run a contiguous subset of the adapters (`clients`, a `ClientSlice`);
 adapter any input shape is accepted. One stacked tensor per layer makes aggregation across
 clients a single `einsum`, and the base matmul sees every client's tokens at once.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TypeVar
 
 import torch
 import torch.nn as nn
@@ -26,9 +28,12 @@ from safetensors.torch import load_file, save_file
 
 from .clients import ClientSlice, site_id, zero_dropped
 from .kernels import KERNELS, resolve_kernel
+from .model import GPT
 from .names import is_lora_name
 from .options import option, require, require_choice
 from .precision import compute_dtype
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)  # functions that change a model in place return it as given
 
 ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
@@ -55,30 +60,49 @@ class LoRAConfig:
     rank: int = option(4, "r: the inner dimension of each adapter", flag="lora_rank")
     alpha: float = option(32.0, "the adapter's update is scaled by alpha / r", flag="lora_alpha")
     dropout: float = option(0.1, "dropout on the adapter's input only", flag="lora_dropout")
-    targets: tuple[str, ...] = option(ATTENTION_TARGETS + MLP_TARGETS,
-                                      "suffixes of the linear layers to adapt (GPT-2's: attn.c_attn, attn.c_proj, "
-                                      "mlp.c_fc, mlp.c_proj)", flag="lora_targets")
-    kernel: str = option("auto", "LoRA matmul: auto (the fused Triton kernel on CUDA, else PyTorch), triton or torch",
-                         flag="kernel", choices=KERNELS)
-    init_seed: int | None = option(None, "seed of A's initialisation, one A shared by every adapter (None: torch's "
-                                         "global generator; python -m collab.fit: the run's --seed)",
-                                   flag="lora_init_seed")
-    init: str = option("peft", "A's initialisation (B starts at zero): LoRA's and PEFT's U(+-1/sqrt(d_in)), one draw "
-                               "shared by all clients (peft), or the reference code's U(+-1/sqrt(r)), drawn per "
-                               "client (reference)", flag="lora_init", choices=INITS)
+    targets: tuple[str, ...] = option(
+        ATTENTION_TARGETS + MLP_TARGETS,
+        "suffixes of the linear layers to adapt (GPT-2's: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)",
+        flag="lora_targets",
+    )
+    kernel: str = option(
+        "auto",
+        "LoRA matmul: auto (the fused Triton kernel on CUDA, else PyTorch), triton or torch",
+        flag="kernel",
+        choices=KERNELS,
+    )
+    init_seed: int | None = option(
+        None,
+        "seed of A's initialisation, one A shared by every adapter (None: torch's "
+        "global generator; python -m collab.fit: the run's --seed)",
+        flag="lora_init_seed",
+    )
+    init: str = option(
+        "peft",
+        "A's initialisation (B starts at zero): LoRA's and PEFT's U(+-1/sqrt(d_in)), one draw "
+        "shared by all clients (peft), or the reference code's U(+-1/sqrt(r)), drawn per "
+        "client (reference)",
+        flag="lora_init",
+        choices=INITS,
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         require(self, "rank", self.rank >= 1, ">= 1")
         require(self, "alpha", self.alpha > 0, "> 0")
         require(self, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
-        require(self, "targets", bool(self.targets), "at least one layer",
-                f"adapt some of {ATTENTION_TARGETS + MLP_TARGETS}")
+        require(
+            self,
+            "targets",
+            bool(self.targets),
+            "at least one layer",
+            f"adapt some of {ATTENTION_TARGETS + MLP_TARGETS}",
+        )
         require_choice(self, "kernel")
         require_choice(self, "init")
 
     @classmethod
-    def for_paper(cls, attention: bool = True, mlp: bool = True, **kwargs) -> "LoRAConfig":
+    def for_paper(cls, attention: bool = True, mlp: bool = True, **kwargs) -> LoRAConfig:
         """Targets as the paper's `--lora_causal_self_attention` / `--lora_mlp` flags choose."""
         targets = (ATTENTION_TARGETS if attention else ()) + (MLP_TARGETS if mlp else ())
         return cls(targets=targets, **kwargs)
@@ -96,8 +120,16 @@ class LoRAConfig:
 class LoRALinear(nn.Linear):
     """`nn.Linear` plus N stacked low-rank adapters (see the module docstring)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, config: LoRAConfig,
-                 num_adapters: int = 1, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        config: LoRAConfig,
+        num_adapters: int = 1,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.lora_config = config
         self.num_adapters = num_adapters
@@ -118,9 +150,16 @@ class LoRALinear(nn.Linear):
             self.lora_B.zero_()
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, config: LoRAConfig, num_adapters: int) -> "LoRALinear":
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, config,
-                    num_adapters, device=linear.weight.device, dtype=linear.weight.dtype)
+    def from_linear(cls, linear: nn.Linear, config: LoRAConfig, num_adapters: int) -> LoRALinear:
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            config,
+            num_adapters,
+            device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )
         layer.weight = linear.weight
         layer.bias = linear.bias
         return layer
@@ -130,8 +169,9 @@ class LoRALinear(nn.Linear):
             return super().forward(x)
         adapters = clients.adapters if clients is not None else slice(None)
         if clients is not None and clients.stop > self.num_adapters:
-            raise IndexError(f"clients {clients.start}..{clients.stop - 1} asked of a layer with {self.num_adapters} "
-                             "adapters.")
+            raise IndexError(
+                f"clients {clients.start}..{clients.stop - 1} asked of a layer with {self.num_adapters} adapters."
+            )
         A, B = self.lora_A[adapters], self.lora_B[adapters]
         n = A.shape[0]
         if n == 1:
@@ -151,13 +191,20 @@ class LoRALinear(nn.Linear):
         return self.lora_config.scale * (self.lora_A[adapter] @ self.lora_B[adapter]).t()
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, rank={self.lora_config.rank}, "
-                f"num_adapters={self.num_adapters}")
+        return f"{super().extra_repr()}, rank={self.lora_config.rank}, num_adapters={self.num_adapters}"
 
 
-def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
-                B: torch.Tensor, config: LoRAConfig, training: bool, clients: ClientSlice | None = None,
-                site: int = 0) -> torch.Tensor:
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    config: LoRAConfig,
+    training: bool,
+    clients: ClientSlice | None = None,
+    site: int = 0,
+) -> torch.Tensor:
     """`x: [N, M, d_in]` -> `[N, M, d_out]` through the fused kernel or plain PyTorch; the adapter
     dropout draws from each client's stream when `clients` carries seeds."""
     p = config.dropout if training else 0.0
@@ -174,7 +221,7 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return torch.baddbmm(F.linear(x, weight, bias), torch.bmm(dropped, A), B, alpha=config.scale * factor)
 
 
-def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> nn.Module:
+def inject_lora(model: ModuleT, config: LoRAConfig, num_adapters: int = 1) -> ModuleT:
     """Swap every `nn.Linear` whose name ends in one of `config.targets` for a `LoRALinear`.
 
     A is drawn as `config.init` says (seeded by `config.init_seed` when given): by default every
@@ -187,17 +234,21 @@ def inject_lora(model: nn.Module, config: LoRAConfig, num_adapters: int = 1) -> 
     existing = [name for name, _ in lora_layers(model)]
     if existing:
         raise ValueError(f"{existing[0]} already has LoRA adapters; inject all targets at once into a fresh model.")
-    matches = [name for name, module in model.named_modules()
-               if isinstance(module, nn.Linear) and name.endswith(config.targets)]
+    matches = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name.endswith(config.targets)
+    }
     if not matches:
-        raise ValueError(f"no nn.Linear matches the LoRA targets {config.targets}; "
-                         f"GPT-2's are {ATTENTION_TARGETS + MLP_TARGETS}.")
+        raise ValueError(
+            f"no nn.Linear matches the LoRA targets {config.targets}; GPT-2's are {ATTENTION_TARGETS + MLP_TARGETS}."
+        )
     generator = None
     if config.init_seed is not None:
         generator = torch.Generator().manual_seed(config.init_seed)
-    for name in matches:
+    for name, linear in matches.items():
         parent_name, _, child = name.rpartition(".")
-        layer = LoRALinear.from_linear(model.get_submodule(name), config, num_adapters)
+        layer = LoRALinear.from_linear(linear, config, num_adapters)
         layer.reset_lora_parameters(generator)
         layer.site = site_id(f"{name}.lora_dropout")
         setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
@@ -215,7 +266,7 @@ def lora_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if is_lora_name(name)}
 
 
-def mark_only_lora_as_trainable(model: nn.Module, bias: str = "none") -> nn.Module:
+def mark_only_lora_as_trainable(model: ModuleT, bias: str = "none") -> ModuleT:
     """Freeze everything but the adapters (`bias="lora_only"` also trains the adapted linears' biases)."""
     if bias not in ("none", "lora_only", "all"):
         raise ValueError(f"bias must be 'none', 'lora_only' or 'all', got {bias!r}.")
@@ -243,7 +294,7 @@ def _check_adapter_index(layer: LoRALinear, adapter: int) -> None:
 
 
 @torch.no_grad()
-def merge_lora(model: nn.Module, adapter: int = 0) -> nn.Module:
+def merge_lora(model: ModuleT, adapter: int = 0) -> ModuleT:
     """Fold adapter `adapter` into the base weights; the model then runs as a plain GPT.
 
     Merging touches the frozen base, so it happens only when asked (never on `eval()`), and
@@ -259,7 +310,7 @@ def merge_lora(model: nn.Module, adapter: int = 0) -> nn.Module:
 
 
 @torch.no_grad()
-def unmerge_lora(model: nn.Module) -> nn.Module:
+def unmerge_lora(model: ModuleT) -> ModuleT:
     """Subtract the merged adapter from the base weights again."""
     for _, layer in lora_layers(model):
         if layer.merged_adapter is not None:
@@ -269,14 +320,12 @@ def unmerge_lora(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _plain_gpt(model: nn.Module, adapter: int | None) -> nn.Module:
+def _plain_gpt(model: nn.Module, adapter: int | None) -> GPT:
     """A plain GPT: the base weights plus adapter `adapter`'s update (None: the base alone).
 
     Built from the unmerged base whatever adapter is merged, so a merged model never gets an
     update twice; where `adapter` is the merged one, its weights are taken as they are.
     """
-    from .model import GPT
-
     if not isinstance(model, GPT):
         raise TypeError("expected a lora_gpt.GPT.")
     plain = GPT(model.config)
@@ -296,19 +345,19 @@ def _plain_gpt(model: nn.Module, adapter: int | None) -> nn.Module:
     return plain
 
 
-def export_merged(model: nn.Module, adapter: int) -> nn.Module:
+def export_merged(model: nn.Module, adapter: int) -> GPT:
     """A plain GPT (no LoRA layers) whose weights include adapter `adapter`: client n's model."""
     return _plain_gpt(model, adapter)
 
 
-def export_base(model: nn.Module) -> nn.Module:
+def export_base(model: nn.Module) -> GPT:
     """The frozen base as a plain GPT, without any adapter's update even while one is merged."""
     return _plain_gpt(model, None)
 
 
 def _model_signature(model: nn.Module) -> dict:
-    config = getattr(model, "config", None)
-    return config.to_dict() if hasattr(config, "to_dict") else {}
+    to_dict = getattr(getattr(model, "config", None), "to_dict", None)
+    return to_dict() if callable(to_dict) else {}
 
 
 def _select(adapters: slice | int | None) -> slice:
@@ -342,12 +391,15 @@ def _stacked_files(folder: Path) -> tuple[dict, Path]:
     elif (folder / LEGACY_CONFIG).is_file():
         config, weights = folder / LEGACY_CONFIG, folder / LEGACY_WEIGHTS
     else:
-        raise FileNotFoundError(f"{folder} holds neither {STACKED_CONFIG} nor {LEGACY_CONFIG}; "
-                                "save adapters with save_adapters().")
+        raise FileNotFoundError(
+            f"{folder} holds neither {STACKED_CONFIG} nor {LEGACY_CONFIG}; save adapters with save_adapters()."
+        )
     meta = json.loads(config.read_text())
     if "peft_type" in meta:
-        raise ValueError(f"{folder} holds a PEFT adapter, not this project's stacked adapters; load it with "
-                         "lora_gpt.import_peft(model, folder, into=n).")
+        raise ValueError(
+            f"{folder} holds a PEFT adapter, not this project's stacked adapters; load it with "
+            "lora_gpt.import_peft(model, folder, into=n)."
+        )
     if not weights.is_file():
         raise FileNotFoundError(f"{weights} not found beside {config.name}; save the adapters again.")
     return meta, weights
@@ -360,8 +412,9 @@ def saved_lora_config(folder: str | Path) -> LoRAConfig:
 
 
 @torch.no_grad()
-def write_adapters(model: nn.Module, tensors: dict[str, torch.Tensor], into: slice | int | None,
-                   source: str | Path) -> nn.Module:
+def write_adapters(
+    model: ModuleT, tensors: dict[str, torch.Tensor], into: slice | int | None, source: str | Path
+) -> ModuleT:
     """Copy stacked tensors, named as `lora_parameters` names them, into slots `into` of every layer.
 
     Checks every name, shape and slot before the first copy. A slot whose adapter is merged is
@@ -370,24 +423,30 @@ def write_adapters(model: nn.Module, tensors: dict[str, torch.Tensor], into: sli
     select = _select(into)
     params = lora_parameters(model)
     if set(tensors) != set(params):
-        raise ValueError(f"{source}: adapter tensors do not match the model's LoRA layers "
-                         f"(missing {sorted(set(params) - set(tensors))[:3]}, "
-                         f"unexpected {sorted(set(tensors) - set(params))[:3]}).")
+        raise ValueError(
+            f"{source}: adapter tensors do not match the model's LoRA layers "
+            f"(missing {sorted(set(params) - set(tensors))[:3]}, "
+            f"unexpected {sorted(set(tensors) - set(params))[:3]})."
+        )
     for name, layer in lora_layers(model):
         merged = layer.merged_adapter
         if merged is not None and merged in range(layer.num_adapters)[select]:
-            raise RuntimeError(f"{source}: adapter {merged} is merged into {name}'s base weights; "
-                               "call unmerge_lora(model) first, then load.")
+            raise RuntimeError(
+                f"{source}: adapter {merged} is merged into {name}'s base weights; "
+                "call unmerge_lora(model) first, then load."
+            )
     for name, p in params.items():
         if tensors[name].shape != p[select].shape:
-            raise ValueError(f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
-                             f"the model slots take {tuple(p[select].shape)}.")
+            raise ValueError(
+                f"{source}: {name} has shape {tuple(tensors[name].shape)}, "
+                f"the model slots take {tuple(p[select].shape)}."
+            )
     for name, p in params.items():
         p[select] = tensors[name].to(p.dtype)
     return model
 
 
-def load_adapters(model: nn.Module, folder: str | Path, into: slice | int | None = None) -> nn.Module:
+def load_adapters(model: ModuleT, folder: str | Path, into: slice | int | None = None) -> ModuleT:
     """Load adapters saved by `save_adapters` into `model`'s stack (all, or slots `into`).
 
     Refuses adapters made for another model configuration or another rank, alpha or target set
@@ -401,12 +460,13 @@ def load_adapters(model: nn.Module, folder: str | Path, into: slice | int | None
     ours = model_lora_config(model).to_dict()
     for key in MATH_FIELDS:
         if meta["lora"][key] != ours[key]:
-            raise ValueError(f"{folder}: adapters have {key}={meta['lora'][key]}, the model has {ours[key]}; "
-                             "inject LoRA with lora_gpt.saved_lora_config(folder).")
+            raise ValueError(
+                f"{folder}: adapters have {key}={meta['lora'][key]}, the model has {ours[key]}; "
+                "inject LoRA with lora_gpt.saved_lora_config(folder)."
+            )
     signature = _model_signature(model)
     if meta.get("model") and signature:
-        diff = {k: (v, signature.get(k)) for k, v in meta["model"].items()
-                if k != "dropout" and signature.get(k) != v}
+        diff = {k: (v, signature.get(k)) for k, v in meta["model"].items() if k != "dropout" and signature.get(k) != v}
         if diff:
             raise ValueError(f"{folder}: adapters were made for another model; (saved, this) differ in {diff}.")
     return write_adapters(model, load_file(str(weights)), into, folder)

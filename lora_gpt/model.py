@@ -6,6 +6,7 @@ adapter n on slice n while the frozen base sees all N*b*T tokens in one matmul. 
 the slices belong to is an argument of the call (`clients`), passed down to every linear and
 dropout, never state left on the layers.
 """
+
 from __future__ import annotations
 
 import math
@@ -62,8 +63,7 @@ class CausalSelfAttention(nn.Module):
         *lead, T, C = x.shape
         q, k, v = self.c_attn(x, clients).split(C, dim=-1)
         # [..., T, C] -> [prod(lead), H, T, C/H] for the fused attention kernel
-        heads = lambda t: t.reshape(-1, T, self.n_head, C // self.n_head).transpose(1, 2)
-        q, k, v = heads(q), heads(k), heads(v)
+        q, k, v = (t.reshape(-1, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         p = self.attn_dropout.p if self.training else 0.0
         streams = p > 0 and clients is not None and clients.dropout_seeds is not None
         # The fused kernel draws dropout from the global generator, and on a CPU it is slower in
@@ -104,17 +104,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x), clients)
 
 
+class Transformer(nn.Module):
+    """GPT-2's trunk, its modules under the names GPT-2 checkpoints give them (`transformer.h.0...`)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=Dropout(config.dropout),
-            h=nn.ModuleList(Block(config) for _ in range(config.n_layer)),
-            ln_f=LayerNorm(config.n_embd, config.bias, config.layer_norm_epsilon),
-        ))
+        self.transformer = Transformer(config)
         self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         # Weight tying: the output projection reuses the token embedding, as in GPT-2.
         self.lm_head.weight = self.transformer.wte.weight
@@ -174,7 +180,7 @@ class GPT(nn.Module):
     ) -> torch.Tensor:
         """Sample `max_new_tokens` continuations of `idx` `[..., T]` (temperature 0 = greedy)."""
         for _ in range(max_new_tokens):
-            context = idx[..., -self.config.block_size:]
+            context = idx[..., -self.config.block_size :]
             logits = self(context)[..., -1, :]
             if temperature == 0:
                 next_token = logits.argmax(dim=-1, keepdim=True)
@@ -190,9 +196,7 @@ class GPT(nn.Module):
         return idx
 
     @classmethod
-    def from_pretrained(
-        cls, name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True
-    ) -> "GPT":
+    def from_pretrained(cls, name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True) -> GPT:
         """Load Hugging Face GPT-2 weights (a hub name such as `gpt2`, or a local folder), checking
         every tensor's name and shape."""
         config, state, source = read_pretrained(name_or_path, dropout=dropout, allow_download=allow_download)

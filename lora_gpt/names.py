@@ -1,4 +1,5 @@
 """How adapter tensors are told apart from base weights: by their parameter names."""
+
 from __future__ import annotations
 
 ADAPTER_PARAMETERS = ("lora_A", "lora_B")

@@ -4,22 +4,31 @@ A run is described by frozen dataclasses whose fields are made with `option`: th
 help text and (where it is not `--FIELD`) the command-line name sit next to the field, so the
 CLI built from them (`collab.cli`) and every error about a field use the one definition.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from collections.abc import Iterable
+from typing import Any
 
 from .errors import ConfigError
 
 
-def option(default: Any, help: str, *, flag: str | None = None, choices: Sequence[Any] | None = None,
-           resume_free: bool = False) -> Any:
+def option(
+    default: Any, help: str, *, flag: str | None = None, choices: Iterable[Any] | None = None, resume_free: bool = False
+) -> Any:
     """A dataclass field with its `--help` text. `flag`: the option's name where it is not the
     field's; `choices`: the values it may take; `resume_free`: a resumed run may change it, as
     it changes how a run goes (device, memory, output), not what it computes."""
-    return dataclasses.field(default=default, metadata={
-        "help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None,
-        "resume_free": resume_free})
+    return dataclasses.field(
+        default=default,
+        metadata={
+            "help": help,
+            "flag": flag,
+            "choices": tuple(choices) if choices is not None else None,
+            "resume_free": resume_free,
+        },
+    )
 
 
 def flag_name(config: Any, name: str) -> str:

@@ -9,18 +9,26 @@ records as `fan_in_fan_out: true`; it changes how PEFT merges, not the adapter t
 Nothing here imports `peft`: the files are written and read directly, and the tests check them
 with `peft` itself.
 """
+
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .lora import (ATTENTION_TARGETS, MLP_TARGETS, LoRAConfig, export_base, lora_layers, model_lora_config,
-                   write_adapters)
+from .lora import (
+    ATTENTION_TARGETS,
+    MLP_TARGETS,
+    LoRAConfig,
+    export_base,
+    lora_layers,
+    model_lora_config,
+    write_adapters,
+)
 from .model import GPT
 from .weights import config_from_hf
 
@@ -30,9 +38,21 @@ BASE_FOLDER = "base"  # export_peft writes the base model here, beside the adapt
 PREFIX = "base_model.model."
 KEY = re.compile(r"base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight")
 # adapter_config.json fields whose set values change the math in ways plain LoRA cannot express.
-UNSUPPORTED = ("use_dora", "use_rslora", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern",
-               "layers_to_transform", "layer_replication", "target_parameters", "trainable_token_indices",
-               "use_qalora", "use_bdlora", "alora_invocation_tokens")
+UNSUPPORTED = (
+    "use_dora",
+    "use_rslora",
+    "lora_bias",
+    "modules_to_save",
+    "rank_pattern",
+    "alpha_pattern",
+    "layers_to_transform",
+    "layer_replication",
+    "target_parameters",
+    "trainable_token_indices",
+    "use_qalora",
+    "use_bdlora",
+    "alora_invocation_tokens",
+)
 
 
 def peft_config(lora: LoRAConfig, targets: list[str], base: str) -> dict:
@@ -94,39 +114,53 @@ def export_peft(model: GPT, client: int, folder: str | Path) -> Path:
 def _read_peft(folder: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
     """A PEFT GPT-2 LoRA adapter's config and its `{module: {"A": [r, d_in], "B": [d_out, r]}}`."""
     if not (folder / PEFT_CONFIG).is_file():
-        raise FileNotFoundError(f"{folder / PEFT_CONFIG} not found; a PEFT adapter folder holds {PEFT_CONFIG} "
-                                f"and {PEFT_WEIGHTS} (PeftModel.save_pretrained writes both).")
+        raise FileNotFoundError(
+            f"{folder / PEFT_CONFIG} not found; a PEFT adapter folder holds {PEFT_CONFIG} "
+            f"and {PEFT_WEIGHTS} (PeftModel.save_pretrained writes both)."
+        )
     config = json.loads((folder / PEFT_CONFIG).read_text())
     if "peft_type" not in config and "lora" in config:
-        raise ValueError(f"{folder} holds this project's stacked adapters (old file names), not a PEFT adapter; "
-                         "load them with lora_gpt.load_adapters(model, folder).")
+        raise ValueError(
+            f"{folder} holds this project's stacked adapters (old file names), not a PEFT adapter; "
+            "load them with lora_gpt.load_adapters(model, folder)."
+        )
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{folder}: peft_type is {config.get('peft_type')!r}; only LORA adapters can be imported.")
     used = {key: config[key] for key in UNSUPPORTED if config.get(key)}
     if config.get("bias", "none") != "none":
         used["bias"] = config["bias"]
     if used:
-        raise ValueError(f"{folder}: adapter_config.json sets {used}, which plain LoRA cannot express; "
-                         "use the adapter with peft itself, or retrain it without these options.")
+        raise ValueError(
+            f"{folder}: adapter_config.json sets {used}, which plain LoRA cannot express; "
+            "use the adapter with peft itself, or retrain it without these options."
+        )
     if not config.get("fan_in_fan_out"):
-        raise ValueError(f"{folder}: fan_in_fan_out is false, so the adapter was made for a base whose layers "
-                         "are nn.Linear, not transformers' GPT-2 (whose Conv1D layers PEFT adapts with "
-                         "fan_in_fan_out true). Import only adapters made for GPT-2; if this one was, set "
-                         '"fan_in_fan_out": true in its adapter_config.json.')
+        raise ValueError(
+            f"{folder}: fan_in_fan_out is false, so the adapter was made for a base whose layers "
+            "are nn.Linear, not transformers' GPT-2 (whose Conv1D layers PEFT adapts with "
+            "fan_in_fan_out true). Import only adapters made for GPT-2; if this one was, set "
+            '"fan_in_fan_out": true in its adapter_config.json.'
+        )
     if not (folder / PEFT_WEIGHTS).is_file():
-        raise FileNotFoundError(f"{folder / PEFT_WEIGHTS} not found (an adapter_model.bin is not read); save the "
-                                "adapter with PeftModel.save_pretrained(folder, safe_serialization=True).")
+        raise FileNotFoundError(
+            f"{folder / PEFT_WEIGHTS} not found (an adapter_model.bin is not read); save the "
+            "adapter with PeftModel.save_pretrained(folder, safe_serialization=True)."
+        )
     modules: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in load_file(str(folder / PEFT_WEIGHTS)).items():
         match = KEY.fullmatch(key)
         if match is None:
-            raise ValueError(f"{folder / PEFT_WEIGHTS} holds {key}, which is not a LoRA A or B matrix; "
-                             "only plain LoRA adapters can be imported.")
+            raise ValueError(
+                f"{folder / PEFT_WEIGHTS} holds {key}, which is not a LoRA A or B matrix; "
+                "only plain LoRA adapters can be imported."
+            )
         modules.setdefault(match["module"], {})[match["ab"]] = tensor
     foreign = sorted(m for m in modules if _target(m) not in ATTENTION_TARGETS + MLP_TARGETS)
     if foreign:
-        raise ValueError(f"{folder}: the adapter adapts {foreign[:3]}; this project adapts only GPT-2's "
-                         f"{ATTENTION_TARGETS + MLP_TARGETS}, so use this adapter with peft itself.")
+        raise ValueError(
+            f"{folder}: the adapter adapts {foreign[:3]}; this project adapts only GPT-2's "
+            f"{ATTENTION_TARGETS + MLP_TARGETS}, so use this adapter with peft itself."
+        )
     incomplete = sorted(m for m, ab in modules.items() if set(ab) != {"A", "B"})
     if incomplete or not modules:
         raise ValueError(f"{folder / PEFT_WEIGHTS}: LoRA A and B matrices missing for {incomplete or 'every module'}.")
@@ -136,8 +170,12 @@ def _read_peft(folder: Path) -> tuple[dict, dict[str, dict[str, torch.Tensor]]]:
 def lora_config_from_peft(folder: str | Path) -> LoRAConfig:
     """The LoRAConfig a PEFT GPT-2 adapter needs: `inject_lora` with it, then `import_peft`."""
     config, modules = _read_peft(Path(folder))
-    return LoRAConfig(rank=config["r"], alpha=float(config["lora_alpha"]), dropout=config.get("lora_dropout", 0.0),
-                      targets=_targets(modules))
+    return LoRAConfig(
+        rank=config["r"],
+        alpha=float(config["lora_alpha"]),
+        dropout=config.get("lora_dropout", 0.0),
+        targets=_targets(modules),
+    )
 
 
 def _check_base(folder: Path, config: dict, model: GPT) -> None:
@@ -149,8 +187,10 @@ def _check_base(folder: Path, config: dict, model: GPT) -> None:
     ours = model.config.to_dict()
     diff = {k: (v, ours[k]) for k, v in theirs.items() if k != "dropout" and ours[k] != v}
     if diff:
-        raise ValueError(f"{folder}: the adapter was made for the base {base}, whose config differs from this "
-                         f"model's in (adapter's base, this) {diff}; load it into GPT.from_pretrained({str(base)!r}).")
+        raise ValueError(
+            f"{folder}: the adapter was made for the base {base}, whose config differs from this "
+            f"model's in (adapter's base, this) {diff}; load it into GPT.from_pretrained({str(base)!r})."
+        )
 
 
 def import_peft(model: GPT, folder: str | Path, into: int) -> GPT:
@@ -172,8 +212,10 @@ def import_peft(model: GPT, folder: str | Path, into: int) -> GPT:
         raise ValueError(f"{folder}: the adapter adapts {theirs}, the model's LoRA {mine}; {fix}.")
     if set(modules) != set(layers):
         extra = sorted(set(modules) ^ set(layers))
-        raise ValueError(f"{folder}: the adapter's modules differ from the model's LoRA layers (e.g. {extra[:2]}): "
-                         "it was made for a base of another depth; load it into a model of that base.")
+        raise ValueError(
+            f"{folder}: the adapter's modules differ from the model's LoRA layers (e.g. {extra[:2]}): "
+            "it was made for a base of another depth; load it into a model of that base."
+        )
     for key, saved, model_value in (("r", config["r"], lora.rank), ("lora_alpha", config["lora_alpha"], lora.alpha)):
         if saved != model_value:
             raise ValueError(f"{folder}: the adapter has {key}={saved}, the model's LoRA {model_value}; {fix}.")
@@ -181,8 +223,10 @@ def import_peft(model: GPT, folder: str | Path, into: int) -> GPT:
     for name, layer in layers.items():
         A, B = modules[name]["A"], modules[name]["B"]
         if A.shape != (lora.rank, layer.in_features) or B.shape != (layer.out_features, lora.rank):
-            raise ValueError(f"{folder}: {name}'s A {tuple(A.shape)} and B {tuple(B.shape)} do not fit the layer "
-                             f"({layer.in_features} -> {layer.out_features}, rank {lora.rank}): the adapter was made "
-                             "for another base; load it into a model of that base.")
+            raise ValueError(
+                f"{folder}: {name}'s A {tuple(A.shape)} and B {tuple(B.shape)} do not fit the layer "
+                f"({layer.in_features} -> {layer.out_features}, rank {lora.rank}): the adapter was made "
+                "for another base; load it into a model of that base."
+            )
         stacked[f"{name}.lora_A"], stacked[f"{name}.lora_B"] = A.t()[None], B.t()[None]
     return write_adapters(model, stacked, into, folder)

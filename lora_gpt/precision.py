@@ -4,17 +4,20 @@ On a CPU with native bfloat16 (x86 `avx512_bf16` or `amx_bf16`, Arm `bf16`) matr
 run 3-5x faster in bfloat16 than in float32; elsewhere bfloat16 is emulated and slower, so
 `auto` picks it only where it is native, and asking for it where it is not is an error.
 """
+
 from __future__ import annotations
 
 import functools
 import platform
 from pathlib import Path
+from typing import Literal, cast
 
 import torch
 
 from .errors import ConfigError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed")
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]  # what `auto` resolves among, as Lightning names them
 
 
 @functools.lru_cache(maxsize=1)
@@ -53,7 +56,7 @@ def native_bf16(device_type: str) -> bool:
     return device_type == "cpu" and cpu_has_native_bf16()
 
 
-def resolve_precision(precision: str, device_type: str) -> str:
+def resolve_precision(precision: str, device_type: str) -> Precision:
     """A Lightning precision for `precision` on `device_type`: `auto` is `bf16-mixed` where
     bfloat16 is native, else `32-true`; `bf16-mixed` where it is not native is refused."""
     if precision not in PRECISIONS:
@@ -61,10 +64,15 @@ def resolve_precision(precision: str, device_type: str) -> str:
     if precision == "auto":
         return "bf16-mixed" if native_bf16(device_type) else "32-true"
     if precision == "bf16-mixed" and not native_bf16(device_type):
-        what = "this CPU has no native bfloat16 (no avx512_bf16/amx_bf16 flag)" if device_type == "cpu" \
+        what = (
+            "this CPU has no native bfloat16 (no avx512_bf16/amx_bf16 flag)"
+            if device_type == "cpu"
             else f"the {device_type} device does not support bfloat16"
-        raise ConfigError(f"--precision bf16-mixed: {what}, so bfloat16 would be emulated and slow. "
-                         "Fix: --precision 32-true (or auto, which picks it here).")
+        )
+        raise ConfigError(
+            f"--precision bf16-mixed: {what}, so bfloat16 would be emulated and slow. "
+            "Fix: --precision 32-true (or auto, which picks it here)."
+        )
     if precision == "16-mixed" and device_type != "cuda":
         raise ConfigError("--precision 16-mixed needs a CUDA GPU. Fix: --precision auto or 32-true.")
-    return precision
+    return cast(Precision, precision)  # one of PRECISIONS other than auto, checked above

@@ -6,6 +6,7 @@ base: a GPT-2-shaped model (GPT-2's tokenizer and vocabulary) trained on a corpu
 (`data.offline_base` builds the offline one). The result is cached under `cache_dir()/bases/<key>`,
 keyed by the configuration and the corpus's manifest, and reused after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,9 +17,9 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -86,7 +87,7 @@ def fixed_windows(path: Path, batch_size: int, sequence_length: int, num_batches
     count = min(num_batches * batch_size, len(tokens) // span)
     if count < 1:
         raise ValueError(f"{path} holds {len(tokens)} tokens, fewer than one window of {span}.")
-    windows = np.asarray(tokens[:count * span], dtype=np.int64).reshape(count, span)
+    windows = np.asarray(tokens[: count * span], dtype=np.int64).reshape(count, span)
     return list(torch.from_numpy(windows).split(batch_size))
 
 
@@ -104,23 +105,40 @@ def pretrain(config: PretrainConfig, corpus: Path, out: Path, progress: bool = T
     L.seed_everything(config.seed, verbose=False)
     model_config = GPTConfig.from_name(config.preset)
     if config.sequence_length > model_config.block_size:
-        raise ValueError(f"sequence_length {config.sequence_length} exceeds {config.preset}'s block_size "
-                         f"{model_config.block_size}.")
+        raise ValueError(
+            f"sequence_length {config.sequence_length} exceeds {config.preset}'s block_size {model_config.block_size}."
+        )
     for name in ("train.bin", "val.bin"):
         if not (corpus / name).is_file():
-            raise FileNotFoundError(f"{corpus / name} not found: a pretraining corpus folder holds train.bin and "
-                                    "val.bin (uint16 GPT-2 tokens); `python -m data.offline_base` builds the offline one.")
-    module = LitGPT(model_config, lr=config.lr, weight_decay=config.weight_decay,
-                    max_steps=config.steps, warmup=config.warmup)
-    train = DataLoader(RandomWindows(corpus / "train.bin", config.batch_size, config.sequence_length, config.seed),
-                       batch_size=None)
+            raise FileNotFoundError(
+                f"{corpus / name} not found: a pretraining corpus folder holds train.bin and "
+                "val.bin (uint16 GPT-2 tokens); `python -m data.offline_base` builds the offline one."
+            )
+    module = LitGPT(
+        model_config, lr=config.lr, weight_decay=config.weight_decay, max_steps=config.steps, warmup=config.warmup
+    )
+    train = DataLoader(
+        RandomWindows(corpus / "train.bin", config.batch_size, config.sequence_length, config.seed), batch_size=None
+    )
     val_batches = fixed_windows(corpus / "val.bin", config.batch_size, config.sequence_length, config.eval_batches)
     precision = resolve_precision(config.precision, "cuda" if torch.cuda.is_available() else "cpu")
-    trainer = L.Trainer(max_steps=config.steps, accelerator="auto", devices=1, precision=precision, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
-                        val_check_interval=config.steps, check_val_every_n_epoch=None, num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_steps=config.steps,
+        accelerator="auto",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        val_check_interval=config.steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+    )
     start = time.time()
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=DataLoader(val_batches, batch_size=None))
+    # A list of batches is a map-style dataset, though torch annotates DataLoader's dataset as Dataset.
+    val: DataLoader[torch.Tensor] = DataLoader(val_batches, batch_size=None)  # type: ignore[arg-type]
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=val)
     seconds = time.time() - start
     tokens = config.steps * config.batch_size * config.sequence_length
     report = {
@@ -159,31 +177,36 @@ def ensure_base(config: PretrainConfig, corpus: Path, progress: bool = True) -> 
     out = base_folder(config, corpus)
     if (out / REPORT_NAME).exists():
         return out
-    print(f"Pretraining a base model ({config.preset}, {config.steps} steps; once, cached in {out}) ...",
-          file=sys.stderr)
+    print(
+        f"Pretraining a base model ({config.preset}, {config.steps} steps; once, cached in {out}) ...", file=sys.stderr
+    )
     report = pretrain(config, corpus, out, progress)
     print(format_report(report), file=sys.stderr)
     return out
 
 
 def format_report(report: dict) -> str:
-    return (f"validation loss {report['val_loss']:.3f} nats/token (perplexity {math.exp(report['val_loss']):.1f}) "
-            f"vs unigram {report['unigram_val_loss']:.3f} (perplexity {math.exp(report['unigram_val_loss']):.1f}); "
-            f"{report['train_tokens_seen']:,} tokens in {report['seconds'] / 60:.1f} min "
-            f"({report['tokens_per_second']:,.0f} tokens/s, {report['precision']})")
+    return (
+        f"validation loss {report['val_loss']:.3f} nats/token (perplexity {math.exp(report['val_loss']):.1f}) "
+        f"vs unigram {report['unigram_val_loss']:.3f} (perplexity {math.exp(report['unigram_val_loss']):.1f}); "
+        f"{report['train_tokens_seen']:,} tokens in {report['seconds'] / 60:.1f} min "
+        f"({report['tokens_per_second']:,.0f} tokens/s, {report['precision']})"
+    )
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One `--field` per PretrainConfig field, with its default."""
     defaults = PretrainConfig()
     for field in dataclasses.fields(PretrainConfig):
-        parser.add_argument(f"--{field.name}", type=type(getattr(defaults, field.name)),
-                            default=getattr(defaults, field.name))
+        parser.add_argument(
+            f"--{field.name}", type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name)
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m lora_gpt.pretrain", description=__doc__,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m lora_gpt.pretrain", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--corpus", type=Path, required=True, help="folder with train.bin and val.bin")
     add_config_arguments(p)
     args = vars(p.parse_args(argv))

@@ -8,6 +8,7 @@ ranks to a local cache file; every later call reads that file and needs no netwo
 Look-up order: ``$LORA_GPT_TOKENIZER`` (a ``gpt2.tiktoken`` file) -> the local cache ->
 an installed ``whisper`` package -> tiktoken's own download -> the `openai-whisper` sdist via pip.
 """
+
 from __future__ import annotations
 
 import functools
@@ -81,16 +82,28 @@ def _ranks_from_installed_whisper() -> Path | None:
 def _ranks_from_pypi(dest: Path) -> Path | None:
     """Fetch the `openai-whisper` sdist with pip (no install) and extract GPT-2's ranks."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--quiet", "-d", tmp, "openai-whisper"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--quiet",
+            "-d",
+            tmp,
+            "openai-whisper",
+        ]
         try:
             subprocess.run(cmd, check=True, capture_output=True, timeout=300)
         except (subprocess.SubprocessError, OSError):
             return None
         for archive in Path(tmp).glob("openai*whisper*.tar.gz"):
             with tarfile.open(archive) as tar:
-                member = next((m for m in tar.getmembers()
-                               if m.name.endswith(f"whisper/assets/{RANKS_FILENAME}")), None)
+                member = next(
+                    (m for m in tar.getmembers() if m.name.endswith(f"whisper/assets/{RANKS_FILENAME}")), None
+                )
                 if member is None:
                     continue
                 src = tar.extractfile(member)
@@ -111,8 +124,7 @@ def get_tokenizer() -> tiktoken.Encoding:
     if override:
         if not Path(override).is_file():
             raise TokenizerUnavailableError(
-                f"LORA_GPT_TOKENIZER={override} is not a file; point it at a gpt2.tiktoken file "
-                "or unset it."
+                f"LORA_GPT_TOKENIZER={override} is not a file; point it at a gpt2.tiktoken file or unset it."
             )
         return _encoding_from_ranks(Path(override))
 

@@ -1,8 +1,9 @@
 """Pieces every training loop here shares: random windows, the optimizer, the schedule, and
 language-model metrics."""
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -17,30 +18,40 @@ def random_windows(tokens: np.ndarray, count: int, span: int, seed: Sequence[int
     if len(tokens) < span:
         raise ValueError(f"{len(tokens)} tokens hold no window of {span}.")
     starts = np.random.default_rng(list(seed)).integers(0, len(tokens) - span + 1, count)
-    return np.stack([tokens[s:s + span] for s in starts]).astype(np.int64)
+    return np.stack([tokens[s : s + span] for s in starts]).astype(np.int64)
 
 
-def adamw(named_params: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
-          betas: tuple[float, float] = (0.9, 0.95)) -> torch.optim.AdamW:
+def adamw(
+    named_params: Iterable[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.95),
+) -> torch.optim.AdamW:
     """AdamW that decays matrices only (weights, embeddings, adapters), not biases or norms."""
     params = [(n, p) for n, p in named_params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters: freeze less, or inject LoRA adapters first.")
     decay = [p for _, p in params if p.dim() >= 2]
     no_decay = [p for _, p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas)
 
 
-def one_cycle(optimizer: torch.optim.Optimizer, lr: float, total_steps: int, warmup: float = 0.02,
-              final_div: float = 10.0) -> torch.optim.lr_scheduler.OneCycleLR:
+def one_cycle(
+    optimizer: torch.optim.Optimizer, lr: float, total_steps: int, warmup: float = 0.02, final_div: float = 10.0
+) -> torch.optim.lr_scheduler.OneCycleLR:
     """OneCycle as the paper's code runs it: from lr/100, warmup over the first `warmup` share of
     steps to lr, then cosine down to lr/`final_div` (the paper's runs: 5)."""
     start_div = 1e2
     return torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=lr, total_steps=max(total_steps, 2), pct_start=warmup,
-        anneal_strategy="cos", cycle_momentum=False, div_factor=start_div, final_div_factor=final_div / start_div,
+        optimizer,
+        max_lr=lr,
+        total_steps=max(total_steps, 2),
+        pct_start=warmup,
+        anneal_strategy="cos",
+        cycle_momentum=False,
+        div_factor=start_div,
+        final_div_factor=final_div / start_div,
     )
 
 

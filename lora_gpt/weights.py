@@ -5,6 +5,7 @@ Hugging Face's GPT-2 stores its linears as `Conv1D` with weights shaped `[in, ou
 The project saves its own models in the same layout, so one loader reads GPT-2, a fine-tuned
 export, and this project's pretrained bases alike (and `transformers` can read ours).
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,10 @@ class WeightsFileError(FixableError, ValueError):
 def config_from_hf(hf: dict, dropout: float = 0.0) -> GPTConfig:
     """Our config from a Hugging Face GPT-2 `config.json` dict."""
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise WeightsFileError(f"expected a GPT-2 checkpoint, config.json says model_type={hf['model_type']!r}. "
-                               "Fix: pass a GPT-2 folder or hub name.")
+        raise WeightsFileError(
+            f"expected a GPT-2 checkpoint, config.json says model_type={hf['model_type']!r}. "
+            "Fix: pass a GPT-2 folder or hub name."
+        )
     return GPTConfig(
         block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
         vocab_size=hf["vocab_size"],
@@ -90,8 +93,9 @@ def _resolve_folder(name_or_path: str | Path, allow_download: bool) -> Path:
     last_error: Exception | None = None
     for local_only in attempts:
         try:
-            files = [hf_hub_download(str(name_or_path), n, local_files_only=local_only)
-                     for n in (CONFIG_NAME, WEIGHTS_NAME)]
+            files = [
+                hf_hub_download(str(name_or_path), n, local_files_only=local_only) for n in (CONFIG_NAME, WEIGHTS_NAME)
+            ]
             return Path(files[0]).parent
         except Exception as err:  # the hub client raises many kinds of errors offline
             last_error = err
@@ -105,28 +109,34 @@ def _resolve_folder(name_or_path: str | Path, allow_download: bool) -> Path:
     )
 
 
-def read_pretrained(name_or_path: str | Path, dropout: float = 0.0,
-                    allow_download: bool = True) -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
+def read_pretrained(
+    name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True
+) -> tuple[GPTConfig, dict[str, torch.Tensor], Path]:
     """`(config, state_dict in this project's naming and layout, weights file)` of a GPT-2 folder
     or hub name."""
     folder = _resolve_folder(name_or_path, allow_download)
     try:
         config = config_from_hf(json.loads((folder / CONFIG_NAME).read_text()), dropout=dropout)
     except (json.JSONDecodeError, KeyError) as err:
-        raise WeightsFileError(f"{folder / CONFIG_NAME} is not a GPT-2 config.json ({type(err).__name__}: {err}). "
-                               "Fix: save the model again, or download it again.") from err
+        raise WeightsFileError(
+            f"{folder / CONFIG_NAME} is not a GPT-2 config.json ({type(err).__name__}: {err}). "
+            "Fix: save the model again, or download it again."
+        ) from err
     try:
         raw = load_file(str(folder / WEIGHTS_NAME))
     except SafetensorError as err:
-        raise WeightsFileError(f"{folder / WEIGHTS_NAME} cannot be read ({err}): it is cut short or corrupt. "
-                               "Fix: save the model again, or download it again.") from err
+        raise WeightsFileError(
+            f"{folder / WEIGHTS_NAME} cannot be read ({err}): it is cut short or corrupt. "
+            "Fix: save the model again, or download it again."
+        ) from err
     state = {}
     for key, tensor in raw.items():
         if key.endswith(IGNORED_SUFFIXES):
             continue
         key = key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
         state[key] = tensor.t() if key.endswith(CONV1D_SUFFIXES) else tensor
-    state.setdefault("lm_head.weight", state.get("transformer.wte.weight"))
+    if "lm_head.weight" not in state and "transformer.wte.weight" in state:
+        state["lm_head.weight"] = state["transformer.wte.weight"]  # tied: GPT-2 checkpoints leave it out
     return config, state, folder / WEIGHTS_NAME
 
 
@@ -135,12 +145,14 @@ def check_state(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise WeightsFileError(f"{source} does not match a GPT-2 of its config.json: "
-                               f"missing {missing[:5]}, unexpected {unexpected[:5]}.")
+        raise WeightsFileError(
+            f"{source} does not match a GPT-2 of its config.json: missing {missing[:5]}, unexpected {unexpected[:5]}."
+        )
     for key, tensor in state.items():
         if tensor.shape != expected[key].shape:
-            raise WeightsFileError(f"{source}: {key} has shape {tuple(tensor.shape)}, "
-                                   f"config.json implies {tuple(expected[key].shape)}.")
+            raise WeightsFileError(
+                f"{source}: {key} has shape {tuple(tensor.shape)}, config.json implies {tuple(expected[key].shape)}."
+            )
 
 
 def hf_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

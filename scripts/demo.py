@@ -11,6 +11,7 @@ against step, one panel per run) and `trust_heatmaps.png` (each dynamic run's la
     python scripts/demo.py --runs none static dynamic-ref   # a subset (names from the table below)
     python scripts/demo.py --seed 1 --out runs/demo-seed1   # another draw of documents and batches
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,10 +29,38 @@ from lora_gpt.errors import FixableError
 
 # The clients: six (two per language), each with a small train split that local training
 # sees many times over, the regime where learning from similar peers can pay.
-DATA = ["--dataset", "offline_multi_specific", "--num_clients", "6", "--train_tokens", "4000",
-        "--val_tokens", "4000", "--trust_tokens", "2100", "--ref_tokens", "4000", "--eval_batches", "8"]
-TRAINING = ["--iterations", "100", "--batch_size", "2", "--sequence_length", "128", "--lr", "1e-2",
-            "--eval_freq", "20", "--trust_freq", "10", "--pretraining_rounds", "20"]
+DATA = [
+    "--dataset",
+    "offline_multi_specific",
+    "--num_clients",
+    "6",
+    "--train_tokens",
+    "4000",
+    "--val_tokens",
+    "4000",
+    "--trust_tokens",
+    "2100",
+    "--ref_tokens",
+    "4000",
+    "--eval_batches",
+    "8",
+]
+TRAINING = [
+    "--iterations",
+    "100",
+    "--batch_size",
+    "2",
+    "--sequence_length",
+    "128",
+    "--lr",
+    "1e-2",
+    "--eval_freq",
+    "20",
+    "--trust_freq",
+    "10",
+    "--pretraining_rounds",
+    "20",
+]
 
 
 @dataclass(frozen=True)
@@ -44,8 +73,10 @@ RUNS = [Run(s, ("--trust", s)) for s in ("none", "naive", "static", "dynamic", "
     # Extra rows, not the paper's settings: its softmax of cosine similarities (temperature 1) is
     # nearly uniform here, and minus perplexity at these perplexity levels gives one-hot rows.
     Run("dynamic, temperature 0.05", ("--trust", "dynamic", "--trust_temperature", "0.05")),
-    Run("dynamic-ref, minus loss, temperature 0.1",
-        ("--trust", "dynamic-ref", "--ref_score", "loss", "--trust_temperature", "0.1")),
+    Run(
+        "dynamic-ref, minus loss, temperature 0.1",
+        ("--trust", "dynamic-ref", "--ref_score", "loss", "--trust_temperature", "0.1"),
+    ),
 ]
 
 
@@ -56,8 +87,12 @@ def folder_name(name: str) -> str:
 def train_epochs(summary: dict) -> float:
     """How many times over local training reads a client's train split."""
     config, budget = summary["config"], summary["dataset"]["budget"]
-    tokens = config["optim"]["iterations"] * config["optim"]["acc_steps"] * config["data"]["batch_size"] * (
-        config["data"]["sequence_length"] + 1)
+    tokens = (
+        config["optim"]["iterations"]
+        * config["optim"]["acc_steps"]
+        * config["data"]["batch_size"]
+        * (config["data"]["sequence_length"] + 1)
+    )
     return tokens / budget["train"]
 
 
@@ -65,21 +100,28 @@ def describe(summary: dict, minutes: float) -> str:
     budget, categories = summary["dataset"]["budget"], summary["dataset"]["categories"]
     config = summary["config"]
     owner = summary["dataset"]["client_categories"]
-    return (f"{len(owner)} clients ({', '.join(f'{owner.count(c)} {name}' for c, name in enumerate(categories))}), "
-            f"each with {budget['train']:,} train tokens, read {train_epochs(summary):.1f} times over in "
-            f"{config['optim']['iterations']} steps of {config['data']['batch_size']} x "
-            f"{config['data']['sequence_length']} tokens; validation on {budget['val']:,} held-out tokens per client; "
-            f"{summary['precision']}; {minutes:.1f} min in all")
+    return (
+        f"{len(owner)} clients ({', '.join(f'{owner.count(c)} {name}' for c, name in enumerate(categories))}), "
+        f"each with {budget['train']:,} train tokens, read {train_epochs(summary):.1f} times over in "
+        f"{config['optim']['iterations']} steps of {config['data']['batch_size']} x "
+        f"{config['data']['sequence_length']} tokens; validation on {budget['val']:,} held-out tokens per client; "
+        f"{summary['precision']}; {minutes:.1f} min in all"
+    )
 
 
 def improvement(base: list[dict], final: list[dict]) -> str:
-    return ", ".join(f"{1 - f['ppl'] / b['ppl']:.0%}" for b, f in zip(base, final))
+    return ", ".join(f"{1 - f['ppl'] / b['ppl']:.0%}" for b, f in zip(base, final, strict=True))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=[r.name for r in RUNS], metavar="NAME",
-                   help="which rows to run: " + "; ".join(r.name for r in RUNS))
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=[r.name for r in RUNS],
+        metavar="NAME",
+        help="which rows to run: " + "; ".join(r.name for r in RUNS),
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
     args, fit_extra = p.parse_known_args(argv)
@@ -90,13 +132,18 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     folders = [RunFolder(args.out / folder_name(r.name)) for r in chosen]
     try:
-        for r, folder in zip(chosen, folders):
+        for r, folder in zip(chosen, folders, strict=True):
             if folder.finished():
                 print(f"{r.name}: finished earlier, reusing {folder.path}")
                 continue
             print(f"\n=== {r.name} ===", flush=True)
-            run(fit_config(build_parser().parse_args(
-                [*DATA, *TRAINING, "--seed", str(args.seed), "--out", str(folder.path), *r.options, *fit_extra])))
+            run(
+                fit_config(
+                    build_parser().parse_args(
+                        [*DATA, *TRAINING, "--seed", str(args.seed), "--out", str(folder.path), *r.options, *fit_extra]
+                    )
+                )
+            )
     except FixableError as err:
         p.exit(2, f"error: {err}\n")
     runs = [load_summaries(folder.path)[0] for folder in folders]
@@ -105,18 +152,32 @@ def main(argv: list[str] | None = None) -> int:
     print("Validation perplexity per client, before fine-tuning (the base) and after; lower is better:\n")
     print(client_table(runs, labels))
     base = runs[0]["curves"][0]["clients"]
-    print("\nBelow the base's perplexity, per client: "
-          + "; ".join(f"{label} {improvement(base, r['final']['clients'])}" for label, r in zip(labels, runs)))
-    shares = [(label, last_trust(r)) for label, r in zip(labels, runs)]
-    print("Share of each row's trust on same-language clients at the last aggregation: " + ", ".join(
-        f"{label} {record['quality']['same_category']:.2f}" for label, record in shares
-        if record and record.get("quality")))
+    print(
+        "\nBelow the base's perplexity, per client: "
+        + "; ".join(
+            f"{label} {improvement(base, r['final']['clients'])}" for label, r in zip(labels, runs, strict=True)
+        )
+    )
+    shares = [(label, last_trust(r)) for label, r in zip(labels, runs, strict=True)]
+    print(
+        "Share of each row's trust on same-language clients at the last aggregation: "
+        + ", ".join(
+            f"{label} {record['quality']['same_category']:.2f}"
+            for label, record in shares
+            if record and record.get("quality")
+        )
+    )
     curves = plot_client_curves(runs, args.out / "client_curves.png", labels)
-    dynamic = [(r, label) for r, label in zip(runs, labels) if label.startswith("dynamic")]
-    heatmaps = plot_trust_heatmaps([r for r, _ in dynamic], args.out / "trust_heatmaps.png",
-                                   [label for _, label in dynamic]) if dynamic else None
+    dynamic = [(r, label) for r, label in zip(runs, labels, strict=True) if label.startswith("dynamic")]
+    heatmaps = (
+        plot_trust_heatmaps([r for r, _ in dynamic], args.out / "trust_heatmaps.png", [label for _, label in dynamic])
+        if dynamic
+        else None
+    )
     (args.out / "table.md").write_text(client_table(runs, labels) + "\n")
-    (args.out / "runs.json").write_text(json.dumps({label: r["folder"] for label, r in zip(labels, runs)}, indent=1))
+    (args.out / "runs.json").write_text(
+        json.dumps({label: r["folder"] for label, r in zip(labels, runs, strict=True)}, indent=1)
+    )
     print(f"\nwrote {args.out / 'table.md'}, {curves}" + (f", {heatmaps}" if heatmaps else ""))
     return 0
 

@@ -1,7 +1,10 @@
 """Turn a folder of finished runs into a markdown table and plots.
 
+Example:
+
     python scripts/report.py runs/reproduce        # writes runs/reproduce/report.md and PNGs
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +25,17 @@ def main(argv: list[str] | None = None) -> int:
     table = seed_table(runs, args.strategies)
     paired = paired_table(runs, args.strategies)
     plots = plot_seed_curves(runs, args.root)
-    text = ("Final mean validation perplexity over clients, mean ± std over seeds (best per column in bold).\n\n"
-            + table + "\n\nPer seed, each strategy against `none` and `naive` on the same seed (relative "
-            "difference of the final mean perplexity, and on how many seeds it is lower), and the share of "
-            "its trust rows on same-category clients at the last aggregation.\n\n" + paired + "\n\n"
-            + "\n".join(f"![{p.stem}]({p.name})" for p in plots) + "\n")
+    text = (
+        "Final mean validation perplexity over clients, mean ± std over seeds (best per column in bold).\n\n"
+        + table
+        + "\n\nPer seed, each strategy against `none` and `naive` on the same seed (relative "
+        "difference of the final mean perplexity, and on how many seeds it is lower), and the share of "
+        "its trust rows on same-category clients at the last aggregation.\n\n"
+        + paired
+        + "\n\n"
+        + "\n".join(f"![{p.stem}]({p.name})" for p in plots)
+        + "\n"
+    )
     (args.root / "report.md").write_text(text)
     print(table + "\n\n" + paired)
     print(f"\nwrote {args.root / 'report.md'} and {len(plots)} plot(s)")

@@ -11,6 +11,7 @@ call and override the profile's.
     python scripts/reproduce.py --profile cpu --recipes offline_multi_specific:6 --seeds 0 1 2 \\
         --strategies none naive static dynamic -- --iterations 60
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ from collab.run_folder import RunFolder, run_dir
 from collab.trust import Strategy
 
 PAPER_STRATEGIES = ["none", "naive", "static", "dynamic", "dynamic-ref", "dynamic-token"]
-PAPER_RECIPES = ["agnews_mixed:4", "agnews_specific:8", "three_multi_mixed:9", "three_multi_specific:9",
-                 "github_wiki_mixed:8", "github_wiki_specific:8"]
+PAPER_RECIPES = [
+    "agnews_mixed:4",
+    "agnews_specific:8",
+    "three_multi_mixed:9",
+    "three_multi_specific:9",
+    "github_wiki_mixed:8",
+    "github_wiki_specific:8",
+]
 
 
 def parse_recipe(spec: str, known: list[str]) -> tuple[str, int | None]:
@@ -38,14 +45,18 @@ def parse_recipe(spec: str, known: list[str]) -> tuple[str, int | None]:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    fit_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    argv = argv[:argv.index("--")] if "--" in argv else argv
+    fit_args = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--strategies", nargs="+", default=PAPER_STRATEGIES)
     p.add_argument("--recipes", nargs="+", default=PAPER_RECIPES, help="RECIPE or RECIPE:CLIENTS")
     p.add_argument("--seeds", nargs="+", type=int, default=list(range(10)))
-    p.add_argument("--profile", choices=tuple(PROFILES), default="paper",
-                   help="collab.fit's set of defaults for every run: paper (the paper's settings) or cpu")
+    p.add_argument(
+        "--profile",
+        choices=tuple(PROFILES),
+        default="paper",
+        help="collab.fit's set of defaults for every run: paper (the paper's settings) or cpu",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     p.add_argument("--dry_run", action="store_true", help="list the runs, run nothing")
     args = p.parse_args(argv)
@@ -63,9 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(grid)} runs in the grid, {len(grid) - len(todo)} already finished, {len(todo)} to run.")
     for i, (strategy, recipe, clients, seed) in enumerate(todo, 1):
         out = folders[(strategy, recipe, clients, seed)]
-        cmd = [sys.executable, "-m", "collab.fit", "--profile", args.profile, "--trust", strategy, "--dataset", recipe,
-               "--seed", str(seed), "--out", str(out), "--no-progress",
-               *(["--num_clients", str(clients)] if clients else []), *fit_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "collab.fit",
+            "--profile",
+            args.profile,
+            "--trust",
+            strategy,
+            "--dataset",
+            recipe,
+            "--seed",
+            str(seed),
+            "--out",
+            str(out),
+            "--no-progress",
+            *(["--num_clients", str(clients)] if clients else []),
+            *fit_args,
+        ]
         print(f"[{i}/{len(todo)}] {' '.join(cmd[2:])}", flush=True)
         if not args.dry_run:
             subprocess.run(cmd, check=True)

@@ -1,4 +1,5 @@
 """Fixtures shared by the data tests."""
+
 import pytest
 
 from data.sources import debian

@@ -2,6 +2,7 @@
 client apps run as in Flower's runtimes (the same Messages, Contexts and records), only without the
 transport, so tests of the method take seconds instead of a runtime's start-up per run. Nodes can be
 taken down (they never answer) and started again under a new node id, as a restarted SuperNode."""
+
 from __future__ import annotations
 
 import itertools
@@ -31,8 +32,9 @@ class InProcessGrid(Grid):
         """A new node for `client` (a fresh Context: what a restarted SuperNode has); returns its id."""
         node = next(_node_ids)
         self.contexts = {k: c for k, c in self.contexts.items() if c.node_config["partition-id"] != client}
-        self.contexts[node] = Context(run_id=RUN_ID, node_id=node, node_config={"partition-id": client},
-                                      state=RecordDict(), run_config={})
+        self.contexts[node] = Context(
+            run_id=RUN_ID, node_id=node, node_config={"partition-id": client}, state=RecordDict(), run_config={}
+        )
         return node
 
     def get_node_ids(self) -> Iterable[int]:

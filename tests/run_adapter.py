@@ -1,4 +1,5 @@
 """How the tests run our model with one adapter: the one place to change if adapter selection changes."""
+
 import torch
 
 from lora_gpt import ClientSlice

@@ -1,6 +1,7 @@
 """A tiny in-memory stand-in for `data.ClientDataModule`, so collaborative training can be tested
 on data whose structure is known exactly: clients of category c see a token cycle of period
 3 + c, so same-category clients share what they must learn."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -19,7 +20,7 @@ def category_stream(category: int, length: int, offset: int) -> np.ndarray:
 
 
 class _Windows(IterableDataset):
-    def __init__(self, module: "SyntheticClients", start: int) -> None:
+    def __init__(self, module: SyntheticClients, start: int) -> None:
         self.module, self.start = module, start
 
     def __iter__(self):
@@ -30,8 +31,15 @@ class _Windows(IterableDataset):
 
 
 class SyntheticClients(L.LightningDataModule):
-    def __init__(self, num_clients: int = 4, num_categories: int = 2, batch_size: int = 2,
-                 sequence_length: int = 16, seed: int = 0, accumulate: int = 1) -> None:
+    def __init__(
+        self,
+        num_clients: int = 4,
+        num_categories: int = 2,
+        batch_size: int = 2,
+        sequence_length: int = 16,
+        seed: int = 0,
+        accumulate: int = 1,
+    ) -> None:
         super().__init__()
         self.num_clients, self.batch_size, self.T = num_clients, batch_size, sequence_length
         self.seed, self.accumulate = seed, accumulate
@@ -43,8 +51,14 @@ class SyntheticClients(L.LightningDataModule):
 
     def train_batch(self, t: int) -> torch.Tensor:
         span = self.T + 1
-        return torch.from_numpy(np.stack([random_windows(self.streams[n], self.batch_size, span, (self.seed, n, t))
-                                          for n in range(self.num_clients)]))
+        return torch.from_numpy(
+            np.stack(
+                [
+                    random_windows(self.streams[n], self.batch_size, span, (self.seed, n, t))
+                    for n in range(self.num_clients)
+                ]
+            )
+        )
 
     def train_dataloader(self):
         start = self.trainer.global_step * self.accumulate if self.trainer is not None else 0

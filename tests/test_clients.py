@@ -1,4 +1,5 @@
 """Per-client calls: which adapters run, and each client's own dropout stream."""
+
 import copy
 
 import pytest
@@ -38,8 +39,14 @@ def test_stacked_clients_with_dropout_equal_separate_single_client_models():
     client n's stream: a stacked forward/backward equals each client alone with its own seed."""
     torch.manual_seed(0)
     base = GPT(CFG)
-    lora = LoRAConfig(rank=4, alpha=8, dropout=0.3, targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
-                      kernel="torch", init_seed=3)
+    lora = LoRAConfig(
+        rank=4,
+        alpha=8,
+        dropout=0.3,
+        targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+        kernel="torch",
+        init_seed=3,
+    )
     stacked = inject_lora(copy.deepcopy(base), lora, num_adapters=3).train()
     with torch.no_grad():
         for p in lora_parameters(stacked).values():
@@ -52,8 +59,8 @@ def test_stacked_clients_with_dropout_equal_separate_single_client_models():
         single = inject_lora(copy.deepcopy(base), lora, num_adapters=1).train()
         with torch.no_grad():
             for name, p in lora_parameters(single).items():
-                p.copy_(lora_parameters(stacked)[name][n:n + 1])
-        got = single(idx[n], ClientSlice(0, 1, seeds[n:n + 1]))  # client n alone: its seed, adapter 0
+                p.copy_(lora_parameters(stacked)[name][n : n + 1])
+        got = single(idx[n], ClientSlice(0, 1, seeds[n : n + 1]))  # client n alone: its seed, adapter 0
         torch.testing.assert_close(got, out[n], atol=1e-5, rtol=0)
         got.square().mean().backward()
         for name, p in lora_parameters(single).items():

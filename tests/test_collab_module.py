@@ -1,21 +1,21 @@
 """Collaborative training: exactness against independent runs, aggregation in the loop, chunking,
 non-finite clients, evaluation scores, and exact resume."""
+
 import copy
 
 import lightning as L
 import pytest
 import torch
+from run_adapter import run_client
+from synthetic import VOCAB, SyntheticClients
 
 from collab.aggregation import TrustAggregation
 from collab.config import MemoryConfig, OptimConfig
 from collab.module import CollabLoRAModule
 from collab.trust import PeerLoss, TokenAgreement, TopLogits, TopProbabilities, TrustSettings
-from lora_gpt import (GPT, GPTConfig, LoRAConfig, inject_lora, lora_parameters,
-                      mark_only_lora_as_trainable)
+from lora_gpt import GPT, GPTConfig, LoRAConfig, inject_lora, lora_parameters, mark_only_lora_as_trainable
 from lora_gpt.cross_entropy import token_cross_entropy
 from lora_gpt.training import adamw, one_cycle
-from run_adapter import run_client
-from synthetic import VOCAB, SyntheticClients
 
 CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=VOCAB)
 N = 4
@@ -27,13 +27,20 @@ def base_model(seed=0):
 
 
 def lora_cfg(dropout=0.0):
-    return LoRAConfig(rank=4, alpha=8, dropout=dropout, targets=("attn.c_attn", "mlp.c_fc"), kernel="torch", init_seed=1)
+    return LoRAConfig(
+        rank=4, alpha=8, dropout=dropout, targets=("attn.c_attn", "mlp.c_fc"), kernel="torch", init_seed=1
+    )
 
 
 def collab(base=None, lora=None, num_clients=N, client_chunk=None, **optim):
     """The collaborative module as `collab.fit` builds it, from config groups."""
-    return CollabLoRAModule(base=base or base_model(), lora=lora or lora_cfg(), optim=OptimConfig(**optim),
-                            num_clients=num_clients, memory=MemoryConfig(client_chunk=client_chunk))
+    return CollabLoRAModule(
+        base=base or base_model(),
+        lora=lora or lora_cfg(),
+        optim=OptimConfig(**optim),
+        num_clients=num_clients,
+        memory=MemoryConfig(client_chunk=client_chunk),
+    )
 
 
 def aggregation(strategy, out_dir=None, **settings):
@@ -43,11 +50,21 @@ def aggregation(strategy, out_dir=None, **settings):
 def train(module, datamodule, steps, callbacks=(), ckpt_path=None, out=None, ckpt_every=None):
     cbs = list(callbacks)
     if out is not None:
-        cbs.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=out, save_last=True, save_top_k=0,
-                                                        every_n_train_steps=ckpt_every))
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=out is not None,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=cbs)
+        cbs.append(
+            L.pytorch.callbacks.ModelCheckpoint(
+                dirpath=out, save_last=True, save_top_k=0, every_n_train_steps=ckpt_every
+            )
+        )
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=out is not None,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=cbs,
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     return trainer
 
@@ -82,6 +99,7 @@ def test_none_equals_independent_single_client_runs():
 def test_client_chunks_and_client_count_leave_each_clients_step_unchanged(base_dropout):
     """With LoRA dropout (and base dropout) on, each client's masks come from its own stream:
     chunked == whole, and the first clients of a 4-client run == a 2-client run."""
+
     def run(num_clients, chunk=None):
         torch.manual_seed(0)
         base = GPT(CFG.replace(dropout=base_dropout))
@@ -105,17 +123,26 @@ def test_accumulation_counts_optimizer_steps():
 
 def test_chunked_validation_gives_the_same_per_client_metrics():
     """Validation on (as users run it): a chunked run reports what an unchunked one does."""
+
     def run(chunk):
         module = collab(client_chunk=chunk, iterations=2)
-        trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, val_check_interval=1,
-                            check_val_every_n_epoch=None, num_sanity_val_steps=0)
+        trainer = L.Trainer(
+            max_steps=2,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            val_check_interval=1,
+            check_val_every_n_epoch=None,
+            num_sanity_val_steps=0,
+        )
         trainer.fit(module, datamodule=SyntheticClients(num_clients=N))
         return module.curves
 
     whole, chunked = run(None), run(3)
     assert [c["step"] for c in chunked] == [c["step"] for c in whole] == [1, 2]
-    for a, b in zip(whole, chunked):
+    for a, b in zip(whole, chunked, strict=True):
         for n in range(N):
             for key in ("loss", "acc"):
                 assert b["clients"][n][key] == pytest.approx(a["clients"][n][key], abs=1e-6)
@@ -133,10 +160,20 @@ def test_per_client_clipping_leaves_small_gradients_alone():
     assert a.grad[1].norm().item() == pytest.approx(1.0, rel=1e-4)
 
 
-@pytest.mark.parametrize("strategy, options", [
-    ("naive", {}), ("dynamic", {}), ("dynamic-ref", {}), ("dynamic-token-top-k", {}), ("static", {}),
-    ("dynamic-thresh", {"similarity": "reference-rows", "temperature": 0.5}), ("dynamic-ref", {"ref_score": "loss"}),
-    ("dynamic-token", {"token_distance": "reference-logits"}), ("static", {"static_rule": "own-mixture"})])
+@pytest.mark.parametrize(
+    "strategy, options",
+    [
+        ("naive", {}),
+        ("dynamic", {}),
+        ("dynamic-ref", {}),
+        ("dynamic-token-top-k", {}),
+        ("static", {}),
+        ("dynamic-thresh", {"similarity": "reference-rows", "temperature": 0.5}),
+        ("dynamic-ref", {"ref_score": "loss"}),
+        ("dynamic-token", {"token_distance": "reference-logits"}),
+        ("static", {"static_rule": "own-mixture"}),
+    ],
+)
 def test_aggregation_in_the_loop(strategy, options, tmp_path):
     dm = SyntheticClients(num_clients=N)
     module = collab(iterations=4)
@@ -191,8 +228,11 @@ def test_nan_client_does_not_poison_the_others(strategy):
         assert v.isfinite().all()  # the others stayed finite; client 1 restarted from its peers
     opt = module.trainer.optimizers[0]
     for p in module.adapters().values():  # and client 1's Adam moments were reset with it
-        assert all((value[1] == 0).all() and value[[0, 2, 3]].isfinite().all()
-                   for value in opt.state[p].values() if value.shape == p.shape)
+        assert all(
+            (value[1] == 0).all() and value[[0, 2, 3]].isfinite().all()
+            for value in opt.state[p].values()
+            if value.shape == p.shape
+        )
 
 
 def scoring_module():
@@ -234,23 +274,28 @@ def test_token_distances_match_per_client_loops():
         for j in range(N):
             pi, pj = probs[i].gather(-1, top), probs[j].gather(-1, top)
             expected[i, j] = ((pj - pi).abs().sum(-1) / pi.sum(-1)).mean()
-    torch.testing.assert_close(ours.scores(module, dm), -10 * expected / expected.sum(1, keepdim=True),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        ours.scores(module, dm), -10 * expected / expected.sum(1, keepdim=True), rtol=1e-4, atol=1e-6
+    )
 
     reference = TokenAgreement(measure=TopLogits(top_k=5))
     last = [lg[:, -1] for lg in logits]  # [S, V]: the last position of every reference sequence
     kept = [lg.masked_fill(lg < lg.topk(5, dim=-1).values[:, -1:], 0) for lg in last]
     expected = torch.tensor([[(kept[i] - kept[j]).abs().sum(-1).mean().item() for j in range(N)] for i in range(N)])
     assert torch.equal(expected, expected.T) and (expected.diagonal() == 0).all()
-    torch.testing.assert_close(reference.scores(module, dm), -10 * expected / expected.sum(1, keepdim=True),
-                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        reference.scores(module, dm), -10 * expected / expected.sum(1, keepdim=True), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_resume_equals_straight_run(tmp_path):
     """k steps, checkpoint, resume for k more == 2k straight steps (dropout on: RNG restored too)."""
+
     def fresh():
-        return (collab(lora=lora_cfg(dropout=0.1), iterations=6),
-                aggregation("dynamic", trust_freq=2, pretraining_rounds=1))
+        return (
+            collab(lora=lora_cfg(dropout=0.1), iterations=6),
+            aggregation("dynamic", trust_freq=2, pretraining_rounds=1),
+        )
 
     L.seed_everything(0)
     straight, agg = fresh()

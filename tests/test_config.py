@@ -1,5 +1,6 @@
 """The run configuration: one default per option, the CLI and config files built from it, the
 paper profile, and checks that name the option."""
+
 import re
 
 import pytest
@@ -11,9 +12,33 @@ from lora_gpt import LoRAConfig
 from lora_gpt.errors import ConfigError
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
 
-FLAGS = ["--trust", "dynamic-top-k", "--k", "2", "--num_clients", "4", "--lr", "0.05", "--betas", "0.8", "0.9",
-         "--lora_rank", "8", "--no-lora_mlp", "--iterations", "7", "--client_chunk", "2", "--out", "runs/x",
-         "--no-progress", "--dataset", "offline_topics_mixed", "--pairing", "pairs"]
+FLAGS = [
+    "--trust",
+    "dynamic-top-k",
+    "--k",
+    "2",
+    "--num_clients",
+    "4",
+    "--lr",
+    "0.05",
+    "--betas",
+    "0.8",
+    "0.9",
+    "--lora_rank",
+    "8",
+    "--no-lora_mlp",
+    "--iterations",
+    "7",
+    "--client_chunk",
+    "2",
+    "--out",
+    "runs/x",
+    "--no-progress",
+    "--dataset",
+    "offline_topics_mixed",
+    "--pairing",
+    "pairs",
+]
 YAML = """
 trust: {strategy: dynamic-top-k, k: 2}
 data: {num_clients: 4, dataset: offline_topics_mixed, pairing: pairs}
@@ -41,13 +66,16 @@ def test_a_config_file_gives_the_same_run_as_the_flags(tmp_path):
     assert cli.parse(["--config", str(tmp_path / "config.yaml"), "--lr", "0.01"]).optim.lr == 0.01
 
 
-@pytest.mark.parametrize("text, message", [
-    ("optim: {learning_rate: 1}", "unknown option optim.learning_rate; optim has iterations, acc_steps, lr"),
-    ("trainer: {lr: 1}", "unknown group 'trainer'"),
-    ("trust: dynamic", "'trust' must be a mapping"),
-    ("optim: {iterations: 2.5}", r"optim.iterations \(--iterations\) must be int: a whole number"),
-    ("lora: {rank: 0}", "--lora_rank must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("optim: {learning_rate: 1}", "unknown option optim.learning_rate; optim has iterations, acc_steps, lr"),
+        ("trainer: {lr: 1}", "unknown group 'trainer'"),
+        ("trust: dynamic", "'trust' must be a mapping"),
+        ("optim: {iterations: 2.5}", r"optim.iterations \(--iterations\) must be int: a whole number"),
+        ("lora: {rank: 0}", "--lora_rank must be >= 1, got 0"),
+    ],
+)
 def test_a_bad_config_file_names_the_option(tmp_path, text, message):
     (tmp_path / "run.yaml").write_text(text)
     with pytest.raises(ConfigError, match=message):

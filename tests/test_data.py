@@ -1,5 +1,6 @@
 """Data preparation and the DataModule on small generated corpora: split sizes, disjointness,
 mixtures, determinism, resume, atomic writes, manifest checks and error messages."""
+
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -82,7 +83,7 @@ def test_specific_split_sizes_disjoint_documents_and_mixture(corpus):
     # clients 0 and 3 share category alpha, yet no document
     assert {d for d, k in owner.items() if k[0] == 0} and {d for d, k in owner.items() if k[0] == 3}
     # the ref stream holds every category, budget.ref tokens each, in turn
-    ref_chunks = [parts["ref"][i * 100:(i + 1) * 100] for i in range(3)]
+    ref_chunks = [parts["ref"][i * 100 : (i + 1) * 100] for i in range(3)]
     assert [{cat for cat, _ in doc_ids(chunk)} for chunk in ref_chunks] == [{c} for c in CATEGORIES]
     # documents are separated by EOT, and the manifest's hashes are those of the files
     assert (parts[(0, "train")] == EOT_TOKEN).sum() >= 2
@@ -107,16 +108,23 @@ def test_mixed_split_is_really_mixed(corpus):
 
 def test_mixed_pairing_ring_or_the_reference_pairs():
     ring = design_shares("mixed", 6, 3)  # ours: client n's minor category is client n+1's major
-    np.testing.assert_array_equal(ring, [[.75, .25, 0], [0, .75, .25], [.25, 0, .75],
-                                         [.75, .25, 0], [0, .75, .25], [.25, 0, .75]])
+    np.testing.assert_array_equal(
+        ring, [[0.75, 0.25, 0], [0, 0.75, 0.25], [0.25, 0, 0.75], [0.75, 0.25, 0], [0, 0.75, 0.25], [0.25, 0, 0.75]]
+    )
     # the reference's AG News: clients 2k and 2k+1 each take the other's major as their minor
-    np.testing.assert_array_equal(design_shares("mixed", 4, 4, pairing="pairs"),
-                                  [[.75, .25, 0, 0], [.25, .75, 0, 0], [0, 0, .75, .25], [0, 0, .25, .75]])
-    np.testing.assert_array_equal(design_shares("mixed", 6, 3, pairing="pairs"),
-                                  [[.75, .25, 0], [.25, .75, 0], [.25, 0, .75],
-                                   [.75, 0, .25], [0, .75, .25], [0, .25, .75]])
-    with pytest.raises(ValueError, match="pairs of clients 2k and 2k.1, so it needs an even num_clients, got 5. "
-                                         "Fix: --num_clients 4 or 6, or --pairing ring"):
+    np.testing.assert_array_equal(
+        design_shares("mixed", 4, 4, pairing="pairs"),
+        [[0.75, 0.25, 0, 0], [0.25, 0.75, 0, 0], [0, 0, 0.75, 0.25], [0, 0, 0.25, 0.75]],
+    )
+    np.testing.assert_array_equal(
+        design_shares("mixed", 6, 3, pairing="pairs"),
+        [[0.75, 0.25, 0], [0.25, 0.75, 0], [0.25, 0, 0.75], [0.75, 0, 0.25], [0, 0.75, 0.25], [0, 0.25, 0.75]],
+    )
+    with pytest.raises(
+        ValueError,
+        match="pairs of clients 2k and 2k.1, so it needs an even num_clients, got 5. "
+        "Fix: --num_clients 4 or 6, or --pairing ring",
+    ):
         design_shares("mixed", 5, 3, pairing="pairs")
     with pytest.raises(ValueError, match="unknown pairing 'star'; use ring or pairs"):
         design_shares("mixed", 4, 3, pairing="star")
@@ -128,10 +136,31 @@ def test_pairing_is_part_of_a_prepared_folder(corpus, capsys):
     assert pairs != ring and manifest_of(ring)["options"]["pairing"] == "ring"
     m = manifest_of(pairs)
     assert m["options"]["pairing"] == "pairs"
-    np.testing.assert_allclose(m["mixture"], [[.75, .25, 0], [.25, .75, 0], [.25, 0, .75], [.75, 0, .25]], atol=0.01)
+    np.testing.assert_allclose(
+        m["mixture"], [[0.75, 0.25, 0], [0.25, 0.75, 0], [0.25, 0, 0.75], [0.75, 0, 0.25]], atol=0.01
+    )
     assert m["client_category_tokens"][1] == [100 + 38 + 15, 300 + 112 + 45, 0]  # 1/4 and 3/4 of each split
-    assert prepare_main([f"{corpus}:mixed", "--num_clients", "4", "--pairing", "pairs", "--train_tokens", "400",
-                         "--val_tokens", "150", "--trust_tokens", "60", "--ref_tokens", "100", "--no-progress"]) == 0
+    assert (
+        prepare_main(
+            [
+                f"{corpus}:mixed",
+                "--num_clients",
+                "4",
+                "--pairing",
+                "pairs",
+                "--train_tokens",
+                "400",
+                "--val_tokens",
+                "150",
+                "--trust_tokens",
+                "60",
+                "--ref_tokens",
+                "100",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert str(pairs) in capsys.readouterr().out  # the CLI reuses the same folder
     specific = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
     assert manifest_of(specific)["options"]["pairing"] is None
@@ -178,21 +207,27 @@ def test_more_clients_than_the_default_shrink_the_budgets_to_fit(even_corpus):
     datamodule(folder, batch_size=4, sequence_length=128).setup()  # the floor holds windows of 129
     # at the floor (1,032 / 516 / 516 / 1,032: 11 + 6 + 6 documents a client, 11 for ref), a
     # category serves 4 clients in 120 documents: 8 clients, not 10
-    with pytest.raises(ValueError, match=r"not enough text in category 'a' for 10 clients even at the smallest "
-                                         r"budgets \(train 1,032, val 516, trust 516 per client, ref 1,032 per "
-                                         r"category;.*its 120 documents \(12,000 tokens\) ran out, where these "
-                                         r"clients need at least 11,352 tokens.*Fix: --num_clients 8 or fewer "
-                                         r"\(the most this text serves at the smallest budgets\), or more text in "
-                                         r"that category\."):
+    with pytest.raises(
+        ValueError,
+        match=r"not enough text in category 'a' for 10 clients even at the smallest "
+        r"budgets \(train 1,032, val 516, trust 516 per client, ref 1,032 per "
+        r"category;.*its 120 documents \(12,000 tokens\) ran out, where these "
+        r"clients need at least 11,352 tokens.*Fix: --num_clients 8 or fewer "
+        r"\(the most this text serves at the smallest budgets\), or more text in "
+        r"that category\.",
+    ):
         prepare_recipe(str(even_corpus), num_clients=10, progress=False)
 
 
 def test_given_budgets_or_the_default_count_never_shrink(even_corpus):
     # given budgets stay: 30 + 10 + 10 documents a client and 20 for ref serve 2 clients a category
     given = dict(train=3000, val=1000, trust=1000, ref=2000)
-    with pytest.raises(ValueError, match=r"for 8 clients at these budgets \(train 3,000, val 1,000, trust 1,000 per "
-                                         r"client, ref 2,000 per category\).*Fix: --num_clients 4 or fewer \(the most "
-                                         r"this text serves at these budgets\), or smaller budgets"):
+    with pytest.raises(
+        ValueError,
+        match=r"for 8 clients at these budgets \(train 3,000, val 1,000, trust 1,000 per "
+        r"client, ref 2,000 per category\).*Fix: --num_clients 4 or fewer \(the most "
+        r"this text serves at these budgets\), or smaller budgets",
+    ):
         prepare_recipe(str(even_corpus), num_clients=8, progress=False, **given)
     folder = prepare_recipe(str(even_corpus), num_clients=4, progress=False, **given)
     assert manifest_of(folder)["budget"] == given and manifest_of(folder)["options"]["budget_given"] is True
@@ -221,8 +256,9 @@ def test_preparations_started_together_build_once(corpus, monkeypatch):
     real_build = prepare_module._build
     monkeypatch.setattr(prepare_module, "_build", lambda *a: builds.append(1) or real_build(*a))
     with ThreadPoolExecutor(3) as pool:
-        folders = list(pool.map(lambda _: prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL),
-                                range(3)))
+        folders = list(
+            pool.map(lambda _: prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL), range(3))
+        )
     assert len(set(folders)) == 1 and len(builds) == 1
     datamodule(folders[0], batch_size=2, sequence_length=8).setup()
 
@@ -273,7 +309,7 @@ def test_train_batches_follow_the_seed_client_step_rule(corpus):
     for n in range(4):  # b windows of client n's own train tokens, at starts drawn by rng([seed, n, t])
         tokens = read(folder, f"client_{n:02d}/train.bin").astype(np.int64)
         starts = np.random.default_rng([7, n, 5]).integers(0, len(tokens) - 16, 3)
-        np.testing.assert_array_equal(batch[n].numpy(), np.stack([tokens[s:s + 17] for s in starts]))
+        np.testing.assert_array_equal(batch[n].numpy(), np.stack([tokens[s : s + 17] for s in starts]))
     assert torch.equal(batch, datamodule(folder, batch_size=3, sequence_length=16, seed=7).train_batch(5))
     assert not torch.equal(batch, dm.train_batch(6))
     assert not torch.equal(batch, datamodule(folder, batch_size=3, sequence_length=16, seed=8).train_batch(5))
@@ -309,9 +345,16 @@ class _Recorder(L.LightningModule):
 
 
 def _trainer(max_steps):
-    return L.Trainer(max_steps=max_steps, accumulate_grad_batches=2, accelerator="cpu", logger=False,
-                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     limit_val_batches=0)
+    return L.Trainer(
+        max_steps=max_steps,
+        accumulate_grad_batches=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
 
 
 def test_resumed_lightning_run_sees_exactly_the_batches_of_an_uninterrupted_one(corpus, tmp_path):
@@ -326,7 +369,7 @@ def test_resumed_lightning_run_sees_exactly_the_batches_of_an_uninterrupted_one(
     rest = _Recorder()
     _trainer(5).fit(rest, datamodule=make(), ckpt_path=tmp_path / "step2.ckpt")
     assert len(whole.seen) == 10 and len(first.seen) == 4 and len(rest.seen) == 6
-    assert all(torch.equal(a, b) for a, b in zip(first.seen + rest.seen, whole.seen))
+    assert all(torch.equal(a, b) for a, b in zip(first.seen + rest.seen, whole.seen, strict=True))
 
 
 def test_eval_batches_fixed_non_overlapping_and_from_the_right_split(corpus):
@@ -334,11 +377,11 @@ def test_eval_batches_fixed_non_overlapping_and_from_the_right_split(corpus):
     dm = datamodule(folder, batch_size=2, sequence_length=16, eval_batches=2)
     val = list(dm.val_dataloader())
     assert len(val) == 2 and all(b.shape == (3, 2, 17) and b.dtype == torch.int64 for b in val)
-    assert all(torch.equal(a, b) for a, b in zip(val, dm.val_dataloader()))
+    assert all(torch.equal(a, b) for a, b in zip(val, dm.val_dataloader(), strict=True))
     for n in range(3):
         tokens = read(folder, f"client_{n:02d}/val.bin").astype(np.int64)
         windows = torch.cat(val, dim=1)[n].numpy()
-        starts = [next(s for s in range(len(tokens) - 16) if np.array_equal(tokens[s:s + 17], w)) for w in windows]
+        starts = [next(s for s in range(len(tokens) - 16) if np.array_equal(tokens[s : s + 17], w)) for w in windows]
         assert np.all(np.diff(starts) >= 17)  # non-overlapping, in order
         assert {c for c, _ in doc_ids(windows.ravel())} == {CATEGORIES[n], CATEGORIES[(n + 1) % 3]}
     trust = dm.trust_batches(num_batches=1)
@@ -372,14 +415,18 @@ def test_bad_inputs_name_the_problem_and_the_fix(corpus, tmp_path):
         prepare_recipe("no_such")
     with pytest.raises(ValueError, match="needs num_clients >= 3, got 2. Fix: --num_clients 3"):
         prepare_recipe(str(corpus), num_clients=2, progress=False, **SMALL)
-    with pytest.raises(ValueError, match="not enough text in category 'alpha' for 3 clients at these budgets.*"
-                                         "Fix: smaller budgets"):
+    with pytest.raises(
+        ValueError, match="not enough text in category 'alpha' for 3 clients at these budgets.*Fix: smaller budgets"
+    ):
         prepare_recipe(str(corpus), num_clients=3, progress=False, train=100_000)
     with pytest.raises(ValueError, match="train budget must be a positive"):
         get_recipe("offline_multi_specific", train=0)
     folder = prepare_recipe(str(corpus), num_clients=3, progress=False, **SMALL)
-    with pytest.raises(ValueError, match=r"client 0's trust split holds 60 tokens, fewer than one window of 101.*"
-                                         r"Fix: --sequence_length 59 or less, or .* larger --trust_tokens"):
+    with pytest.raises(
+        ValueError,
+        match=r"client 0's trust split holds 60 tokens, fewer than one window of 101.*"
+        r"Fix: --sequence_length 59 or less, or .* larger --trust_tokens",
+    ):
         datamodule(folder, batch_size=2, sequence_length=100)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         prepare_recipe(str(tmp_path / "missing.jsonl"))  # not a name either: an unknown recipe
@@ -394,12 +441,14 @@ def test_bad_inputs_name_the_problem_and_the_fix(corpus, tmp_path):
 
 
 def test_bring_your_own_tables_and_files_per_category(tmp_path):
-    rows = [{"text": f"{'sports' if i % 2 else 'science'}{i:03d}w " * 25, "label": ["science", "sports"][i % 2]}
-            for i in range(60)]
+    rows = [
+        {"text": f"{'sports' if i % 2 else 'science'}{i:03d}w " * 25, "label": ["science", "sports"][i % 2]}
+        for i in range(60)
+    ]
     jsonl = tmp_path / "news.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows))
     csv_path = tmp_path / "news.csv"
-    csv_path.write_text("text,label\n" + "\n".join(f"\"{r['text']}\",{r['label']}" for r in rows))
+    csv_path.write_text("text,label\n" + "\n".join(f'"{r["text"]}",{r["label"]}' for r in rows))
     files = tmp_path / "files"
     files.mkdir()
     for label in ("science", "sports"):  # one file per category, documents between blank lines
@@ -430,9 +479,9 @@ def test_a_big_file_is_many_documents_at_the_top_or_in_a_category_folder(tmp_pat
     # 500-character paragraphs, grouped up to 2,000 characters: four to a document, in order
     for tag in ("es", "en"):
         paras = paragraphs_of(tag, 12)
-        assert docs[tag] == ["\n\n".join(paras[k:k + 4]) for k in (0, 4, 8)], tag
+        assert docs[tag] == ["\n\n".join(paras[k : k + 4]) for k in (0, 4, 8)], tag
     lines = paragraphs_of("de", 12)  # a 6,000-character paragraph is cut at its line ends
-    assert docs["de"] == ["\n".join(lines[k:k + 4]) for k in (0, 4, 8)]
+    assert docs["de"] == ["\n".join(lines[k : k + 4]) for k in (0, 4, 8)]
     # many small files: each file one document, never merged with another
     assert docs["fr"] == [f"fr{i:03d}w short note\n\nand its second paragraph" for i in range(5)]
     big = tmp_path / "big"
@@ -451,29 +500,62 @@ def test_bad_input_files_name_the_file_the_line_and_the_fix(tmp_path):
             load_local(path)
 
     table = tmp_path / "news.csv"
-    refused(table, "text,label\nfirst story,sports\nsecond story\n", r", line 3: 1 cell where the header has 2 "
-            r"\(text, label\)\. Fix: give every row its text and label.*double quotes")
-    refused(table, 'text,label\n"a story,\nover two lines",sports\nhello, world,sports\n',  # an unquoted comma
-            r", line 4: 3 cells where the header has 2")
-    refused(table, "text,label\nfirst story,sports\nsecond story,  \n", r", line 3: the label is empty\. Fix: give "
-            r"every row a label")
-    refused(table, "text,label\nfirst story,sports\ncaf\xc3\xa9\n".encode() + b"caf\xe9,sports\n",
-            r", line 4: not UTF-8 text \(byte b'\\xe9'\)\. Fix: save it as UTF-8, e.g. `iconv -f latin1 -t utf-8")
+    refused(
+        table,
+        "text,label\nfirst story,sports\nsecond story\n",
+        r", line 3: 1 cell where the header has 2 "
+        r"\(text, label\)\. Fix: give every row its text and label.*double quotes",
+    )
+    refused(
+        table,
+        'text,label\n"a story,\nover two lines",sports\nhello, world,sports\n',  # an unquoted comma
+        r", line 4: 3 cells where the header has 2",
+    )
+    refused(
+        table,
+        "text,label\nfirst story,sports\nsecond story,  \n",
+        r", line 3: the label is empty\. Fix: give "
+        r"every row a label",
+    )
+    refused(
+        table,
+        "text,label\nfirst story,sports\ncaf\xc3\xa9\n".encode() + b"caf\xe9,sports\n",
+        r", line 4: not UTF-8 text \(byte b'\\xe9'\)\. Fix: save it as UTF-8, e.g. `iconv -f latin1 -t utf-8",
+    )
     rows = tmp_path / "news.jsonl"
     good = json.dumps({"text": "first story", "label": "sports"})
-    refused(rows, f"{good}\n\n{json.dumps({'label': 'sports'})}\n",
-            r", line 3: no 'text' key \(the row has \['label'\]\)\. Fix: give every row 'text' and 'label'")
-    refused(rows, f"{good}\n{good}\n\n{{\"text\": \"a\", label: 1}}\n", r", line 4: not valid JSON \(Expecting "
-            r"property name enclosed in double quotes, column 15\)\. Fix: one JSON object per line")
-    refused(rows, f"{good}\n[\"a\", \"sports\"]\n", r", line 2: a JSON array where an object with 'text' and "
-            r"'label' is needed")
-    refused(rows, f"{good}\n{json.dumps({'text': None, 'label': 'sports'})}\n", r", line 2: the text is None, "
-            r"not a string")
+    refused(
+        rows,
+        f"{good}\n\n{json.dumps({'label': 'sports'})}\n",
+        r", line 3: no 'text' key \(the row has \['label'\]\)\. Fix: give every row 'text' and 'label'",
+    )
+    refused(
+        rows,
+        f'{good}\n{good}\n\n{{"text": "a", label: 1}}\n',
+        r", line 4: not valid JSON \(Expecting "
+        r"property name enclosed in double quotes, column 15\)\. Fix: one JSON object per line",
+    )
+    refused(
+        rows,
+        f'{good}\n["a", "sports"]\n',
+        r", line 2: a JSON array where an object with 'text' and "
+        r"'label' is needed",
+    )
+    refused(
+        rows,
+        f"{good}\n{json.dumps({'text': None, 'label': 'sports'})}\n",
+        r", line 2: the text is None, "
+        r"not a string",
+    )
     refused(rows, f"{good}\n{json.dumps({'text': 'x', 'label': None})}\n", r", line 2: the label is empty")
-    refused(rows, f"{good}\n{json.dumps({'text': 'x', 'label': ['a']})}\n", r", line 2: the label is \['a'\], not a "
-            r"name\. Fix: give every row a label naming its category")
+    refused(
+        rows,
+        f"{good}\n{json.dumps({'text': 'x', 'label': ['a']})}\n",
+        r", line 2: the label is \['a'\], not a "
+        r"name\. Fix: give every row a label naming its category",
+    )
     # what is right still loads: a byte-order mark (Excel's UTF-8), Windows line ends, number labels
-    table.write_bytes("\ufefftext,label\r\n\"caf\u00e9, bar\",1\r\nrunning, 2\r\n".encode())
+    table.write_bytes('\ufefftext,label\r\n"caf\u00e9, bar",1\r\nrunning, 2\r\n'.encode())
     assert load_local(table) == {"1": ["caf\u00e9, bar"], "2": ["running"]}  # the label " 2" is 2
     folder = tmp_path / "own"
     (folder / "es").mkdir(parents=True)
@@ -491,8 +573,25 @@ def test_cli_lists_recipes_prepares_and_reports_errors(corpus, capsys):
     assert prepare_main(["--list"]) == 0
     listing = capsys.readouterr().out
     assert all(name in listing for name in list_recipes()) and "offline_multi_specific" in listing
-    assert prepare_main([str(corpus), "--num_clients", "3", "--train_tokens", "400", "--val_tokens", "150",
-                         "--trust_tokens", "60", "--ref_tokens", "100", "--no-progress"]) == 0
+    assert (
+        prepare_main(
+            [
+                str(corpus),
+                "--num_clients",
+                "3",
+                "--train_tokens",
+                "400",
+                "--val_tokens",
+                "150",
+                "--trust_tokens",
+                "60",
+                "--ref_tokens",
+                "100",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "3 clients over alpha, beta, gamma" in out and "train 400, val 150, trust 60" in out
     with pytest.raises(SystemExit) as exit_:
@@ -508,6 +607,14 @@ def test_every_paper_and_offline_recipe_is_registered():
     assert get_recipe("three_multi_specific").budget.train == 840_000
     assert get_recipe("three_multi_specific").budget.val == 160_000
     assert get_recipe("three_multi_specific").budget.ref == 300_000
-    assert [get_recipe(n).num_clients for n in ("agnews_mixed", "agnews_specific", "three_multi_mixed",
-                                                "github_wiki_specific", "offline_multi_specific")] == [4, 8, 9, 8, 8]
+    assert [
+        get_recipe(n).num_clients
+        for n in (
+            "agnews_mixed",
+            "agnews_specific",
+            "three_multi_mixed",
+            "github_wiki_specific",
+            "offline_multi_specific",
+        )
+    ] == [4, 8, 9, 8, 8]
     assert issubclass(ManifestError, DataError)

@@ -1,5 +1,6 @@
 """Where text comes from: cleaning, Debian's archive (errors, and one real end-to-end build),
 Hugging Face `datasets` on local files, and the pretraining corpus kept apart from clients."""
+
 import json
 import re
 import sys
@@ -53,12 +54,14 @@ def read(folder, rel):
 
 # --- cleaning -----------------------------------------------------------------------------------
 
+
 def test_roff_markup_is_stripped_to_paragraphs():
     text = roff_to_text(MAN_PAGE)
     assert paragraphs(text) == [
         "List information about the FILEs (the current directory by default). Sort entries “alphabetically” if "
         "none of -cftuvSUX nor --sort is specified.",
-        "Mandatory arguments “to” long options are mandatory for short options too."]
+        "Mandatory arguments “to” long options are mandatory for short options too.",
+    ]
     assert "NAME\nls - list directory contents" in text
     for leftover in ("cell", "tab(", ".ft", "comment", "\\f", "2022"):
         assert leftover not in text
@@ -78,6 +81,7 @@ def test_language_filter_and_document_grouping():
 
 
 # --- Debian's archive: errors -------------------------------------------------------------------
+
 
 def fake_tool(folder, name, stderr, code):
     folder.mkdir(exist_ok=True)
@@ -115,6 +119,7 @@ def test_apt_failures_say_whether_lists_or_network_are_missing(tmp_path, monkeyp
 
 # --- Hugging Face datasets, on local files -------------------------------------------------------
 
+
 @pytest.fixture()
 def agnews_parquet(tmp_path, monkeypatch):
     import datasets
@@ -131,15 +136,19 @@ def agnews_parquet(tmp_path, monkeypatch):
 
 
 def test_paper_recipe_runs_its_real_loader_on_local_parquet(agnews_parquet, monkeypatch):
-    local = {label: hf.HubSource("parquet", "text", data_files=str(agnews_parquet), where={"label": i})
-             for i, label in enumerate(hf.AG_NEWS_LABELS)}
+    local = {
+        label: hf.HubSource("parquet", "text", data_files=str(agnews_parquet), where={"label": i})
+        for i, label in enumerate(hf.AG_NEWS_LABELS)
+    }
     monkeypatch.setitem(hf.SOURCES, "agnews", local)
     folder = prepare_recipe("agnews_specific", num_clients=4, progress=False, train=300, val=100, trust=40, ref=80)
     m = json.loads((folder / "manifest.json").read_text())
     assert m["categories"] == list(hf.AG_NEWS_LABELS) and m["client_categories"] == [0, 1, 2, 3]
     for n, word in enumerate(["world", "sports", "business", "science"]):
         text = get_tokenizer().decode(read(folder, f"client_{n:02d}/train.bin").tolist())
-        assert set(re.findall(r"([a-z]+)\d{3}w", text)) == {word} and len(read(folder, f"client_{n:02d}/train.bin")) == 300
+        assert (
+            set(re.findall(r"([a-z]+)\d{3}w", text)) == {word} and len(read(folder, f"client_{n:02d}/train.bin")) == 300
+        )
     assert len(read(folder, "ref.bin")) == 4 * 80
     import pandas as pd
 
@@ -156,7 +165,9 @@ def test_hub_errors_name_the_fix(agnews_parquet, monkeypatch):
     monkeypatch.setattr(constants, "ENDPOINT", "https://hub.example.invalid")
     with pytest.raises(SourceUnavailableError, match="hub.example.invalid\\) cannot be reached.*offline recipe"):
         prepare_recipe("three_multi_specific", progress=False)
-    monkeypatch.setitem(hf.SOURCES, "agnews", {"World": hf.HubSource("parquet", "body", data_files=str(agnews_parquet))})
+    monkeypatch.setitem(
+        hf.SOURCES, "agnews", {"World": hf.HubSource("parquet", "body", data_files=str(agnews_parquet))}
+    )
     with pytest.raises(SourceUnavailableError, match="has no column 'body'"):
         prepare_recipe("agnews_specific", num_clients=1, progress=False)
     monkeypatch.setitem(sys.modules, "datasets", None)
@@ -165,6 +176,7 @@ def test_hub_errors_name_the_fix(agnews_parquet, monkeypatch):
 
 
 # --- the pretraining corpus, on generated corpora ------------------------------------------------
+
 
 def test_pretraining_corpus_holds_only_documents_no_client_gets(monkeypatch, tmp_path):
     def fake(name):
@@ -176,8 +188,12 @@ def test_pretraining_corpus_holds_only_documents_no_client_gets(monkeypatch, tmp
     folder = pretraining_corpus(mix, progress=False)
     ids = lambda tokens: set(re.findall(r"([a-z_]+\d{4})w", get_tokenizer().decode(tokens.tolist())))  # noqa: E731
     train, val = ids(read(folder, "train.bin")), ids(read(folder, "val.bin"))
-    reserved = {ids(np.array(get_tokenizer().encode(doc))).pop() for name in offline.CORPORA
-                for doc in offline.CORPORA[name]() if offline.for_pretraining(doc) or name in offline.PRETRAINING_ONLY}
+    reserved = {
+        ids(np.array(get_tokenizer().encode(doc))).pop()
+        for name in offline.CORPORA
+        for doc in offline.CORPORA[name]()
+        if offline.for_pretraining(doc) or name in offline.PRETRAINING_ONLY
+    }
     assert train | val == reserved and not train & val
     shared = len(offline.CORPORA) - len(offline.PRETRAINING_ONLY)
     assert 0.15 < (len(reserved) - 300 * len(offline.PRETRAINING_ONLY)) / (300 * shared) < 0.25  # the documented 20%
@@ -200,6 +216,7 @@ def test_pretraining_corpus_holds_only_documents_no_client_gets(monkeypatch, tmp
 
 # --- one offline recipe end to end, from the real archive -----------------------------------------
 
+
 @pytest.fixture(scope="session")
 def shared_debs(tmp_path_factory):
     """One download of the .deb files for the whole session, whatever cache each test uses."""
@@ -212,8 +229,9 @@ def test_offline_recipes_end_to_end_from_debian(shared_debs, monkeypatch):
         debian.fetch("debian-reference-fr")
     except SourceUnavailableError as err:
         pytest.skip(f"Debian's archive is not usable from this machine: {err}")
-    folder = prepare_recipe("offline_multi_mixed", num_clients=3, progress=False,
-                            train=3000, val=800, trust=300, ref=600)
+    folder = prepare_recipe(
+        "offline_multi_mixed", num_clients=3, progress=False, train=3000, val=800, trust=300, ref=600
+    )
     m = json.loads((folder / "manifest.json").read_text())
     assert m["categories"] == ["french", "german", "italian"] and m["num_clients"] == 3
     np.testing.assert_allclose(m["mixture"], [[0.75, 0.25, 0], [0, 0.75, 0.25], [0.25, 0, 0.75]], atol=0.01)
@@ -229,13 +247,22 @@ def test_offline_recipes_end_to_end_from_debian(shared_debs, monkeypatch):
     dm = ClientDataModule(folder=folder, config=DataConfig(batch_size=2, sequence_length=64, eval_batches=2))
     dm.setup()
     assert dm.train_batch(0).shape == (3, 2, 65) and len(dm.val_batches()) == 2
-    topics = prepare_recipe("offline_topics_specific", num_clients=4, progress=False,
-                            train=2000, val=500, trust=200, ref=300)
+    topics = prepare_recipe(
+        "offline_topics_specific", num_clients=4, progress=False, train=2000, val=500, trust=200, ref=300
+    )
     assert json.loads((topics / "manifest.json").read_text())["categories"] == list(offline.FORTUNE_TOPICS)
     assert "\x08" not in get_tokenizer().decode(read(topics, "client_00/train.bin").tolist())
     assert sorted(p.name.split("_")[0] for p in shared_debs.glob("*.deb")) == sorted(
-        ["debian-reference-fr", "debian-reference-de", "debian-reference-it", "fortunes",
-         "manpages-fr", "manpages-de", "manpages-it"])
+        [
+            "debian-reference-fr",
+            "debian-reference-de",
+            "debian-reference-it",
+            "fortunes",
+            "manpages-fr",
+            "manpages-de",
+            "manpages-it",
+        ]
+    )
 
 
 def test_english_man_pages_come_from_the_top_folder_only(tmp_path, monkeypatch):

@@ -1,12 +1,13 @@
 """`python -m collab.export` on a real (tiny) `collab.fit` run, read back with peft and transformers."""
+
 import pytest
 import torch
+from run_adapter import run_client
+from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import export, fit
 from collab.run_folder import RunFolder
 from lora_gpt import GPT, inject_lora, load_adapters, lora_parameters, saved_lora_config
-from run_adapter import run_client
-from tiny_run import TINY_DATA, tiny_inputs
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -19,8 +20,25 @@ TOL = 1e-4
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export_cli")
     corpus, base = tiny_inputs(tmp)
-    argv = ["--dataset", str(corpus), "--num_clients", str(NUM_CLIENTS), "--init", str(base), "--trust", "none",
-            "--iterations", "4", "--eval_freq", "4", "--lr", "0.05", "--out", str(tmp / "run"), *TINY_DATA]
+    argv = [
+        "--dataset",
+        str(corpus),
+        "--num_clients",
+        str(NUM_CLIENTS),
+        "--init",
+        str(base),
+        "--trust",
+        "none",
+        "--iterations",
+        "4",
+        "--eval_freq",
+        "4",
+        "--lr",
+        "0.05",
+        "--out",
+        str(tmp / "run"),
+        *TINY_DATA,
+    ]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LORA_GPT_CACHE", str(tmp / "cache"))
         assert fit.main(argv) == 0
@@ -70,21 +88,26 @@ def test_stacked_format_converts_a_folder_with_the_old_names(run, ours, tmp_path
     old = tmp_path / "run"  # a run folder as collab.fit wrote it before the stacked format's rename
     RunFolder(old).adapters(1).mkdir(parents=True)
     (old / "config.yaml").write_bytes((run[0] / "config.yaml").read_bytes())
-    for new_name, old_name in (("clients.safetensors", "adapter_model.safetensors"),
-                               ("clients.json", "adapter_config.json")):
+    for new_name, old_name in (
+        ("clients.safetensors", "adapter_model.safetensors"),
+        ("clients.json", "adapter_config.json"),
+    ):
         (RunFolder(old).adapters(1) / old_name).write_bytes((client / new_name).read_bytes())
     out = export.export(old, 1, "stacked", tmp_path / "converted")
     assert sorted(p.name for p in out.iterdir()) == ["clients.json", "clients.safetensors"]
     single = inject_lora(GPT.from_pretrained(run[1]), saved_lora_config(out))
     load_adapters(single, out)
-    for p, q in zip(lora_parameters(ours).values(), lora_parameters(single).values()):
+    for p, q in zip(lora_parameters(ours).values(), lora_parameters(single).values(), strict=True):
         assert torch.equal(p[1:2], q)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--client", "5", "--format", "peft"], "client_05 not found; the run saved client_00 to client_01"),
-    (["--client", "0", "--format", "onnx"], "invalid choice: 'onnx'"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--client", "5", "--format", "peft"], "client_05 not found; the run saved client_00 to client_01"),
+        (["--client", "0", "--format", "onnx"], "invalid choice: 'onnx'"),
+    ],
+)
 def test_bad_requests_fail_naming_the_fix(run, argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         export.main([str(run[0]), *argv])

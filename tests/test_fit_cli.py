@@ -1,11 +1,11 @@
 """`python -m collab.fit` as a user runs it: bad options fail before any work; a short run end to
 end; a run killed with SIGKILL resumes exactly; a damaged checkpoint, a busy folder and a
 `--data_dir` that contradicts the options are refused without losing anything."""
+
 import csv
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import fit
 from collab.run_folder import RunFolder
 from lora_gpt.errors import ConfigError
-from tiny_run import TINY_DATA, tiny_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs `python -m collab.fit ARGS` and dies by SIGKILL right after `where` (the checkpoint's save, or
@@ -57,8 +57,18 @@ def cache(inputs, monkeypatch):
 
 
 def argv(inputs, out, *extra):
-    return ["--dataset", str(inputs / "corpus"), "--num_clients", "4", "--init", str(inputs / "base"),
-            "--out", str(out), *TINY_DATA, *extra]
+    return [
+        "--dataset",
+        str(inputs / "corpus"),
+        "--num_clients",
+        "4",
+        "--init",
+        str(inputs / "base"),
+        "--out",
+        str(out),
+        *TINY_DATA,
+        *extra,
+    ]
 
 
 def metrics(folder):
@@ -70,25 +80,31 @@ def summary(folder):
     return json.loads(RunFolder(folder).summary.read_text())
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--trust", "dynamik"], "unknown trust strategy"),
-    (["--lora_rank", "0"], "--lora_rank must be >= 1, got 0"),
-    (["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
-    (["--lr", "0"], "--lr must be > 0"),
-    (["--trust", "dynamic-top-k", "--num_clients", "4", "--k", "5"], "--k 5 exceeds the 4 clients"),
-    (["--no-lora_mlp", "--no-lora_causal_self_attention"], "no LoRA targets"),
-    (["--pretraining_rounds", "-1"], "--pretraining_rounds must be >= 0"),
-    (["--trust", "dynamic-top-k", "--k", "0"], "--k must be >= 1"),
-    (["--trust_temperature", "0"], "--trust_temperature must be > 0"),
-    (["--token_top_k", "0"], "--token_top_k must be >= 1"),
-    (["--sequence_length", "1"], "--sequence_length must be >= 2"),
-    (["--precision", "16-mixed", "--accelerator", "cpu"], "16-mixed needs a CUDA GPU"),
-    (["--seed", "-1"], "--seed must be >= 0, got -1"),
-    (["--accelerator", "tpu"], "argument --accelerator: invalid choice: 'tpu'"),
-    pytest.param(["--accelerator", "gpu"], "--accelerator gpu: no CUDA device is visible here. Fix: --accelerator cpu",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there")),
-    (["--config", "no-such.yaml"], "--config no-such.yaml: No such file or directory"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--trust", "dynamik"], "unknown trust strategy"),
+        (["--lora_rank", "0"], "--lora_rank must be >= 1, got 0"),
+        (["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--trust", "dynamic-top-k", "--num_clients", "4", "--k", "5"], "--k 5 exceeds the 4 clients"),
+        (["--no-lora_mlp", "--no-lora_causal_self_attention"], "no LoRA targets"),
+        (["--pretraining_rounds", "-1"], "--pretraining_rounds must be >= 0"),
+        (["--trust", "dynamic-top-k", "--k", "0"], "--k must be >= 1"),
+        (["--trust_temperature", "0"], "--trust_temperature must be > 0"),
+        (["--token_top_k", "0"], "--token_top_k must be >= 1"),
+        (["--sequence_length", "1"], "--sequence_length must be >= 2"),
+        (["--precision", "16-mixed", "--accelerator", "cpu"], "16-mixed needs a CUDA GPU"),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (["--accelerator", "tpu"], "argument --accelerator: invalid choice: 'tpu'"),
+        pytest.param(
+            ["--accelerator", "gpu"],
+            "--accelerator gpu: no CUDA device is visible here. Fix: --accelerator cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there"),
+        ),
+        (["--config", "no-such.yaml"], "--config no-such.yaml: No such file or directory"),
+    ],
+)
 def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(fit, "prepare_data", lambda config: pytest.fail("work started"))
@@ -115,6 +131,7 @@ def test_bf16_where_the_cpu_lacks_it_fails_at_once_naming_the_fallback(capsys, t
 
 def test_a_bug_or_out_of_memory_keeps_its_traceback(monkeypatch, capsys):
     """Issue 10.8: every RuntimeError, out of memory included, became a one-line exit 2."""
+
     def out_of_memory(config):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
@@ -131,19 +148,60 @@ def test_help_documents_every_paper_option(capsys):
     with pytest.raises(SystemExit):
         fit.main(["--help"])
     text = capsys.readouterr().out
-    for option in ("--trust", "--num_clients", "--dataset", "--iterations", "--eval_freq", "--trust_freq",
-                   "--pretraining_rounds", "--k", "--lora_rank", "--lora_alpha", "--lora_dropout", "--lora_mlp",
-                   "--lora_causal_self_attention", "--batch_size", "--acc_steps", "--sequence_length", "--lr",
-                   "--seed", "--init", "--out", "--accelerator", "--client_chunk", "--profile", "--config"):
+    for option in (
+        "--trust",
+        "--num_clients",
+        "--dataset",
+        "--iterations",
+        "--eval_freq",
+        "--trust_freq",
+        "--pretraining_rounds",
+        "--k",
+        "--lora_rank",
+        "--lora_alpha",
+        "--lora_dropout",
+        "--lora_mlp",
+        "--lora_causal_self_attention",
+        "--batch_size",
+        "--acc_steps",
+        "--sequence_length",
+        "--lr",
+        "--seed",
+        "--init",
+        "--out",
+        "--accelerator",
+        "--client_chunk",
+        "--profile",
+        "--config",
+    ):
         assert option in text, option
     assert "GPU settings" not in text  # it claimed README.md gives the paper's GPU settings; --profile paper sets them
 
 
 def test_short_run_end_to_end_writes_summary_adapters_and_trust(inputs, cache, tmp_path, capsys):
     out = tmp_path / "run"
-    args = argv(inputs, out, "--trust", "dynamic-top-k", "--k", "2", "--iterations", "4", "--eval_freq", "2",
-                "--trust_freq", "2", "--pretraining_rounds", "2", "--lora_init", "reference", "--similarity",
-                "reference-rows", "--trust_temperature", "0.5")
+    args = argv(
+        inputs,
+        out,
+        "--trust",
+        "dynamic-top-k",
+        "--k",
+        "2",
+        "--iterations",
+        "4",
+        "--eval_freq",
+        "2",
+        "--trust_freq",
+        "2",
+        "--pretraining_rounds",
+        "2",
+        "--lora_init",
+        "reference",
+        "--similarity",
+        "reference-rows",
+        "--trust_temperature",
+        "0.5",
+    )
     assert fit.main(args) == 0
     result = summary(out)
     assert result["config"]["trust"]["strategy"] == "dynamic-top-k" and result["config"]["optim"]["iterations"] == 4
@@ -159,7 +217,10 @@ def test_short_run_end_to_end_writes_summary_adapters_and_trust(inputs, cache, t
     assert all(sum(w > 0 for w in row) == 2 for row in trust)
     assert all((out / "adapters" / f"client_{n:02d}" / "clients.safetensors").exists() for n in range(4))
     assert json.loads((out / "adapters" / "client_00" / "clients.json").read_text())["lora"]["init"] == "reference"
-    assert (result["config"]["trust"]["similarity"], result["config"]["trust"]["temperature"]) == ("reference-rows", 0.5)
+    assert (result["config"]["trust"]["similarity"], result["config"]["trust"]["temperature"]) == (
+        "reference-rows",
+        0.5,
+    )
     assert (out / "checkpoints" / "last.ckpt").exists()
     rows = metrics(out)
     assert {r["step"] for r in rows if r["val/ppl"]} == {"0", "2", "4"}
@@ -180,14 +241,25 @@ def test_a_run_killed_twice_resumes_exactly(inputs, cache, tmp_path):
     that is also an evaluation and an aggregation step, then after the aggregation of a step past
     its checkpoint, the run ends as the uninterrupted one does: the same curves, trust matrices,
     adapters, and every metrics row, step 0 once."""
-    schedule = ["--iterations", "12", "--eval_freq", "3", "--trust_freq", "3", "--pretraining_rounds", "3",
-                "--ckpt_freq", "2"]
+    schedule = [
+        "--iterations",
+        "12",
+        "--eval_freq",
+        "3",
+        "--trust_freq",
+        "3",
+        "--pretraining_rounds",
+        "3",
+        "--ckpt_freq",
+        "2",
+    ]
     assert fit.main(argv(inputs, tmp_path / "straight", *schedule)) == 0
     resumed = argv(inputs, tmp_path / "resumed", *schedule)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     for where, step in (("checkpoint", 6), ("aggregation", 9)):
-        killed = subprocess.run([sys.executable, "-c", KILLER, where, str(step), *resumed], env=env,
-                                capture_output=True, text=True)
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLER, where, str(step), *resumed], env=env, capture_output=True, text=True
+        )
         assert killed.returncode == -9, killed.stderr[-3000:]
     assert {r["step"] for r in metrics(tmp_path / "resumed")} >= {"9"}  # rows past the checkpoint (8) reached disk
     assert fit.main(resumed) == 0
@@ -197,8 +269,9 @@ def test_a_run_killed_twice_resumes_exactly(inputs, cache, tmp_path):
         assert b[key] == a[key], key
     assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")
     for n in range(4):
-        ours, theirs = (load_file(RunFolder(tmp_path / run).adapters(n) / "clients.safetensors")
-                        for run in ("resumed", "straight"))
+        ours, theirs = (
+            load_file(RunFolder(tmp_path / run).adapters(n) / "clients.safetensors") for run in ("resumed", "straight")
+        )
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
@@ -211,7 +284,7 @@ def test_a_damaged_checkpoint_is_refused_before_anything_is_touched(inputs, cach
     folder.checkpoint.parent.mkdir(parents=True)
     torch.save({"global_step": 2, "state_dict": {"w": torch.zeros(1000)}}, folder.checkpoint)
     data = folder.checkpoint.read_bytes()
-    folder.checkpoint.write_bytes(data[:int(len(data) * keep)])
+    folder.checkpoint.write_bytes(data[: int(len(data) * keep)])
     folder.metrics.write_text("step,train/loss\n1,10.8\n2,10.7\n")
     folder.config.write_text("run: {seed: 0}\n")
     files = lambda: {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}  # noqa: E731
@@ -244,13 +317,29 @@ def test_data_dir_refuses_contradicting_options_and_records_what_ran(inputs, cac
     """Issue 10.15: --data_dir trained the folder's clients while summary.json recorded --num_clients."""
     from data import prepare_recipe
 
-    folder = prepare_recipe(str(inputs / "corpus"), num_clients=4, progress=False, train=400, val=100, trust=40,
-                            ref=100)
-    base = ["--data_dir", str(folder), "--init", str(inputs / "base"), "--batch_size", "2", "--sequence_length", "16",
-            "--eval_batches", "1", "--accelerator", "cpu", "--no-progress"]
-    for extra, said in ((["--num_clients", "3"], "--num_clients 3 (the folder: 4)"),
-                        (["--train_tokens", "500"], "--train_tokens 500 (the folder: 400)"),
-                        (["--dataset", "offline_multi_specific"], "--dataset offline_multi_specific (the folder: ")):
+    folder = prepare_recipe(
+        str(inputs / "corpus"), num_clients=4, progress=False, train=400, val=100, trust=40, ref=100
+    )
+    base = [
+        "--data_dir",
+        str(folder),
+        "--init",
+        str(inputs / "base"),
+        "--batch_size",
+        "2",
+        "--sequence_length",
+        "16",
+        "--eval_batches",
+        "1",
+        "--accelerator",
+        "cpu",
+        "--no-progress",
+    ]
+    for extra, said in (
+        (["--num_clients", "3"], "--num_clients 3 (the folder: 4)"),
+        (["--train_tokens", "500"], "--train_tokens 500 (the folder: 400)"),
+        (["--dataset", "offline_multi_specific"], "--dataset offline_multi_specific (the folder: "),
+    ):
         with pytest.raises(SystemExit):
             fit.main([*base, *extra, "--out", str(tmp_path / "refused")])
         assert said in capsys.readouterr().err

@@ -3,6 +3,7 @@ windows and options give the same adapters and trust matrices, in-process (`flow
 simulation runtime and in its deployment runtime; an absent client is left out and rejoins; a restarted
 server goes on from its last saved round; dynamic-token's compact vocabulary gives the full one's
 distances; what crosses the network is counted."""
+
 import io
 import json
 import shutil
@@ -12,7 +13,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from flower_grid import InProcessGrid
 from safetensors.torch import load_file
+from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import fit
 from collab.cli import load_config
@@ -25,16 +28,32 @@ from collab.flower.strategy import PersonalizedTrust
 from collab.flower.token_union import mean_distances, on_union, top_ids, union_ids
 from collab.trust import TopLogits, TopProbabilities
 from lora_gpt import GPTConfig
-from flower_grid import InProcessGrid
-from tiny_run import TINY_DATA, tiny_inputs
 
 N = 3
 # 3 steps; aggregation after steps 2 and 3 (two rounds); LoRA dropout on (the default 0.1), so each
 # client's dropout streams must be its own in both runs.
-OPTIONS = ["--num_clients", str(N), "--precision", "32-true", "--iterations", "3", "--trust_freq", "1",
-           "--pretraining_rounds", "2", "--k", "2", *TINY_DATA]
-STRATEGIES = {"none": [], "naive": [], "static": [], "dynamic-thresh": ["--trust_temperature", "0.5"],
-              "dynamic-ref": ["--ref_score", "loss"]}
+OPTIONS = [
+    "--num_clients",
+    str(N),
+    "--precision",
+    "32-true",
+    "--iterations",
+    "3",
+    "--trust_freq",
+    "1",
+    "--pretraining_rounds",
+    "2",
+    "--k",
+    "2",
+    *TINY_DATA,
+]
+STRATEGIES = {
+    "none": [],
+    "naive": [],
+    "static": [],
+    "dynamic-thresh": ["--trust_temperature", "0.5"],
+    "dynamic-ref": ["--ref_score", "loss"],
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +66,18 @@ def inputs(tmp_path_factory):
 
 
 def argv(inputs, out, strategy):
-    return ["--dataset", str(inputs / "corpus"), "--init", str(inputs / "base"), "--out", str(out), *OPTIONS,
-            "--trust", strategy, *STRATEGIES.get(strategy, [])]
+    return [
+        "--dataset",
+        str(inputs / "corpus"),
+        "--init",
+        str(inputs / "base"),
+        "--out",
+        str(out),
+        *OPTIONS,
+        "--trust",
+        strategy,
+        *STRATEGIES.get(strategy, []),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +109,7 @@ def adapters(folder):
 
 
 def max_adapter_difference(a, b):
-    return max((x[k] - y[k]).abs().max().item() for x, y in zip(adapters(a), adapters(b)) for k in x)
+    return max((x[k] - y[k]).abs().max().item() for x, y in zip(adapters(a), adapters(b), strict=True) for k in x)
 
 
 def trust_matrices(folder):
@@ -94,7 +123,7 @@ def assert_same_run(flower_folder, batched_folder):
     for name in theirs:
         torch.testing.assert_close(ours[name], theirs[name], atol=1e-6, rtol=0)
     final = [json.loads((f / "summary.json").read_text())["final"]["clients"] for f in (flower_folder, batched_folder)]
-    for mine, reference in zip(*final):
+    for mine, reference in zip(*final, strict=True):
         assert mine["loss"] == pytest.approx(reference["loss"], abs=1e-5)
 
 
@@ -171,8 +200,13 @@ class DropClient(InProcessGrid):
 
     def send_and_receive(self, messages, *, timeout=None):
         messages = list(messages)
-        dropped = [m for m in messages if m.metadata.message_type == "train" and m.metadata.group_id == "0"
-                   and self.contexts[m.metadata.dst_node_id].node_config["partition-id"] == 2]
+        dropped = [
+            m
+            for m in messages
+            if m.metadata.message_type == "train"
+            and m.metadata.group_id == "0"
+            and self.contexts[m.metadata.dst_node_id].node_config["partition-id"] == 2
+        ]
         if dropped:
             self.start(2)
         return [r for r in super().send_and_receive([m for m in messages if m not in dropped])]
@@ -194,8 +228,9 @@ def test_token_distances_on_the_union_equal_the_full_vocabulary(measure):
     torch.manual_seed(0)
     clients, sequences, length, vocab = 4, 3, 5, 50
     outputs = [[measure.predict(torch.randn(length, vocab) * 3) for _ in range(sequences)] for _ in range(clients)]
-    full = sum(measure.distance_sum(torch.stack([outputs[c][s] for c in range(clients)])[:, None])
-               for s in range(sequences)) / (sequences * length)
+    full = sum(
+        measure.distance_sum(torch.stack([outputs[c][s] for c in range(clients)])[:, None]) for s in range(sequences)
+    ) / (sequences * length)
     union = [union_ids([top_ids(outputs[c][s], measure.top_k) for c in range(clients)]) for s in range(sequences)]
     compact = [[on_union(outputs[c][s], union[s]) for s in range(sequences)] for c in range(clients)]
     torch.testing.assert_close(mean_distances(measure, compact), full, atol=1e-6, rtol=0)
@@ -220,7 +255,8 @@ def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):
     Client 2's SuperNode is killed (SIGKILL) while it trains and started again: the round goes on with the
     others after --round_timeout, client 2 rejoins on its new node (and is evaluated), and the run ends."""
     args = parser("test", None, deploy.DEPLOY_OPTIONS).parse_args(
-        [*argv(inputs, inputs / "flower" / "deployment", "naive"), "--iterations", "2", "--round_timeout", "30"])
+        [*argv(inputs, inputs / "flower" / "deployment", "naive"), "--iterations", "2", "--round_timeout", "30"]
+    )
     run, _ = prepare(args)
     deadline = time.monotonic() + 240
     with deploy.federation(run) as (procs, superlink):
@@ -234,8 +270,7 @@ def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):
         summary = deploy.wait_for_summary(run, procs, deadline)
     assert [r["clients"] for r in summary["trust"]] == [[0, 1]]  # the round went on without client 2
     client_2 = [(r["round"], r["message"], r["up"] > 0) for r in summary["messages"] if r["client"] == 2]
-    assert client_2 == [(0, "query.hello", True), (0, "train", False), (1, "query.hello", True),
-                        (1, "evaluate", True)]
+    assert client_2 == [(0, "query.hello", True), (0, "train", False), (1, "query.hello", True), (1, "evaluate", True)]
     assert not procs.started  # every process the federation started was stopped
 
 

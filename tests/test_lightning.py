@@ -1,4 +1,7 @@
 """The single-model LightningModule: it learns; its schedule, decay groups and random windows."""
+
+import itertools
+
 import lightning as L
 import numpy as np
 import pytest
@@ -19,12 +22,22 @@ def repeating_batches(n=8, b=4, t=17):
 
 
 def fit(module, steps):
-    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        val_check_interval=steps, check_val_every_n_epoch=None)
+    trainer = L.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        val_check_interval=steps,
+        check_val_every_n_epoch=None,
+    )
     data = repeating_batches()
-    loader = lambda items: DataLoader(items, batch_size=None)
-    trainer.fit(module, train_dataloaders=loader(data * 10), val_dataloaders=loader(data[:2]))
+    trainer.fit(
+        module,
+        train_dataloaders=DataLoader(data * 10, batch_size=None),
+        val_dataloaders=DataLoader(data[:2], batch_size=None),
+    )
     return trainer
 
 
@@ -72,7 +85,7 @@ def test_decay_groups_and_one_cycle_shape(final_div):
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx(1e-3 / 100) and max(lrs) == lrs[1] == pytest.approx(1e-3)  # warmup: 2% of 100 steps
-    assert lrs[-1] == pytest.approx(1e-3 / final_div) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[-1] == pytest.approx(1e-3 / final_div) and all(a >= b for a, b in itertools.pairwise(lrs[2:]))
 
 
 @pytest.mark.parametrize("train_head", [False, True])

@@ -1,12 +1,27 @@
 """LoRA layers: the formula, freezing, merging, adapter files, and the stacked-adapter invariant."""
+
 import copy
 
 import pytest
 import torch
 
-from lora_gpt import (GPT, GPTConfig, LoRAConfig, LoRALinear, export_base, export_merged, inject_lora,
-                      is_lora_name, load_adapters, lora_parameters, mark_only_lora_as_trainable, merge_lora,
-                      save_adapters, saved_lora_config, unmerge_lora)
+from lora_gpt import (
+    GPT,
+    GPTConfig,
+    LoRAConfig,
+    LoRALinear,
+    export_base,
+    export_merged,
+    inject_lora,
+    is_lora_name,
+    load_adapters,
+    lora_parameters,
+    mark_only_lora_as_trainable,
+    merge_lora,
+    save_adapters,
+    saved_lora_config,
+    unmerge_lora,
+)
 from lora_gpt.errors import ConfigError
 from lora_gpt.lora import ATTENTION_TARGETS, LEGACY_CONFIG, LEGACY_WEIGHTS, MLP_TARGETS, lora_layers
 
@@ -42,16 +57,17 @@ def test_layer_matches_explicit_formula():
     with torch.no_grad():
         layer.lora_B.normal_()
     x = torch.randn(2, 5, 10)
-    expected = torch.stack([x[n] @ layer.weight.T + layer.bias + 2.0 * x[n] @ layer.lora_A[n] @ layer.lora_B[n]
-                            for n in range(2)])
+    expected = torch.stack(
+        [x[n] @ layer.weight.T + layer.bias + 2.0 * x[n] @ layer.lora_A[n] @ layer.lora_B[n] for n in range(2)]
+    )
     torch.testing.assert_close(layer(x), expected)
 
 
 def test_init_a_kaiming_uniform_b_zero_and_shared_across_adapters():
     layer = LoRALinear(256, 8, True, LoRAConfig(rank=16), num_adapters=3)
-    bound = 1 / 256 ** 0.5
+    bound = 1 / 256**0.5
     assert layer.lora_A.abs().max() <= bound and layer.lora_A.abs().max() > 0.9 * bound
-    assert layer.lora_A.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.05)
+    assert layer.lora_A.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
     assert torch.count_nonzero(layer.lora_B) == 0
     assert torch.equal(layer.lora_A[0], layer.lora_A[2])
 
@@ -61,7 +77,7 @@ def test_reference_init_is_uniform_on_the_rank_and_drawn_per_client():
     U(+-0.5) at r=4, and every client's model draws its own."""
     layer = LoRALinear(256, 8, True, LoRAConfig(rank=4, init="reference"), num_adapters=3)
     assert layer.lora_A.abs().max() <= 0.5 and layer.lora_A.abs().max() > 0.49
-    assert layer.lora_A.std().item() == pytest.approx(0.5 / 3 ** 0.5, rel=0.05)
+    assert layer.lora_A.std().item() == pytest.approx(0.5 / 3**0.5, rel=0.05)
     assert not torch.equal(layer.lora_A[0], layer.lora_A[1]) and torch.count_nonzero(layer.lora_B) == 0
     # the draw is one U(-0.5, 0.5) tensor [N, d_in, r] from the generator, as PEFT's is one [d_in, r] shared
     layer.reset_lora_parameters(torch.Generator().manual_seed(3))
@@ -76,7 +92,7 @@ def test_reference_init_is_uniform_on_the_rank_and_drawn_per_client():
 def test_init_seed_makes_adapters_reproducible():
     a = inject_lora(GPT(CFG), LoRAConfig(init_seed=7))
     b = inject_lora(GPT(CFG), LoRAConfig(init_seed=7))
-    for (name, pa), pb in zip(lora_parameters(a).items(), lora_parameters(b).values()):
+    for (name, pa), pb in zip(lora_parameters(a).items(), lora_parameters(b).values(), strict=True):
         assert torch.equal(pa, pb), name
 
 
@@ -127,8 +143,8 @@ def test_stacked_adapters_equal_separate_models():
     for n in range(N):
         single = lora_model(num_adapters=1, seed=1)
         with torch.no_grad():
-            for (name, p), q in zip(lora_parameters(single).items(), lora_parameters(stacked).values()):
-                p.copy_(q[n:n + 1])
+            for p, q in zip(lora_parameters(single).values(), lora_parameters(stacked).values(), strict=True):
+                p.copy_(q[n : n + 1])
         singles.append(single)
     idx = torch.randint(0, 97, (N, 2, 12))
     targets = torch.randint(0, 97, (N, 2, 12))
@@ -139,7 +155,7 @@ def test_stacked_adapters_equal_separate_models():
         out = single(idx[n])
         torch.testing.assert_close(out, logits[n], atol=1e-5, rtol=1e-5)
         torch.nn.functional.cross_entropy(out.flatten(0, 1), targets[n].flatten()).backward()
-        for (name, p), q in zip(lora_parameters(single).items(), lora_parameters(stacked).values()):
+        for (name, p), q in zip(lora_parameters(single).items(), lora_parameters(stacked).values(), strict=True):
             torch.testing.assert_close(p.grad[0], q.grad[n], atol=1e-6, rtol=1e-5, msg=name)
 
 
@@ -164,15 +180,16 @@ def test_adapter_save_load_round_trip(tmp_path):
     save_adapters(model, tmp_path / "one", adapters=1)
     # Our own stacked format has its own names: nothing in it pretends to be a PEFT adapter.
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["clients.json", "clients.safetensors"]
-    assert saved_lora_config(tmp_path / "one") == LoRAConfig(rank=4, alpha=8, dropout=0.0, targets=ALL_TARGETS,
-                                                             kernel="torch")
+    assert saved_lora_config(tmp_path / "one") == LoRAConfig(
+        rank=4, alpha=8, dropout=0.0, targets=ALL_TARGETS, kernel="torch"
+    )
     fresh = lora_model(num_adapters=2, seed=4)
     load_adapters(fresh, tmp_path / "all")
-    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values()):
+    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values(), strict=True):
         assert torch.equal(p, q)
     single = lora_model(num_adapters=1, seed=5)
     load_adapters(single, tmp_path / "one")
-    for p, q in zip(lora_parameters(model).values(), lora_parameters(single).values()):
+    for p, q in zip(lora_parameters(model).values(), lora_parameters(single).values(), strict=True):
         assert torch.equal(p[1:2], q)
 
 
@@ -183,7 +200,7 @@ def test_folders_saved_under_the_old_names_still_load(tmp_path):
     (tmp_path / "clients.safetensors").rename(tmp_path / LEGACY_WEIGHTS)
     (tmp_path / "clients.json").rename(tmp_path / LEGACY_CONFIG)
     fresh = load_adapters(lora_model(num_adapters=2, seed=4), tmp_path)
-    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values()):
+    for p, q in zip(lora_parameters(model).values(), lora_parameters(fresh).values(), strict=True):
         assert torch.equal(p, q)
 
 
@@ -207,8 +224,9 @@ def test_adapters_for_another_alpha_are_refused_dropout_and_kernel_may_differ(tm
     with pytest.raises(ValueError, match="alpha=4.*saved_lora_config"):
         load_adapters(lora_model(num_adapters=1, alpha=64), tmp_path)
     # Dropout, kernel and init seed do not change what the weights mean: such adapters load and compute the same.
-    other = inject_lora(GPT(CFG), LoRAConfig(rank=4, alpha=4, dropout=0.3, targets=ALL_TARGETS, kernel="auto",
-                                             init_seed=9))
+    other = inject_lora(
+        GPT(CFG), LoRAConfig(rank=4, alpha=4, dropout=0.3, targets=ALL_TARGETS, kernel="auto", init_seed=9)
+    )
     other.load_state_dict(base_weights(saved), strict=False)
     load_adapters(other, tmp_path)
     idx = torch.randint(0, 97, (2, 10))

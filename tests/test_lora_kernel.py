@@ -6,6 +6,7 @@ import order nor changes the environment of the rest of the suite, a plain `pyte
 one child pytest on this file with the variable set (test_kernels_under_the_interpreter), and
 the kernel tests run there; with the variable already set, or on a GPU, they run directly.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,19 +27,26 @@ CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 KERNELS_HERE = CUDA or os.environ.get("TRITON_INTERPRET") == "1"
 kernel_test = pytest.mark.skipif(
-    not KERNELS_HERE, reason="runs in the TRITON_INTERPRET=1 child of test_kernels_under_the_interpreter")
+    not KERNELS_HERE, reason="runs in the TRITON_INTERPRET=1 child of test_kernels_under_the_interpreter"
+)
 
 
 def test_kernels_under_the_interpreter():
     if KERNELS_HERE:
         pytest.skip("the kernel tests run directly in this process")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-rs",
-                           "-p", "no:cacheprovider"],
-                          cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-o", "addopts=", "-q", "-rs", "-p", "no:cacheprovider"],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     print(proc.stdout[-3000:])
-    assert proc.returncode == 0, f"kernel tests failed under TRITON_INTERPRET=1:\n{proc.stdout[-8000:]}{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"kernel tests failed under TRITON_INTERPRET=1:\n{proc.stdout[-8000:]}{proc.stderr[-3000:]}"
+    )
 
 
 def kernel_module():
@@ -61,7 +69,7 @@ def check(n, m, d_in, d_out, r, p=0.0, dtype=torch.float32, bias=True, train_bas
     k = kernel_module()
     torch.manual_seed(n * 1000 + m + r)
     x = torch.randn(n, m, d_in, device=DEVICE).to(dtype).requires_grad_(x_grad)
-    W = (torch.randn(d_out, d_in, device=DEVICE) / d_in ** 0.5).to(dtype).requires_grad_(train_base)
+    W = (torch.randn(d_out, d_in, device=DEVICE) / d_in**0.5).to(dtype).requires_grad_(train_base)
     b = torch.randn(d_out, device=DEVICE).to(dtype).requires_grad_(train_base) if bias else None
     A = (0.3 * torch.randn(n, d_in, r, device=DEVICE)).to(dtype).requires_grad_()
     B = (0.3 * torch.randn(n, r, d_out, device=DEVICE)).to(dtype).requires_grad_()
@@ -79,7 +87,7 @@ def check(n, m, d_in, d_out, r, p=0.0, dtype=torch.float32, bias=True, train_bas
         assert err < tol, f"{name}: relative error {err:.2e} (tolerance {tol:.0e})"
 
     close(y, y_ref, "y")
-    for name, got, ref in zip(("x", "W", "bias", "A", "B"), (x, W, b, A, B), leaves):
+    for name, got, ref in zip(("x", "W", "bias", "A", "B"), (x, W, b, A, B), leaves, strict=True):
         if got is not None and got.requires_grad:
             assert got.grad is not None and got.grad.dtype == got.dtype, f"d{name}"
             close(got.grad, ref.grad, f"d{name}")
@@ -88,12 +96,15 @@ def check(n, m, d_in, d_out, r, p=0.0, dtype=torch.float32, bias=True, train_bas
 
 
 @kernel_test
-@pytest.mark.parametrize("n, m, d_in, d_out, r", [
-    (1, 33, 47, 65, 4),   # an ordinary layer, odd shapes everywhere
-    (3, 20, 40, 24, 16),  # three clients' adapters in one launch
-    (2, 70, 96, 33, 1),   # rank 1; M = 70 spans two of dA's row blocks under the interpreter
-    (2, 9, 31, 40, 64),   # the largest supported rank
-])
+@pytest.mark.parametrize(
+    "n, m, d_in, d_out, r",
+    [
+        (1, 33, 47, 65, 4),  # an ordinary layer, odd shapes everywhere
+        (3, 20, 40, 24, 16),  # three clients' adapters in one launch
+        (2, 70, 96, 33, 1),  # rank 1; M = 70 spans two of dA's row blocks under the interpreter
+        (2, 9, 31, 40, 64),  # the largest supported rank
+    ],
+)
 def test_forward_and_gradients_fp32(n, m, d_in, d_out, r):
     check(n, m, d_in, d_out, r)
 
@@ -131,7 +142,11 @@ def test_dropout_mask_is_seeded_per_client_and_keeps_one_minus_p():
     assert abs(a.float().mean().item() - 0.75) < 0.01
     torch.manual_seed(3)
     x = torch.randn(1, 8, 16, device=DEVICE)
-    W, A, B = torch.randn(12, 16, device=DEVICE), torch.randn(1, 16, 4, device=DEVICE), torch.randn(1, 4, 12, device=DEVICE)
+    W, A, B = (
+        torch.randn(12, 16, device=DEVICE),
+        torch.randn(1, 16, 4, device=DEVICE),
+        torch.randn(1, 4, 12, device=DEVICE),
+    )
     torch.manual_seed(5)  # no seed given: drawn from torch's default generator
     y1 = k.fused_lora_linear(x, W, None, A, B, 1.0, dropout_p=0.5)
     y2 = k.fused_lora_linear(x, W, None, A, B, 1.0, dropout_p=0.5)
@@ -139,8 +154,10 @@ def test_dropout_mask_is_seeded_per_client_and_keeps_one_minus_p():
     assert torch.equal(y1, k.fused_lora_linear(x, W, None, A, B, 1.0, dropout_p=0.5))
     assert not torch.equal(y1, y2)
     eleven = torch.tensor([11], device=DEVICE)
-    assert torch.equal(k.fused_lora_linear(x, W, None, A, B, 1.0, 0.5, seeds=eleven),
-                       k.fused_lora_linear(x, W, None, A, B, 1.0, 0.5, seeds=eleven))
+    assert torch.equal(
+        k.fused_lora_linear(x, W, None, A, B, 1.0, 0.5, seeds=eleven),
+        k.fused_lora_linear(x, W, None, A, B, 1.0, 0.5, seeds=eleven),
+    )
 
 
 @kernel_test
@@ -165,7 +182,11 @@ def test_autocast_and_dtype_errors():
 def test_non_contiguous_input_and_bad_arguments():
     k = kernel_module()
     x = torch.randn(2, 24, 10, device=DEVICE).transpose(1, 2)  # [2, 10, 24], strided
-    W, A, B = torch.randn(6, 24, device=DEVICE), torch.randn(2, 24, 3, device=DEVICE), torch.randn(2, 3, 6, device=DEVICE)
+    W, A, B = (
+        torch.randn(6, 24, device=DEVICE),
+        torch.randn(2, 24, 3, device=DEVICE),
+        torch.randn(2, 3, 6, device=DEVICE),
+    )
     expected = x @ W.T + torch.bmm(torch.bmm(x, A), B)
     torch.testing.assert_close(k.fused_lora_linear(x, W, None, A, B, 1.0), expected, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="ranks 1 to 64"):
@@ -183,8 +204,13 @@ def test_gpt_with_triton_kernel_equals_torch_path():
     def build(kernel):
         torch.manual_seed(0)
         model = GPT(GPTConfig.from_name("gpt2-tiny", vocab_size=64)).to(DEVICE)
-        cfg = LoRAConfig(rank=4, dropout=0.0, kernel=kernel, init_seed=0,
-                         targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+        cfg = LoRAConfig(
+            rank=4,
+            dropout=0.0,
+            kernel=kernel,
+            init_seed=0,
+            targets=("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"),
+        )
         model = mark_only_lora_as_trainable(inject_lora(model, cfg, num_adapters=2))
         with torch.no_grad():
             for name, p in lora_parameters(model).items():
@@ -197,7 +223,7 @@ def test_gpt_with_triton_kernel_equals_torch_path():
     torch.testing.assert_close(out_f, out_p, atol=1e-5, rtol=1e-5)
     out_f.square().mean().backward()
     out_p.square().mean().backward()
-    for (name, pf), pp in zip(lora_parameters(fused).items(), lora_parameters(plain).values()):
+    for (name, pf), pp in zip(lora_parameters(fused).items(), lora_parameters(plain).values(), strict=True):
         torch.testing.assert_close(pf.grad, pp.grad, atol=1e-6, rtol=1e-4, msg=name)
 
 

@@ -1,4 +1,5 @@
 """The hand-written GPT-2 against `transformers`' GPT2LMHeadModel, and its save/load round trip."""
+
 import json
 
 import pytest
@@ -13,8 +14,9 @@ transformers = pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory):
     torch.manual_seed(0)
-    cfg = transformers.GPT2Config(n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=1000,
-                                  resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=1000, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
     model = transformers.GPT2LMHeadModel(cfg).eval()
     # Non-trivial biases and norms, so a missed transpose or key cannot hide behind zeros/ones.
     with torch.no_grad():
@@ -68,7 +70,7 @@ def test_cut_short_weights_name_the_file_and_the_fix(hf_folder, tmp_path, keep):
     folder, _ = hf_folder
     (tmp_path / "config.json").write_bytes((folder / "config.json").read_bytes())
     weights = (folder / "model.safetensors").read_bytes()
-    (tmp_path / "model.safetensors").write_bytes(weights[:int(len(weights) * keep)])
+    (tmp_path / "model.safetensors").write_bytes(weights[: int(len(weights) * keep)])
     with pytest.raises(WeightsFileError, match=f"{tmp_path / 'model.safetensors'} cannot be read .*cut short.*Fix"):
         GPT.from_pretrained(tmp_path)
 

@@ -1,4 +1,5 @@
 """PEFT export and import, checked with `peft` and `transformers` themselves."""
+
 import copy
 import dataclasses
 import json
@@ -7,13 +8,27 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from run_adapter import run_client
 from safetensors.torch import load_file
 
-from lora_gpt import (GPT, GPTConfig, LoRAConfig, export_base, export_merged, export_peft, import_peft, inject_lora,
-                      is_lora_name, load_adapters, lora_config_from_peft, lora_parameters, mark_only_lora_as_trainable,
-                      merge_lora, save_adapters)
+from lora_gpt import (
+    GPT,
+    GPTConfig,
+    LoRAConfig,
+    export_base,
+    export_merged,
+    export_peft,
+    import_peft,
+    inject_lora,
+    is_lora_name,
+    load_adapters,
+    lora_config_from_peft,
+    lora_parameters,
+    mark_only_lora_as_trainable,
+    merge_lora,
+    save_adapters,
+)
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
-from run_adapter import run_client
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
@@ -87,8 +102,12 @@ def test_peft_loads_our_export_and_computes_what_we_do(trained, idx, tmp_path, m
 def test_export_has_peft_names_layouts_and_config(trained, exported, tmp_path):
     # peft's own save of a GPT-2 LoRA with the same settings is the reference for key names and shapes.
     hf = transformers.GPT2LMHeadModel.from_pretrained(exported / "base")
-    reference = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=list(LORA.targets),
-                                                        fan_in_fan_out=True, task_type="CAUSAL_LM"))
+    reference = peft.get_peft_model(
+        hf,
+        peft.LoraConfig(
+            r=4, lora_alpha=8, target_modules=list(LORA.targets), fan_in_fan_out=True, task_type="CAUSAL_LM"
+        ),
+    )
     reference.save_pretrained(tmp_path)
     ours, theirs = load_file(exported / "adapter_model.safetensors"), load_file(tmp_path / "adapter_model.safetensors")
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
@@ -97,7 +116,12 @@ def test_export_has_peft_names_layouts_and_config(trained, exported, tmp_path):
     config = peft.PeftConfig.from_pretrained(exported)
     assert isinstance(config, peft.LoraConfig)
     assert (config.peft_type, config.task_type, config.r, config.lora_alpha, config.lora_dropout) == (
-        peft.PeftType.LORA, "CAUSAL_LM", 4, 8, 0.1)
+        peft.PeftType.LORA,
+        "CAUSAL_LM",
+        4,
+        8,
+        0.1,
+    )
     assert set(config.target_modules) == set(LORA.targets) and config.fan_in_fan_out and config.bias == "none"
     assert config.base_model_name_or_path == str((exported / "base").resolve())
 
@@ -114,8 +138,17 @@ def peft_made(exported, tmp_path_factory):
     """An adapter trained elsewhere: made and saved by peft itself, on bare target names, with random A and B."""
     torch.manual_seed(3)
     hf = transformers.GPT2LMHeadModel.from_pretrained(exported / "base")
-    model = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.05, fan_in_fan_out=True,
-                                                    target_modules=["c_attn", "c_proj"], task_type="CAUSAL_LM"))
+    model = peft.get_peft_model(
+        hf,
+        peft.LoraConfig(
+            r=4,
+            lora_alpha=8,
+            lora_dropout=0.05,
+            fan_in_fan_out=True,
+            target_modules=["c_attn", "c_proj"],
+            task_type="CAUSAL_LM",
+        ),
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if is_lora_name(name):
@@ -150,18 +183,31 @@ def lora_model(cfg=CFG, **lora):
     return inject_lora(GPT(cfg), dataclasses.replace(LORA, **lora), num_adapters=2)
 
 
-@pytest.mark.parametrize("changes, model, message", [
-    ({}, lambda: lora_model(rank=8), r"r=4, the model's LoRA 8; inject LoRA with lora_gpt.lora_config_from_peft"),
-    ({}, lambda: lora_model(alpha=32), r"lora_alpha=8, the model's LoRA 32; inject LoRA with"),
-    ({}, lambda: lora_model(targets=ATTENTION_TARGETS), r"the adapter adapts \('attn.c_attn', .*lora_config_from_peft"),
-    ({"fan_in_fan_out": False}, lora_model, r"fan_in_fan_out is false.*set \"fan_in_fan_out\": true"),
-    ({"use_dora": True}, lora_model, r"\{'use_dora': True\}, which plain LoRA cannot express"),
-    ({}, lambda: lora_model(CFG.replace(vocab_size=101)),
-     r"config differs .*'vocab_size': \(97, 101\).*from_pretrained"),
-    ({"base_model_name_or_path": "gpt2"}, lambda: lora_model(CFG.replace(n_embd=64)),
-     r"do not fit the layer \(64 -> 192, rank 4\): the adapter was made for another base"),
-    ({"base_model_name_or_path": None}, lambda: lora_model(CFG.replace(n_layer=3)), r"a base of another depth"),
-])
+@pytest.mark.parametrize(
+    "changes, model, message",
+    [
+        ({}, lambda: lora_model(rank=8), r"r=4, the model's LoRA 8; inject LoRA with lora_gpt.lora_config_from_peft"),
+        ({}, lambda: lora_model(alpha=32), r"lora_alpha=8, the model's LoRA 32; inject LoRA with"),
+        (
+            {},
+            lambda: lora_model(targets=ATTENTION_TARGETS),
+            r"the adapter adapts \('attn.c_attn', .*lora_config_from_peft",
+        ),
+        ({"fan_in_fan_out": False}, lora_model, r"fan_in_fan_out is false.*set \"fan_in_fan_out\": true"),
+        ({"use_dora": True}, lora_model, r"\{'use_dora': True\}, which plain LoRA cannot express"),
+        (
+            {},
+            lambda: lora_model(CFG.replace(vocab_size=101)),
+            r"config differs .*'vocab_size': \(97, 101\).*from_pretrained",
+        ),
+        (
+            {"base_model_name_or_path": "gpt2"},
+            lambda: lora_model(CFG.replace(n_embd=64)),
+            r"do not fit the layer \(64 -> 192, rank 4\): the adapter was made for another base",
+        ),
+        ({"base_model_name_or_path": None}, lambda: lora_model(CFG.replace(n_layer=3)), r"a base of another depth"),
+    ],
+)
 def test_mismatched_adapters_are_refused_and_nothing_changes(exported, tmp_path, changes, model, message):
     folder = shutil.copytree(exported, tmp_path / "adapter")
     edit_config(folder, **changes)

@@ -1,4 +1,5 @@
 """Offline base pretraining: it beats the unigram model, saves a loadable base, and is cached."""
+
 import json
 
 import numpy as np

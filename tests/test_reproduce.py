@@ -1,5 +1,6 @@
 """Seed-repeat reproduction: every run of a grid gets its own folder, and the results table keeps
 runs of different client counts apart."""
+
 import importlib.util
 from pathlib import Path
 
@@ -22,8 +23,19 @@ def test_grid_runs_of_one_recipe_at_two_client_counts_get_two_folders(tmp_path, 
     assert finished == tmp_path / "offline_multi_specific-n4" / "none" / "seed0"
     finished.mkdir(parents=True)
     (finished / SUMMARY_FILE).write_text("{}")
-    argv = ["--recipes", "offline_multi_specific:4", "offline_multi_specific:8", "offline_multi_mixed",
-            "--strategies", "none", "--seeds", "0", "--out", str(tmp_path), "--dry_run"]
+    argv = [
+        "--recipes",
+        "offline_multi_specific:4",
+        "offline_multi_specific:8",
+        "offline_multi_mixed",
+        "--strategies",
+        "none",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path),
+        "--dry_run",
+    ]
     assert reproduce.main(argv) == 0
     out = capsys.readouterr().out
     assert "3 runs in the grid, 1 already finished, 2 to run." in out
@@ -35,8 +47,10 @@ def test_grid_runs_of_one_recipe_at_two_client_counts_get_two_folders(tmp_path, 
 
 def test_seed_table_keeps_client_counts_apart():
     def run(clients, ppl):
-        return {"config": {"trust": {"strategy": "none"}, "data": {"dataset": "offline_multi_specific"}},
-                "final": {"clients": [{"ppl": ppl}] * clients, "mean": {"ppl": ppl}}}
+        return {
+            "config": {"trust": {"strategy": "none"}, "data": {"dataset": "offline_multi_specific"}},
+            "final": {"clients": [{"ppl": ppl}] * clients, "mean": {"ppl": ppl}},
+        }
 
     table = seed_table([run(4, 10.0), run(4, 12.0), run(8, 20.0)])
     head = "| strategy | offline_multi_specific, 4 clients | offline_multi_specific, 8 clients |"
@@ -54,11 +68,20 @@ def test_paired_table_compares_each_seed_with_none_and_naive(tmp_path):
         (folder / "trust").mkdir(parents=True)
         if same is not None:
             (folder / "trust" / "step_000010.json").write_text(json.dumps({"quality": {"same_category": same}}))
-        return {"config": {"trust": {"strategy": strategy}, "data": {"dataset": "d"}, "run": {"seed": seed}},
-                "final": {"clients": [{"ppl": ppl}] * 2, "mean": {"ppl": ppl}}, "folder": str(folder)}
+        return {
+            "config": {"trust": {"strategy": strategy}, "data": {"dataset": "d"}, "run": {"seed": seed}},
+            "final": {"clients": [{"ppl": ppl}] * 2, "mean": {"ppl": ppl}},
+            "folder": str(folder),
+        }
 
-    runs = [run("none", 0, 100.0), run("none", 1, 200.0), run("naive", 0, 120.0), run("naive", 1, 150.0),
-            run("static", 0, 90.0, 1.0), run("static", 1, 210.0, 0.5)]
+    runs = [
+        run("none", 0, 100.0),
+        run("none", 1, 200.0),
+        run("naive", 0, 120.0),
+        run("naive", 1, 150.0),
+        run("static", 0, 90.0, 1.0),
+        run("static", 1, 210.0, 0.5),
+    ]
     lines = paired_table(runs, ["none", "naive", "static"]).splitlines()
     assert lines[0] == "**d, 2 clients**"
     # static: (90/100 - 1 + 210/200 - 1) / 2 = -2.5%, lower on seed 0 only; vs naive (90/120 + 210/150) / 2 - 1 = +7.5%

@@ -1,4 +1,5 @@
 """GPT-2's BPE through tiktoken, with and without the network."""
+
 import pytest
 import tiktoken
 

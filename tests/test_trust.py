@@ -1,5 +1,6 @@
 """Trust families against hand computations and explicit loops: scores, selection, trust, and the
 reference code's variants."""
+
 import math
 
 import pytest
@@ -23,8 +24,9 @@ def family(strategy, **options):
 
 
 # AG News mixed as the reference code splits it: clients (0, 1) share categories 0 and 1, (2, 3) share 2 and 3
-AG_NEWS_MIXED = torch.tensor([[0.75, 0.25, 0.0, 0.0], [0.25, 0.75, 0.0, 0.0],
-                              [0.0, 0.0, 0.75, 0.25], [0.0, 0.0, 0.25, 0.75]])
+AG_NEWS_MIXED = torch.tensor(
+    [[0.75, 0.25, 0.0, 0.0], [0.25, 0.75, 0.0, 0.0], [0.0, 0.0, 0.75, 0.25], [0.0, 0.0, 0.25, 0.75]]
+)
 
 
 def test_strategy_names_and_aliases():
@@ -63,14 +65,19 @@ def test_static_overlap_reproduces_hand_computed_matrix():
     # clients 0,1: 3/4 cat 0 + 1/4 cat 1; client 2: pure cat 1
     P = torch.tensor([[0.75, 0.25], [0.75, 0.25], [0.0, 1.0]])
     # P P^T = [[.625, .625, .25], [.625, .625, .25], [.25, .25, 1]] -> rows normalised
-    expected = torch.tensor([[0.625 / 1.5, 0.625 / 1.5, 0.25 / 1.5],
-                             [0.625 / 1.5, 0.625 / 1.5, 0.25 / 1.5],
-                             [0.25 / 1.5, 0.25 / 1.5, 1 / 1.5]])
+    expected = torch.tensor(
+        [
+            [0.625 / 1.5, 0.625 / 1.5, 0.25 / 1.5],
+            [0.625 / 1.5, 0.625 / 1.5, 0.25 / 1.5],
+            [0.25 / 1.5, 0.25 / 1.5, 1 / 1.5],
+        ]
+    )
     static = T.StaticMixture("overlap")
     torch.testing.assert_close(static.to_trust(static.scores_from_mixture(P)), expected)
     # the same clients as the reference's AG News mixed: 0.625 self, 0.375 partner
-    torch.testing.assert_close(static.to_trust(static.scores_from_mixture(AG_NEWS_MIXED))[0],
-                               torch.tensor([0.625, 0.375, 0.0, 0.0]))
+    torch.testing.assert_close(
+        static.to_trust(static.scores_from_mixture(AG_NEWS_MIXED))[0], torch.tensor([0.625, 0.375, 0.0, 0.0])
+    )
 
 
 def test_static_own_mixture_gives_the_reference_matrices():
@@ -93,7 +100,7 @@ def test_similarity_of_peft_rows_matches_cosine_of_peft_layout_rows():
     for i in range(3):
         for j in range(3):
             total, rows = 0.0, 0
-            for name, a in adapters.items():
+            for a in adapters.values():
                 sim = F.cosine_similarity(a[i].T, a[j].T)  # PEFT's layout: A [r, d_in], B [d_out, r]
                 total += sim.sum().item()
                 rows += sim.numel()
@@ -113,8 +120,10 @@ def test_similarity_of_reference_rows_matches_the_reference_codes_call():
 
 def test_row_similarities_by_hand():
     # one layer, d_in = r = d_out = 2; client 0: A = B = I; client 1: A = [[1, 1], [0, 1]], B = [[1, 0], [1, 0]]
-    adapters = {"l.lora_A": torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 1.0]]]),
-                "l.lora_B": torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]])}
+    adapters = {
+        "l.lora_A": torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 1.0]]]),
+        "l.lora_B": torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]]),
+    }
     s = 1 / math.sqrt(2)
     # reference rows: A's rows cos (1,0)~(1,1) = s, (0,1)~(0,1) = 1; B's (1,0)~(1,0) = 1, (0,1)~(1,0) = 0
     reference = T.SIMILARITIES["reference-rows"].score(adapters)
@@ -157,9 +166,16 @@ def test_top_k_keeps_exactly_k_weights_per_row():
 def test_thresh_keeps_scores_above_threshold_and_always_the_best_two():
     scores = torch.tensor([[0.9, 0.1, 0.2, 0.8], [0.1, 0.2, 0.0, 0.3], [0.6, 0.7, 0.9, 0.55]])
     trust = T.Selection("thresh", threshold=0.5)(scores)
-    assert torch.equal(trust > 0, torch.tensor([[True, False, False, True],
-                                                [False, True, False, True],  # none > .5: best two kept
-                                                [True, True, True, True]]))
+    assert torch.equal(
+        trust > 0,
+        torch.tensor(
+            [
+                [True, False, False, True],
+                [False, True, False, True],  # none > .5: best two kept
+                [True, True, True, True],
+            ]
+        ),
+    )
     torch.testing.assert_close(trust[0, [0, 3]], torch.softmax(torch.tensor([0.9, 0.8]), 0))
 
 
@@ -193,12 +209,14 @@ def test_peer_loss_scores_minus_perplexity_or_minus_loss():
     by_ppl, by_loss = T.PeerLoss(score="perplexity"), T.PeerLoss(score="loss")
     torch.testing.assert_close(by_ppl.scores_from_losses(losses), torch.tensor([[-10.0, -20.0], [-40.0, -5.0]]))
     # softmax of minus the loss weighs peers by 1 / perplexity: row 0 (1/10, 1/20) -> (2/3, 1/3)
-    torch.testing.assert_close(by_loss.to_trust(by_loss.scores_from_losses(losses)),
-                               torch.tensor([[2 / 3, 1 / 3], [1 / 9, 8 / 9]]))
+    torch.testing.assert_close(
+        by_loss.to_trust(by_loss.scores_from_losses(losses)), torch.tensor([[2 / 3, 1 / 3], [1 / 9, 8 / 9]])
+    )
     # level-free: perplexities all 20x higher leave minus-loss trust as it was; minus perplexity's turns one-hot
     shifted = losses + math.log(20.0)
-    torch.testing.assert_close(by_loss.to_trust(by_loss.scores_from_losses(shifted)),
-                               by_loss.to_trust(by_loss.scores_from_losses(losses)))
+    torch.testing.assert_close(
+        by_loss.to_trust(by_loss.scores_from_losses(shifted)), by_loss.to_trust(by_loss.scores_from_losses(losses))
+    )
     assert by_ppl.to_trust(by_ppl.scores_from_losses(shifted))[0, 0] > 0.999
 
 
@@ -208,8 +226,10 @@ def test_peer_loss_threshold_follows_the_score():
     assert family("dynamic-ref-thresh", ref_score="loss", threshold=-2.0).selection.threshold == -2.0
     # -ln 30 on the loss keeps exactly the peers -30 keeps on the perplexity
     losses = torch.log(torch.tensor([[5.0, 29.0, 31.0, 60.0, 12.0], [40.0, 8.0, 35.0, 25.0, 90.0]]))
-    keep = [f.selection.keep(f.scores_from_losses(losses))
-            for f in (family("dynamic-ref-thresh", ref_score=s) for s in ("perplexity", "loss"))]
+    keep = [
+        f.selection.keep(f.scores_from_losses(losses))
+        for f in (family("dynamic-ref-thresh", ref_score=s) for s in ("perplexity", "loss"))
+    ]
     assert torch.equal(keep[0], keep[1])
     assert keep[0].tolist() == [[True, True, False, False, True], [False, True, False, True, False]]
 

@@ -1,5 +1,6 @@
 """The inputs of a real `python -m collab.fit` run small enough for the tests: a two-category corpus,
 a tiny base, and the data options that fit them."""
+
 from pathlib import Path
 
 import torch
@@ -7,9 +8,25 @@ import torch
 from lora_gpt import GPT, GPTConfig
 
 # Token budgets and batch shapes that the corpus and the base below hold.
-TINY_DATA = ["--train_tokens", "400", "--val_tokens", "100", "--trust_tokens", "40", "--ref_tokens", "100",
-             "--batch_size", "2", "--sequence_length", "16", "--eval_batches", "1", "--accelerator", "cpu",
-             "--no-progress"]
+TINY_DATA = [
+    "--train_tokens",
+    "400",
+    "--val_tokens",
+    "100",
+    "--trust_tokens",
+    "40",
+    "--ref_tokens",
+    "100",
+    "--batch_size",
+    "2",
+    "--sequence_length",
+    "16",
+    "--eval_batches",
+    "1",
+    "--accelerator",
+    "cpu",
+    "--no-progress",
+]
 
 
 def tiny_inputs(folder: Path) -> tuple[Path, Path]:

@@ -7,8 +7,10 @@ trust aggregation with `collab.trust`'s families), `records` (every message's co
 (Flower's simulation runtime) or `python -m collab.flower.deploy` (its deployment runtime: a SuperLink
 and one SuperNode per client, as processes on this machine).
 """
+
 try:
     import flwr  # noqa: F401
 except ImportError as err:  # pragma: no cover - depends on the environment
-    raise ImportError("collab.flower needs Flower: pip install -e \".[flower]\" (or pip install "
-                      "\"flwr[simulation]\").") from err
+    raise ImportError(
+        'collab.flower needs Flower: pip install -e ".[flower]" (or pip install "flwr[simulation]").'
+    ) from err

@@ -13,6 +13,7 @@ Messages: `query.hello` (who are you), `train` (train up to a step), `query.peer
 score these adapters on your `trust` split), `query.ref_top` and `query.ref_values` (dynamic-token:
 your top tokens on the shared reference text, then your predictions on the union), `evaluate`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -35,8 +36,10 @@ KEEP = 2  # checkpoints kept: a server restarted from its last saved round may a
 def run_dir(run_config: Mapping[str, Any]) -> Path:
     """The run folder a run config names."""
     if not run_config.get("run-dir"):
-        raise ValueError("no run folder: start the run with --run-config \"run-dir='FOLDER'\" (collab.flower.deploy "
-                         "does), or build the apps with a `run-dir` default (collab.flower.simulate does).")
+        raise ValueError(
+            "no run folder: start the run with --run-config \"run-dir='FOLDER'\" (collab.flower.deploy "
+            "does), or build the apps with a `run-dir` default (collab.flower.simulate does)."
+        )
     return Path(str(run_config["run-dir"]))
 
 
@@ -49,31 +52,43 @@ class ClientState:
         self.context = context
         self.folder = Path(str(context.node_config.get("state-dir") or default_folder))
         if STATE_KEY not in context.state:
-            context.state[STATE_KEY] = ConfigRecord(self._from_disk())
+            context.state[STATE_KEY] = ConfigRecord(dict(self._from_disk()))
 
-    def _from_disk(self) -> dict[str, bytes]:
+    def _from_disk(self) -> Mapping[str, bytes]:
         if not self.folder.is_dir():
             return {}
         files = sorted(self.folder.glob("step_*.ckpt"))[-KEEP:]
         return {str(int(f.stem.removeprefix("step_"))): f.read_bytes() for f in files}
 
     @property
+    def record(self) -> ConfigRecord:
+        """The checkpoints in `Context.state`: step (a string) -> the checkpoint's bytes."""
+        return self.context.state.config_records[STATE_KEY]
+
+    @property
     def steps(self) -> list[int]:
-        return sorted(int(k) for k in self.context.state[STATE_KEY])
+        return sorted(int(k) for k in self.record)
+
+    def _checkpoint(self, step: int) -> bytes:
+        state = self.record[str(step)]
+        if not isinstance(state, bytes):
+            raise TypeError(f"the context's checkpoint of step {step} is a {type(state).__name__}, not bytes.")
+        return state
 
     def at_or_before(self, step: int) -> bytes | None:
         """The latest checkpoint at or before `step` (None: none, train from step 0)."""
         earlier = [s for s in self.steps if s <= step]
-        return self.context.state[STATE_KEY][str(earlier[-1])] if earlier else None
+        return self._checkpoint(earlier[-1]) if earlier else None
 
     def latest(self) -> bytes:
         if not self.steps:
-            raise RuntimeError("this client has not trained yet: the server asks for measurements only after "
-                               "a train round.")
-        return self.context.state[STATE_KEY][str(self.steps[-1])]
+            raise RuntimeError(
+                "this client has not trained yet: the server asks for measurements only after a train round."
+            )
+        return self._checkpoint(self.steps[-1])
 
     def put(self, step: int, state: bytes) -> None:
-        record = self.context.state[STATE_KEY]
+        record = self.record
         record[str(step)] = state
         for old in self.steps[:-KEEP]:
             del record[str(old)]
@@ -81,8 +96,8 @@ class ClientState:
         tmp = self.folder / f"step_{step:06d}.ckpt.tmp"
         tmp.write_bytes(state)
         tmp.replace(self.folder / f"step_{step:06d}.ckpt")
-        for old in sorted(self.folder.glob("step_*.ckpt"))[:-KEEP]:
-            old.unlink()
+        for path in sorted(self.folder.glob("step_*.ckpt"))[:-KEEP]:
+            path.unlink()
 
 
 def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
@@ -104,10 +119,8 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     @app.train()
     def train(message: Message, context: Context) -> Message:
         client, state = local(context)
-        config = message.content["config"]
-        first, last = int(config["first"]), int(config["last"])
-        adapter = records.tensors(message.content[records.ADAPTER]) if records.ADAPTER in message.content else None
-        new, start, losses = client.fit(state.at_or_before(first), last, adapter, bool(config["reset"]))
+        first, last, adapter, reset = records.train_request(message.content)
+        new, start, losses = client.fit(state.at_or_before(first), last, adapter, reset)
         state.put(last, new)
         return Message(records.train_reply(checkpoint_adapter(new), start, losses), reply_to=message)
 
@@ -115,39 +128,40 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     def peer_losses(message: Message, context: Context) -> Message:
         client, state = local(context)
         own = checkpoint_adapter(state.latest())
-        order = [int(n) for n in message.content["config"]["order"]]
-        losses = client.peer_losses(own, records.peers_tensors(message.content[records.PEERS]), order)
+        peers, order = records.peer_losses_request(message.content)
+        losses = client.peer_losses(own, peers, order)
         return Message(records.losses_reply(losses), reply_to=message)
 
     def measure(client: LocalClient) -> TopProbabilities | TopLogits:
         family = build_family(client.config.trust)
         if not isinstance(family, TokenAgreement):
-            raise ValueError(f"a dynamic-token query in a run of {client.config.trust.strategy}: the server and this "
-                             "client read different config.yaml files; start both from the same run folder.")
+            raise ValueError(
+                f"a dynamic-token query in a run of {client.config.trust.strategy}: the server and this "
+                "client read different config.yaml files; start both from the same run folder."
+            )
         return family.measure
 
     @app.query("ref_top")
     def ref_top(message: Message, context: Context) -> Message:
         client, state = local(context)
         m = measure(client)
-        tops = client.ref_outputs(checkpoint_adapter(state.latest()), m,
-                                  lambda s, outputs: top_ids(outputs, m.top_k))
+        tops = client.ref_outputs(checkpoint_adapter(state.latest()), m, lambda s, outputs: top_ids(outputs, m.top_k))
         return Message(records.ref_reply(records.IDS, tops), reply_to=message)
 
     @app.query("ref_values")
     def ref_values(message: Message, context: Context) -> Message:
         client, state = local(context)
-        union = records.sequence_tensors(message.content[records.IDS])
-        values = client.ref_outputs(checkpoint_adapter(state.latest()), measure(client),
-                                    lambda s, outputs: on_union(outputs, union[s]))
+        union = records.sequences(message.content, records.IDS)
+        values = client.ref_outputs(
+            checkpoint_adapter(state.latest()), measure(client), lambda s, outputs: on_union(outputs, union[s])
+        )
         return Message(records.ref_reply(records.VALUES, values), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         client, state = local(context)
-        if records.ADAPTER in message.content:
-            adapter = records.tensors(message.content[records.ADAPTER])
-        else:  # its own, or the initial one if it never finished a round
+        adapter = records.adapter(message.content)
+        if adapter is None:  # its own, or the initial one if it never finished a round
             adapter = checkpoint_adapter(state.latest()) if state.steps else None
         return Message(records.metrics_reply(client.evaluate(adapter)), reply_to=message)
 

@@ -9,6 +9,7 @@ processes' logs are in the run folder's `logs/`. Rerun on an
 interrupted folder, the server goes on from its last saved round and the clients from their saved
 states.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,9 @@ class Processes:
 
     def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen:
         with open(self.logs / f"{name}.log", "ab") as log:
-            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                list(argv), stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
         self.started[name] = proc
         return proc
 
@@ -74,16 +76,27 @@ class Processes:
 
 
 def supernode_argv(run: FlowerRun, client: int, superlink: int) -> list[str]:
-    return [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"{HOST}:{superlink}", "--host", HOST,
-            "--port", str(free_port()), "--node-config", f"partition-id={client} num-partitions={run.num_clients}"]
+    return [
+        str(BIN / "flower-supernode"),
+        "--insecure",
+        "--superlink",
+        f"{HOST}:{superlink}",
+        "--host",
+        HOST,
+        "--port",
+        str(free_port()),
+        "--node-config",
+        f"partition-id={client} num-partitions={run.num_clients}",
+    ]
 
 
 def flwr_home(run: FlowerRun, superlink: int) -> Path:
     """A Flower home for this run only: the CLI's connection to this SuperLink, the installed apps."""
     home = run.folder / "flwr"
     home.mkdir(parents=True, exist_ok=True)
-    (home / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
-                                      f'address = "{HOST}:{superlink}"\ninsecure = true\n')
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{HOST}:{superlink}"\ninsecure = true\n'
+    )
     return home
 
 
@@ -91,12 +104,26 @@ def flwr_home(run: FlowerRun, superlink: int) -> Path:
 def federation(run: FlowerRun) -> Iterator[tuple[Processes, int]]:
     """A SuperLink and one SuperNode per client, stopped on the way out, whatever happens."""
     superlink = free_port()
-    env = {**os.environ, "FLWR_HOME": str(flwr_home(run, superlink)), "PYTHONUNBUFFERED": "1",
-           "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")])}  # the SuperLink starts flower-superexec
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(flwr_home(run, superlink)),
+        "PYTHONUNBUFFERED": "1",
+        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+    }  # the SuperLink starts flower-superexec
     procs = Processes(run.folder / "logs", env)
     try:
-        procs.start("superlink", [str(BIN / "flower-superlink"), "--insecure", "--host", HOST, "--port", str(superlink),
-                                  "--disable-runtime-dependency-installation"])
+        procs.start(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--host",
+                HOST,
+                "--port",
+                str(superlink),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
         for n in range(run.num_clients):
             procs.start(f"supernode_{n:02d}", supernode_argv(run, n, superlink))
         yield procs, superlink
@@ -130,8 +157,10 @@ def wait_for_summary(run: FlowerRun, procs: Processes, deadline: float) -> dict[
     while not path.exists():
         check_alive(procs)
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no {SUMMARY_FILE} within the time limit; the logs are in {procs.logs}, and a "
-                               "rerun of the same command goes on from the last saved round.")
+            raise TimeoutError(
+                f"no {SUMMARY_FILE} within the time limit; the logs are in {procs.logs}, and a "
+                "rerun of the same command goes on from the last saved round."
+            )
         time.sleep(0.5)
     return json.loads(path.read_text())
 
@@ -151,8 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = deploy(run, flower["time_limit"])
     except (FixableError, TimeoutError) as err:
         p.exit(2, f"error: {err}\n")
-    print(f"\n{run.config.trust.strategy}, {run.num_clients} Flower clients (deployment), step "
-          f"{summary['final']['step']}; bytes per client and round: {summary['traffic']['mean_per_client_round']}")
+    print(
+        f"\n{run.config.trust.strategy}, {run.num_clients} Flower clients (deployment), step "
+        f"{summary['final']['step']}; bytes per client and round: {summary['traffic']['mean_per_client_round']}"
+    )
     if all(c is not None for c in summary["final"]["clients"]):
         print(format_final(summary))
     print(f"outputs in {run.folder}")

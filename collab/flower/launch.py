@@ -5,12 +5,14 @@ The dataset is prepared here, once (each client then reads only its own files of
 offline base is built here, so that no client builds it. A run folder holding a saved server state
 resumes only with the options it was started with.
 """
+
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..checkpoint import CONFIG_KEY
 from ..cli import build_parser, dump_config, fit_config, load_config
@@ -23,8 +25,13 @@ from .strategy import STATE_FILE
 FLOWER_ROOT = RUNS_ROOT / "flower"
 # Flower options: (flag, type, default, help); the run config key is the flag with dashes.
 FLOWER_OPTIONS: list[tuple[str, type, Any, str]] = [
-    ("round_timeout", float, 600.0, "seconds the server waits for a round's replies; a client that has not "
-                                    "answered by then is left out of the round"),
+    (
+        "round_timeout",
+        float,
+        600.0,
+        "seconds the server waits for a round's replies; a client that has not "
+        "answered by then is left out of the round",
+    ),
     ("join_timeout", float, 300.0, "seconds the server waits, at the start, for every client to join"),
 ]
 
@@ -39,17 +46,24 @@ class FlowerRun:
 
     @property
     def num_clients(self) -> int:
-        return int(self.config.data.num_clients)
+        return self.config.data.prepared_clients
 
 
-def parser(prog: str, description: str | None,
-           extra: Sequence[tuple[str, type, Any, str]] = ()) -> argparse.ArgumentParser:
+def parser(
+    prog: str, description: str | None, extra: Sequence[tuple[str, type, Any, str]] = ()
+) -> argparse.ArgumentParser:
     """`collab.fit`'s parser with a `flower` group of options (FLOWER_OPTIONS, then `extra`)."""
     p = build_parser(prog=prog, description=description)
     group = p.add_argument_group("flower", "the federation (collab.flower)")
     for flag, kind, default, text in (*FLOWER_OPTIONS, *extra):
-        group.add_argument(f"--{flag}", dest=f"flower.{flag}", type=kind, default=default, metavar=flag.upper(),
-                           help=f"{text} (default {default})")
+        group.add_argument(
+            f"--{flag}",
+            dest=f"flower.{flag}",
+            type=kind,
+            default=default,
+            metavar=flag.upper(),
+            help=f"{text} (default {default})",
+        )
     return p
 
 
@@ -60,13 +74,18 @@ def prepare(namespace: argparse.Namespace) -> tuple[FlowerRun, dict[str, Any]]:
     config = fit_config(namespace)
     datamodule, data = prepare_data(config)
     init = str(base_source(config.run.init)) if config.run.init == "offline" else config.run.init
-    config = replace(config, data=replace(data, data_dir=Path(datamodule.data_dir).resolve()),
-                     run=replace(config.run, init=init))
-    folder = Path(config.run.out or run_dir(FLOWER_ROOT, data.dataset or "data", config.trust.strategy,
-                                            config.run.seed, data.num_clients)).resolve()
+    config = replace(
+        config, data=replace(data, data_dir=Path(datamodule.data_dir).resolve()), run=replace(config.run, init=init)
+    )
+    folder = Path(
+        config.run.out
+        or run_dir(FLOWER_ROOT, data.dataset or "data", config.trust.strategy, config.run.seed, data.num_clients)
+    ).resolve()
     if (folder / SUMMARY_FILE).exists():
-        raise RunFolderError(f"{folder} already holds a finished run ({SUMMARY_FILE}); choose another --out, or "
-                             "delete the folder to run again.")
+        raise RunFolderError(
+            f"{folder} already holds a finished run ({SUMMARY_FILE}); choose another --out, or "
+            "delete the folder to run again."
+        )
     if (folder / STATE_FILE).exists() and (folder / CONFIG_FILE).exists():
         check_resume({CONFIG_KEY: load_config(folder / CONFIG_FILE).to_dict()}, config, folder / STATE_FILE)
     config = replace(config, run=replace(config.run, out=folder))
@@ -74,4 +93,3 @@ def prepare(namespace: argparse.Namespace) -> tuple[FlowerRun, dict[str, Any]]:
     (folder / CONFIG_FILE).write_text(dump_config(config))
     run_config = {"run-dir": str(folder), **{k.replace("_", "-"): flower[k] for k, *_ in FLOWER_OPTIONS}}
     return FlowerRun(config, folder, run_config), flower
-

@@ -7,6 +7,7 @@ its own files, the same windows as slice n of the batched run), through Lightnin
 does. Its training state between rounds is a Lightning checkpoint (adapter, AdamW moments, schedule
 position, step): `fit` resumes it exactly, so a run of rounds is the batched run's local steps.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,7 +43,8 @@ class StartFrom(L.Callback):
     def __init__(self, adapter: Mapping[str, torch.Tensor] | None, reset: bool) -> None:
         self.adapter, self.reset = adapter, reset
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: CollabLoRAModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, CollabLoRAModule)  # the module LocalClient trains
         if self.adapter is not None or self.reset:
             adapters = pl_module.adapters() if self.adapter is None else {k: v[None] for k, v in self.adapter.items()}
             pl_module.replace_adapters(adapters, reset=torch.tensor([self.reset]))
@@ -73,25 +75,37 @@ class LocalClient:
 
     def __post_init__(self) -> None:
         if self.config.data.data_dir is None:
-            raise ConfigError("a federated client reads a prepared dataset: the run's config needs data.data_dir "
-                              "(python -m collab.flower.simulate and .deploy set it).")
+            raise ConfigError(
+                "a federated client reads a prepared dataset: the run's config needs data.data_dir "
+                "(python -m collab.flower.simulate and .deploy set it)."
+            )
         if self.config.lora.init == "reference":
-            raise ConfigError("--lora_init reference draws every client's A from one stacked stream, which one "
-                              "client alone cannot reproduce. Fix: --lora_init peft (the default) for Flower runs.")
+            raise ConfigError(
+                "--lora_init reference draws every client's A from one stacked stream, which one "
+                "client alone cannot reproduce. Fix: --lora_init peft (the default) for Flower runs."
+            )
 
     @cached_property
     def data(self) -> ClientDataModule:
         c = self.config
-        data = ClientDataModule(folder=c.data.data_dir, config=c.data, seed=c.run.seed, accumulate=c.optim.acc_steps,
-                                client=self.client)
+        data = ClientDataModule(
+            folder=c.data.data_dir, config=c.data, seed=c.run.seed, accumulate=c.optim.acc_steps, client=self.client
+        )
         data.setup()
         return data
 
     def module(self, adapter: Mapping[str, torch.Tensor] | None = None) -> CollabLoRAModule:
         """A fresh N=1 module over the base, holding `adapter` if given (else the initial one)."""
         c = self.config
-        module = CollabLoRAModule(base=load_base(c.run, c.data.sequence_length), lora=c.lora, optim=c.optim,
-                                  num_clients=1, seed=c.run.seed, memory=c.memory, first_client=self.client)
+        module = CollabLoRAModule(
+            base=load_base(c.run, c.data.sequence_length),
+            lora=c.lora,
+            optim=c.optim,
+            num_clients=1,
+            seed=c.run.seed,
+            memory=c.memory,
+            first_client=self.client,
+        )
         if adapter is not None:
             module.replace_adapters({k: v[None] for k, v in adapter.items()}, reset=torch.zeros(1, dtype=torch.bool))
         return module
@@ -100,14 +114,24 @@ class LocalClient:
         """Lightning as `collab.fit` runs it, without loggers, checkpoints or validation in training."""
         run = self.config.run
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-        return L.Trainer(max_steps=max_steps, accelerator=run.accelerator, devices=1,
-                         precision=resolve_precision(run.precision, device_type(run.accelerator)), logger=False,
-                         callbacks=list(callbacks), enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=None if validate else 0,
-                         num_sanity_val_steps=0, inference_mode=False)
+        return L.Trainer(
+            max_steps=max_steps,
+            accelerator=run.accelerator,
+            devices=1,
+            precision=resolve_precision(run.precision, device_type(run.accelerator)),
+            logger=False,
+            callbacks=list(callbacks),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=None if validate else 0,
+            num_sanity_val_steps=0,
+            inference_mode=False,
+        )
 
-    def fit(self, state: bytes | None, until: int, adapter: Mapping[str, torch.Tensor] | None = None,
-            reset: bool = False) -> tuple[bytes, int, list[float]]:
+    def fit(
+        self, state: bytes | None, until: int, adapter: Mapping[str, torch.Tensor] | None = None, reset: bool = False
+    ) -> tuple[bytes, int, list[float]]:
         """Train from `state` (None: the initial adapter at step 0) up to optimizer step `until`,
         starting from `adapter` where the server sent one; returns the new state, the step training
         started from, and the losses of the steps taken."""
@@ -122,8 +146,9 @@ class LocalClient:
             trainer.save_checkpoint(path)
             return path.read_bytes(), start, [row["loss"][0] for row in module.train_curve if row["step"] > start]
 
-    def peer_losses(self, own: Mapping[str, torch.Tensor], peers: Mapping[int, Mapping[str, torch.Tensor]],
-                    order: Sequence[int]) -> torch.Tensor:
+    def peer_losses(
+        self, own: Mapping[str, torch.Tensor], peers: Mapping[int, Mapping[str, torch.Tensor]], order: Sequence[int]
+    ) -> torch.Tensor:
         """`[len(order)]`: the mean loss of every listed client's model (this client's `own`, the others
         from `peers`) on this client's `trust` split: its row of `dynamic-ref`'s peer losses."""
         c = self.config
@@ -134,15 +159,21 @@ class LocalClient:
         batches = [b[0] for b in self.data.trust_batches()]
         return mean_losses(model, len(order), batches, c.trust.eval_chunk or c.memory.client_chunk or len(order))
 
-    def ref_outputs(self, adapter: Mapping[str, torch.Tensor], measure: TopProbabilities | TopLogits,
-                    keep: Callable[[int, torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    def ref_outputs(
+        self,
+        adapter: Mapping[str, torch.Tensor],
+        measure: TopProbabilities | TopLogits,
+        keep: Callable[[int, torch.Tensor], torch.Tensor],
+    ) -> list[torch.Tensor]:
         """`keep(s, outputs)` for every shared reference sequence s, in the order `TokenAgreement.scores`
         visits them, where `outputs` `[T', V]` is `measure.predict` of this client's model at
         `measure.positions`: what is kept of each (a few tokens per position) is what is sent."""
         module = self.module(adapter)
         sequences = [s for batch in self.data.ref_batches(measure.num_batches) for s in batch]
-        return [keep(s, module.client_outputs(seq[None, :-1], measure.predict, measure.positions)[0, 0])
-                for s, seq in enumerate(sequences)]
+        return [
+            keep(s, module.client_outputs(seq[None, :-1], measure.predict, measure.positions)[0, 0])
+            for s, seq in enumerate(sequences)
+        ]
 
     def evaluate(self, adapter: Mapping[str, torch.Tensor] | None) -> dict[str, float]:
         """Validation loss, perplexity and accuracy of this client's model (`adapter`, or the initial one)

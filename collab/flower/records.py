@@ -3,6 +3,7 @@
 Every message of the app is built here, so the bytes the summary reports and the README's table
 come from the very records a run sends.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -55,6 +56,7 @@ def peers_tensors(record: ArrayRecord) -> dict[int, dict[str, torch.Tensor]]:
 
 # --- the messages' contents, server -> client and back
 
+
 def train_content(first: int, last: int, adapter: Mapping[str, torch.Tensor] | None, reset: bool) -> RecordDict:
     """Train from step `first` to `last`, from `adapter` where the client does not hold its own yet."""
     content = RecordDict({"config": ConfigRecord({"first": first, "last": last, "reset": reset})})
@@ -65,14 +67,16 @@ def train_content(first: int, last: int, adapter: Mapping[str, torch.Tensor] | N
 
 def train_reply(adapter: Mapping[str, torch.Tensor], start: int, losses: Sequence[float]) -> RecordDict:
     """The trained adapter, the step training started from, and each step's loss."""
-    return RecordDict({ADAPTER: arrays(adapter),
-                       "metrics": MetricRecord({"start": start, "loss": [float(x) for x in losses]})})
+    return RecordDict(
+        {ADAPTER: arrays(adapter), "metrics": MetricRecord({"start": start, "loss": [float(x) for x in losses]})}
+    )
 
 
 def hello_reply(client: int, mixture: Sequence[float], step: int) -> RecordDict:
     """Who the node is: its client id, its data's category shares (for `static`), its state's step (-1: none)."""
-    return RecordDict({"client": ConfigRecord({"client": client, "mixture": [float(x) for x in mixture],
-                                               "step": step})})
+    return RecordDict(
+        {"client": ConfigRecord({"client": client, "mixture": [float(x) for x in mixture], "step": step})}
+    )
 
 
 def peer_losses_content(peers: Mapping[int, Mapping[str, torch.Tensor]], order: Sequence[int]) -> RecordDict:
@@ -101,3 +105,73 @@ def evaluate_content(adapter: Mapping[str, torch.Tensor] | None) -> RecordDict:
 
 def metrics_reply(metrics: Mapping[str, float]) -> RecordDict:
     return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
+
+
+# --- reading the contents back, each value as the type its writer above puts in (Flower types a
+# record's values as any of the types a record may hold)
+
+
+def _int(value: object) -> int:
+    if not isinstance(value, (int, float, str)):
+        raise TypeError(f"expected a number in the record, got {value!r}.")
+    return int(value)
+
+
+def _float(value: object) -> float:
+    if not isinstance(value, (int, float, str)):
+        raise TypeError(f"expected a number in the record, got {value!r}.")
+    return float(value)
+
+
+def _list(value: object) -> list:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list in the record, got {value!r}.")
+    return value
+
+
+def adapter(content: RecordDict) -> dict[str, torch.Tensor] | None:
+    """The adapter a `train_content`, `evaluate_content` or `train_reply` carries (None: none sent)."""
+    return tensors(content.array_records[ADAPTER]) if ADAPTER in content else None
+
+
+def train_request(content: RecordDict) -> tuple[int, int, dict[str, torch.Tensor] | None, bool]:
+    """`train_content`'s first and last step, adapter and reset."""
+    config = content.config_records["config"]
+    return _int(config["first"]), _int(config["last"]), adapter(content), bool(config["reset"])
+
+
+def train_result(content: RecordDict) -> tuple[dict[str, torch.Tensor], int, list[float]]:
+    """`train_reply`'s adapter, start step and step losses."""
+    metrics = content.metric_records["metrics"]
+    return (
+        tensors(content.array_records[ADAPTER]),
+        _int(metrics["start"]),
+        [_float(x) for x in _list(metrics["loss"])],
+    )
+
+
+def hello(content: RecordDict) -> tuple[int, list[float], int]:
+    """`hello_reply`'s client id, mixture and step."""
+    who = content.config_records["client"]
+    return _int(who["client"]), [_float(x) for x in _list(who["mixture"])], _int(who["step"])
+
+
+def peer_losses_request(content: RecordDict) -> tuple[dict[int, dict[str, torch.Tensor]], list[int]]:
+    """`peer_losses_content`'s peers' adapters and their order."""
+    order = content.config_records["config"]["order"]
+    return peers_tensors(content.array_records[PEERS]), [_int(n) for n in _list(order)]
+
+
+def losses(content: RecordDict) -> torch.Tensor:
+    """`losses_reply`'s losses."""
+    return tensors(content.array_records[LOSSES])[LOSSES]
+
+
+def sequences(content: RecordDict, key: str) -> list[torch.Tensor]:
+    """The per-sequence tensors of `ref_union_content` (`IDS`) or `ref_reply` (`key`)."""
+    return sequence_tensors(content.array_records[key])
+
+
+def metrics(content: RecordDict) -> dict[str, float]:
+    """`metrics_reply`'s metrics."""
+    return {k: _float(v) for k, v in content.metric_records["metrics"].items()}

@@ -13,6 +13,7 @@ rejoins. The strategy's state is saved in the run folder after every round, so a
 the same folder goes on from its last saved round. The run folder gets `summary.json` (with the bytes
 of every message), `trust/step_NNNNNN.json` per aggregation, `adapters/client_NN/`.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,7 @@ class Federation:
     def __init__(self, grid: Grid, folder: Path, run_config: Mapping[str, Any]) -> None:
         self.grid, self.folder = grid, folder
         self.config = load_config(folder / "config.yaml")
-        self.num_clients = int(self.config.data.num_clients)
+        self.num_clients = self.config.data.prepared_clients
         self.strategy = PersonalizedTrust.resume(folder, self.config.trust, self.num_clients)
         self.round_timeout = float(run_config.get("round-timeout", 600))
         self.join_timeout = float(run_config.get("join-timeout", 300))
@@ -57,17 +58,24 @@ class Federation:
     def send(self, contents: Mapping[int, RecordDict], kind: str) -> dict[int, RecordDict]:
         """Send each client its content as a `kind` message; the replies of those that answered in time."""
         messages = {n: Message(c, self.nodes[n], kind, group_id=str(self.round)) for n, c in contents.items()}
-        replies = {r.metadata.src_node_id: r for r in self.grid.send_and_receive(messages.values(),
-                                                                                 timeout=self.round_timeout)}
+        replies = {
+            r.metadata.src_node_id: r for r in self.grid.send_and_receive(messages.values(), timeout=self.round_timeout)
+        }
         answered = {}
         for n, message in messages.items():
             reply = replies.get(message.metadata.dst_node_id)
-            ok = reply is not None and not reply.has_error()
-            self.strategy.traffic.append({"round": self.round, "client": n, "message": kind,
-                                          "down": records.message_bytes(message),
-                                          "up": records.message_bytes(reply) if ok else 0})
-            if ok:
-                answered[n] = reply.content
+            good = reply if reply is not None and not reply.has_error() else None
+            self.strategy.traffic.append(
+                {
+                    "round": self.round,
+                    "client": n,
+                    "message": kind,
+                    "down": records.message_bytes(message),
+                    "up": records.message_bytes(good) if good is not None else 0,
+                }
+            )
+            if good is not None:
+                answered[n] = good.content
             else:
                 why = "no reply in time" if reply is None else f"error {reply.error.reason}"
                 logger.warning("round %d: client %d left out of %s (%s)", self.round, n, kind, why)
@@ -85,53 +93,67 @@ class Federation:
                 for reply in self.grid.send_and_receive(hellos.values(), timeout=self.round_timeout):
                     if reply.has_error():
                         continue
-                    node, who = reply.metadata.src_node_id, reply.content["client"]
-                    client = int(who["client"])
-                    self.strategy.mixture[client] = [float(x) for x in who["mixture"]]
+                    node = reply.metadata.src_node_id
+                    client, mixture, _ = records.hello(reply.content)
+                    self.strategy.mixture[client] = mixture
                     self.strategy.rejoined(client)
                     self.nodes[client] = node
-                    self.strategy.traffic.append({"round": self.round, "client": client, "message": "query.hello",
-                                                  "down": records.message_bytes(hellos[node]),
-                                                  "up": records.message_bytes(reply)})
+                    self.strategy.traffic.append(
+                        {
+                            "round": self.round,
+                            "client": client,
+                            "message": "query.hello",
+                            "down": records.message_bytes(hellos[node]),
+                            "up": records.message_bytes(reply),
+                        }
+                    )
             if not wait or len(self.nodes) == self.num_clients:
                 return
             if time.monotonic() > deadline:
                 missing = sorted(set(range(self.num_clients)) - set(self.nodes))
-                raise TimeoutError(f"clients {missing} did not join in {self.join_timeout:.0f} s; start a SuperNode "
-                                   "for each client (--node-config \"partition-id=N\"), or raise --join_timeout.")
+                raise TimeoutError(
+                    f"clients {missing} did not join in {self.join_timeout:.0f} s; start a SuperNode "
+                    'for each client (--node-config "partition-id=N"), or raise --join_timeout.'
+                )
             time.sleep(0.5)
 
     def train(self, first: int, last: int) -> list[int]:
         """Every known client trains up to step `last`; returns those that sent their adapter."""
         s = self.strategy
-        replies = self.send({n: records.train_content(first, last, s.owed(n), n in s.reset) for n in self.nodes},
-                            "train")
+        replies = self.send(
+            {n: records.train_content(first, last, s.owed(n), n in s.reset) for n in self.nodes}, "train"
+        )
         for n, content in replies.items():
-            s.received(n, records.tensors(content[records.ADAPTER]))
-            metrics = content["metrics"]
-            s.train_loss.append({"round": self.round, "client": n, "start": int(metrics["start"]),
-                                 "loss": list(metrics["loss"])})
+            adapter, start, losses = records.train_result(content)
+            s.received(n, adapter)
+            s.train_loss.append({"round": self.round, "client": n, "start": start, "loss": losses})
         return sorted(replies)
 
     def measure(self, present: list[int]) -> tuple[list[int], torch.Tensor | None]:
         """What the trust family needs measured by the clients, and the clients that measured it."""
         what, s = self.strategy.measures(), self.strategy
         if what == "peer_losses":
-            replies = self.send({i: records.peer_losses_content({j: s.adapters[j] for j in present if j != i}, present)
-                                 for i in present}, "query.peer_losses")
+            replies = self.send(
+                {
+                    i: records.peer_losses_content({j: s.adapters[j] for j in present if j != i}, present)
+                    for i in present
+                },
+                "query.peer_losses",
+            )
             done = sorted(replies)
             columns = [present.index(j) for j in done]
-            return done, torch.stack([records.tensors(replies[i][records.LOSSES])[records.LOSSES][columns]
-                                      for i in done])
+            return done, torch.stack([records.losses(replies[i])[columns] for i in done])
         if what == "ref_predictions":
             family = s.family
             assert isinstance(family, TokenAgreement)
-            tops = {n: records.sequence_tensors(c[records.IDS])
-                    for n, c in self.send({n: RecordDict() for n in present}, "query.ref_top").items()}
-            union = [union_ids(per_client) for per_client in zip(*(tops[n] for n in sorted(tops)))]
+            tops = {
+                n: records.sequences(c, records.IDS)
+                for n, c in self.send({n: RecordDict() for n in present}, "query.ref_top").items()
+            }
+            union = [union_ids(per_client) for per_client in zip(*(tops[n] for n in sorted(tops)), strict=True)]
             replies = self.send({n: records.ref_union_content(union) for n in sorted(tops)}, "query.ref_values")
             done = sorted(replies)
-            values = [records.sequence_tensors(replies[n][records.VALUES]) for n in done]
+            values = [records.sequences(replies[n], records.VALUES) for n in done]
             return done, mean_distances(family.measure, values)
         return present, None
 
@@ -151,7 +173,7 @@ class Federation:
         self.discover(wait=not self.nodes)
         final = self.send({n: records.evaluate_content(self.strategy.owed(n)) for n in self.nodes}, "evaluate")
         self.save_adapters()
-        return self.write_summary(ends, {n: dict(c["metrics"]) for n, c in final.items()})
+        return self.write_summary(ends, {n: records.metrics(c) for n, c in final.items()})
 
     def save_trust(self, record: dict[str, Any]) -> None:
         folder = self.folder / "trust"
@@ -174,12 +196,17 @@ class Federation:
         clients = [final.get(n) for n in range(self.num_clients)]
         answered = [m for m in clients if m is not None]
         mean = {k: sum(m[k] for m in answered) / len(answered) for k in answered[0]} if answered else None
-        summary = {"folder": str(self.folder), "config": self.config.to_dict(), "runtime": "flower",
-                   "round_ends": list(ends), "final": {"step": ends[-1], "clients": clients, "mean": mean},
-                   "train_loss": s.train_loss,
-                   "trust": [{k: r[k] for k in ("step", "clients", "quality", "excluded") if k in r}
-                             for r in s.history],
-                   "traffic": traffic_summary(s.traffic), "messages": s.traffic}
+        summary = {
+            "folder": str(self.folder),
+            "config": self.config.to_dict(),
+            "runtime": "flower",
+            "round_ends": list(ends),
+            "final": {"step": ends[-1], "clients": clients, "mean": mean},
+            "train_loss": s.train_loss,
+            "trust": [{k: r[k] for k in ("step", "clients", "quality", "excluded") if k in r} for r in s.history],
+            "traffic": traffic_summary(s.traffic),
+            "messages": s.traffic,
+        }
         (self.folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
         return summary
 

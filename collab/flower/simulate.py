@@ -6,12 +6,14 @@ folder (default runs/flower/DATASET-nCLIENTS/TRUST/seedSEED): config.yaml, serve
 round, trust/, adapters/, summary.json with the bytes every message carried. Rerun on an interrupted
 folder, it goes on from the last saved round.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from lora_gpt.errors import FixableError
 
@@ -27,10 +29,15 @@ def simulate(run: FlowerRun) -> dict[str, Any]:
     from flwr.simulation import run_simulation
 
     cpus = os.cpu_count() or 1
-    run_simulation(server_app=make_server_app(run.run_config), client_app=make_client_app(run.run_config),
-                   num_supernodes=run.num_clients,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": cpus, "include_dashboard": False}})
+    run_simulation(
+        server_app=make_server_app(run.run_config),
+        client_app=make_client_app(run.run_config),
+        num_supernodes=run.num_clients,
+        backend_config={
+            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+            "init_args": {"num_cpus": cpus, "include_dashboard": False},
+        },
+    )
     path = run.folder / SUMMARY_FILE
     if not path.exists():
         raise RuntimeError(f"the simulation ended without {path}: the ServerApp failed (see the log above).")
@@ -44,8 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = simulate(run)
     except FixableError as err:
         p.exit(2, f"error: {err}\n")
-    print(f"\n{run.config.trust.strategy}, {run.num_clients} Flower clients (simulation), step "
-          f"{summary['final']['step']}; bytes per client and round: {summary['traffic']['mean_per_client_round']}")
+    print(
+        f"\n{run.config.trust.strategy}, {run.num_clients} Flower clients (simulation), step "
+        f"{summary['final']['step']}; bytes per client and round: {summary['traffic']['mean_per_client_round']}"
+    )
     if all(c is not None for c in summary["final"]["clients"]):
         print(format_final(summary))
     print(f"outputs in {run.folder}")

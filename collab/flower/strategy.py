@@ -7,6 +7,7 @@ absent from a round keep their adapters and are left out of that round's average
 on the clients that took part. It saves itself after every round, and a restarted server goes on
 from the last saved round.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,21 @@ from typing import Any
 import torch
 
 from ..run_folder import RunFolderError
-from ..trust import (AdapterSimilarity, FedAvg, Local, PeerLoss, StaticMixture, TokenAgreement, TrustFamily,
-                     TrustSettings, aggregate, build_family, finite_clients, trust_quality, usable_clients)
+from ..trust import (
+    AdapterSimilarity,
+    FedAvg,
+    Local,
+    PeerLoss,
+    StaticMixture,
+    TokenAgreement,
+    TrustFamily,
+    TrustSettings,
+    aggregate,
+    build_family,
+    finite_clients,
+    trust_quality,
+    usable_clients,
+)
 
 STATE_FILE = "server_state.pt"
 Adapter = dict[str, torch.Tensor]
@@ -54,8 +68,13 @@ class PersonalizedTrust:
         """What the clients must measure for an aggregation: `adapters` (nothing more), `peer_losses`
         (dynamic-ref: each client scores its peers' adapters) or `ref_predictions` (dynamic-token)."""
         family = self.family
-        return ("peer_losses" if isinstance(family, PeerLoss) else
-                "ref_predictions" if isinstance(family, TokenAgreement) else "adapters")
+        return (
+            "peer_losses"
+            if isinstance(family, PeerLoss)
+            else "ref_predictions"
+            if isinstance(family, TokenAgreement)
+            else "adapters"
+        )
 
     def owed(self, client: int) -> Adapter | None:
         """The adapter to send `client` with its next message: its average, if it does not hold it yet."""
@@ -81,12 +100,16 @@ class PersonalizedTrust:
             return family.scores_from_mixture(torch.tensor([self.mixture[n] for n in present], dtype=torch.float64))
         if isinstance(family, AdapterSimilarity):
             return family.scores_from_adapters(self.stacked(present))
-        if isinstance(family, PeerLoss):
-            return family.scores_from_losses(measured)
-        if isinstance(family, TokenAgreement):
+        if isinstance(family, (PeerLoss, TokenAgreement)):
+            if measured is None:
+                raise ValueError(f"{family.name} scores what the clients measured (`measures`); nothing was given.")
+            if isinstance(family, PeerLoss):
+                return family.scores_from_losses(measured)
             return family.scores_from_distances(measured)
-        raise TypeError(f"no federated measurement for trust family {family.name}; add it to "
-                        "PersonalizedTrust.scores and PersonalizedTrust.measures.")
+        raise TypeError(
+            f"no federated measurement for trust family {family.name}; add it to "
+            "PersonalizedTrust.scores and PersonalizedTrust.measures."
+        )
 
     def stacked(self, clients: Sequence[int]) -> Adapter:
         """`[len(clients), ...]` adapters, as the batched run stacks them."""
@@ -108,9 +131,14 @@ class PersonalizedTrust:
                 self.held.discard(n)
             if not usable[i]:
                 self.reset.add(n)
-        record: dict[str, Any] = {"step": step, "strategy": self.settings.strategy, "clients": present,
-                                  "trust": trust.tolist(), "scores": scores.tolist(),
-                                  "excluded": [present[i] for i in (~usable).nonzero().flatten().tolist()]}
+        record: dict[str, Any] = {
+            "step": step,
+            "strategy": self.settings.strategy,
+            "clients": present,
+            "trust": trust.tolist(),
+            "scores": scores.tolist(),
+            "excluded": [present[i] for i in (~usable).nonzero().flatten().tolist()],
+        }
         if all(n in self.mixture for n in present):
             mixture = torch.tensor([self.mixture[n] for n in present], dtype=torch.float32)
             record["quality"] = trust_quality(trust, mixture)
@@ -118,10 +146,18 @@ class PersonalizedTrust:
         return record
 
     def state_dict(self) -> dict[str, Any]:
-        return {"strategy": self.settings.strategy, "num_clients": self.num_clients, "adapters": self.adapters,
-                "held": sorted(self.held), "reset": sorted(self.reset), "mixture": self.mixture,
-                "rounds_done": self.rounds_done, "history": self.history, "traffic": self.traffic,
-                "train_loss": self.train_loss}
+        return {
+            "strategy": self.settings.strategy,
+            "num_clients": self.num_clients,
+            "adapters": self.adapters,
+            "held": sorted(self.held),
+            "reset": sorted(self.reset),
+            "mixture": self.mixture,
+            "rounds_done": self.rounds_done,
+            "history": self.history,
+            "traffic": self.traffic,
+            "train_loss": self.train_loss,
+        }
 
     def save(self, folder: Path) -> None:
         """Write the state atomically into the run folder (a crash leaves the previous round's)."""
@@ -139,7 +175,19 @@ class PersonalizedTrust:
             return cls(settings, num_clients)
         saved = torch.load(path, weights_only=False)
         if (saved["strategy"], saved["num_clients"]) != (settings.strategy, num_clients):
-            raise RunFolderError(f"{path} belongs to a run of {saved['strategy']} with {saved['num_clients']} clients, "
-                             f"not {settings.strategy} with {num_clients}. Fix: another run folder, or delete it.")
-        return cls(settings, num_clients, saved["adapters"], set(saved["held"]), set(saved["reset"]),
-                   saved["mixture"], saved["rounds_done"], saved["history"], saved["traffic"], saved["train_loss"])
+            raise RunFolderError(
+                f"{path} belongs to a run of {saved['strategy']} with {saved['num_clients']} clients, "
+                f"not {settings.strategy} with {num_clients}. Fix: another run folder, or delete it."
+            )
+        return cls(
+            settings,
+            num_clients,
+            saved["adapters"],
+            set(saved["held"]),
+            set(saved["reset"]),
+            saved["mixture"],
+            saved["rounds_done"],
+            saved["history"],
+            saved["traffic"],
+            saved["train_loss"],
+        )

@@ -8,6 +8,7 @@ their union, and each client sends its predictions on the union only. The server
 measure's own `distance_sum` on those compact predictions. Padding slots hold `PAD` for every client:
 never among a client's top probabilities, and at no distance between two clients' logits.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -46,10 +47,13 @@ def on_union(outputs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def mean_distances(measure: TopProbabilities | TopLogits, values: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
     """`[P, P]` mean distances from `values[c][s]`, client c's `[T', M]` predictions on sequence s's union:
     `measure.distance_sum` sequence by sequence over positions, as `TokenAgreement.scores` sums them."""
-    total, positions = None, 0
-    for per_client in zip(*values):
+    total: torch.Tensor | None = None
+    positions = 0
+    for per_client in zip(*values, strict=True):
         outputs = torch.stack(list(per_client))[:, None]  # [P, 1, T', M], as client_outputs gives them
         part = measure.distance_sum(outputs)
         total = part if total is None else total + part
         positions += outputs[0, ..., 0].numel()
+    if total is None:
+        raise ValueError("no reference sequences to compare the clients' predictions on.")
     return total / positions

@@ -10,11 +10,13 @@ token ids at every reference position up, their union down, and its predictions 
 union holds between k (every client agrees) and N*k ids (none does) per position: the table counts
 N*k, an upper bound. The same protocol is what the run summaries measure (tests/test_flower.py).
 """
+
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from flwr.app import RecordDict
@@ -44,12 +46,18 @@ def round_traffic(config: FitConfig, model: GPTConfig, num_clients: int, union_w
     size = records.content_bytes
     owed = None if settings.family == "none" else adapter
     losses = [0.0] * settings.trust_freq
-    traffic = {"train": (size(records.train_content(0, settings.trust_freq, owed, False)),
-                         size(records.train_reply(adapter, 0, losses)))}
+    traffic = {
+        "train": (
+            size(records.train_content(0, settings.trust_freq, owed, False)),
+            size(records.train_reply(adapter, 0, losses)),
+        )
+    }
     if isinstance(family, PeerLoss):
         peers = {n: adapter for n in range(1, num_clients)}
-        traffic["query.peer_losses"] = (size(records.peer_losses_content(peers, range(num_clients))),
-                                        size(records.losses_reply(torch.zeros(num_clients))))
+        traffic["query.peer_losses"] = (
+            size(records.peer_losses_content(peers, range(num_clients))),
+            size(records.losses_reply(torch.zeros(num_clients))),
+        )
     if isinstance(family, TokenAgreement):
         m = family.measure
         sequences = (m.num_batches or data.eval_batches) * data.batch_size
@@ -59,14 +67,19 @@ def round_traffic(config: FitConfig, model: GPTConfig, num_clients: int, union_w
         union = [torch.zeros(positions, width, dtype=torch.int32)] * sequences
         values = [torch.zeros(positions, width)] * sequences
         traffic["query.ref_top"] = (size(RecordDict()), size(records.ref_reply(records.IDS, tops)))
-        traffic["query.ref_values"] = (size(records.ref_union_content(union)),
-                                       size(records.ref_reply(records.VALUES, values)))
+        traffic["query.ref_values"] = (
+            size(records.ref_union_content(union)),
+            size(records.ref_reply(records.VALUES, values)),
+        )
     return traffic
 
 
-STRATEGY_ROWS = {  # table row -> trust options
-    "none": {"strategy": "none"}, "naive": {"strategy": "naive"}, "static": {"strategy": "static"},
-    "dynamic": {"strategy": "dynamic"}, "dynamic-ref": {"strategy": "dynamic-ref"},
+STRATEGY_ROWS: dict[str, dict[str, Any]] = {  # table row -> trust options
+    "none": {"strategy": "none"},
+    "naive": {"strategy": "naive"},
+    "static": {"strategy": "static"},
+    "dynamic": {"strategy": "dynamic"},
+    "dynamic-ref": {"strategy": "dynamic-ref"},
     "dynamic-token (top-probs)": {"strategy": "dynamic-token"},
     "dynamic-token (reference-logits)": {"strategy": "dynamic-token", "token_distance": "reference-logits"},
 }
@@ -95,9 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = fit_config(args)
     clients = config.data.num_clients or 8
     lora = config.lora
-    print(f"{clients} clients, {args_summary(model, config)}, LoRA r={lora.rank} on {', '.join(lora.targets)}; "
-          f"reference text: {config.data.eval_batches} x {config.data.batch_size} sequences of "
-          f"{config.data.sequence_length} tokens\n")
+    print(
+        f"{clients} clients, {args_summary(model, config)}, LoRA r={lora.rank} on {', '.join(lora.targets)}; "
+        f"reference text: {config.data.eval_batches} x {config.data.batch_size} sequences of "
+        f"{config.data.sequence_length} tokens\n"
+    )
     print(table(config, model, clients))
     return 0
 

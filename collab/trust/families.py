@@ -7,6 +7,7 @@ to scores, so a federated server that assembles the measurements from its client
 peer losses from client i; every client's predictions on the shared reference text) calls the
 same code. `to_trust` is pure too.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -18,8 +19,16 @@ import torch
 
 from .matrices import Selection, exclude_nonfinite, row_normalize, usable_clients
 from .protocols import ClientData, CollaborativeModel
-from .scores import (PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES, TopLogits, TopProbabilities,
-                     check_choice, token_scores)
+from .scores import (
+    PEER_LOSS_SCORES,
+    SIMILARITIES,
+    STATIC_RULES,
+    TOKEN_DISTANCES,
+    TopLogits,
+    TopProbabilities,
+    check_choice,
+    token_scores,
+)
 
 if TYPE_CHECKING:
     from .settings import TrustSettings
@@ -235,8 +244,9 @@ class TokenAgreement(ScoredTrust):
         total, positions = torch.zeros(n, n, dtype=torch.float64), 0
         # one sequence at a time: every client's full-vocabulary outputs are held at once
         for seq in (s for batch in data.ref_batches(self.measure.num_batches) for s in batch):
-            outputs = model.client_outputs(seq[None, :-1], self.measure.predict, self.measure.positions,
-                                           self.eval_chunk)
+            outputs = model.client_outputs(
+                seq[None, :-1], self.measure.predict, self.measure.positions, self.eval_chunk
+            )
             total += self.measure.distance_sum(outputs)
             positions += outputs[0, ..., 0].numel()
         return self.scores_from_distances(total / positions)
@@ -245,4 +255,3 @@ class TokenAgreement(ScoredTrust):
     def scores_from_distances(distances: torch.Tensor) -> torch.Tensor:
         """Scores from `[N, N]` mean distances (`measure.distance_sum` over positions / positions)."""
         return token_scores(distances)
-

@@ -4,6 +4,7 @@ and out, shared by the Lightning callback and a federated server.
 Row i of a trust matrix says how much client i takes from each client j when its adapter becomes
 the weighted average of all adapters.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -47,11 +48,11 @@ class Selection:
         n = scores.shape[1]
         order = scores.argsort(dim=1, descending=True)
         if self.variant == "top-k":
-            return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order[:, :min(self.k, n)], True)
+            return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, order[:, : min(self.k, n)], True)
         if self.threshold is None:
             raise ValueError("a -thresh selection needs a threshold on its score's scale.")
         keep = scores > self.threshold
-        return keep.scatter_(1, order[:, :min(2, n)], True)
+        return keep.scatter_(1, order[:, : min(2, n)], True)
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         scores = scores.float()
@@ -90,8 +91,9 @@ def exclude_nonfinite(trust: torch.Tensor, healthy: torch.Tensor) -> torch.Tenso
     if healthy.all():
         return trust
     if not healthy.any():
-        raise FloatingPointError("every client's adapter or trust score is non-finite; "
-                                 "lower the learning rate or enable --grad_clip.")
+        raise FloatingPointError(
+            "every client's adapter or trust score is non-finite; lower the learning rate or enable --grad_clip."
+        )
     masked = torch.nan_to_num(trust, nan=0.0, posinf=0.0, neginf=0.0) * healthy[None, :].float()
     row_sums = masked.sum(dim=1, keepdim=True)
     uniform = healthy.float()[None, :].expand_as(masked) / healthy.sum()
@@ -100,8 +102,9 @@ def exclude_nonfinite(trust: torch.Tensor, healthy: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def aggregate(adapters: Mapping[str, torch.Tensor], trust: torch.Tensor,
-              healthy: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def aggregate(
+    adapters: Mapping[str, torch.Tensor], trust: torch.Tensor, healthy: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
     """Each client's new adapter: the trust-weighted average of all adapters. Unhealthy clients'
     adapters count as zero (their trust columns are zero, and 0 * NaN would still be NaN)."""
     out = {}

@@ -5,6 +5,7 @@ satisfy them without naming them, and so can any other data source or model, e.g
 side of a federated run, without Lightning. A family reads only the `ClientData` members it names
 in its `needs`.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -43,8 +44,13 @@ class CollaborativeModel(Protocol):
         dropout off; `chunk` bounds how many clients' activations exist at once."""
         ...
 
-    def client_outputs(self, idx: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor],
-                       positions: slice = slice(None), chunk: int | None = None) -> torch.Tensor:
+    def client_outputs(
+        self,
+        idx: torch.Tensor,
+        reduce: Callable[[torch.Tensor], torch.Tensor],
+        positions: slice = slice(None),
+        chunk: int | None = None,
+    ) -> torch.Tensor:
         """`reduce` of every client's logits on the same token ids `[b, T]` at `positions`, concatenated
         over clients: `reduce` sees `[k, b, T', V]` for k clients at a time, dropout off."""
         ...

@@ -5,6 +5,7 @@ Where this project's definition differs from the reference code's on purpose, bo
 names that say what they compute; README.md (Differences from the reference code) says which is
 the default and why.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,6 +36,7 @@ class ScoreDefinition:
 
 
 # --- dynamic: how alike two clients' adapters are (cosine similarity, threshold 0.5 as in the paper)
+
 
 def row_cosine(adapters: Mapping[str, torch.Tensor], dim: int) -> torch.Tensor:
     """`[N, N]` mean cosine similarity of matching vectors of two clients' adapter matrices, pooled
@@ -76,6 +78,7 @@ SIMILARITIES = {
 
 # --- dynamic-ref: how well client j's model predicts client i's data (`[N, N]` mean losses in nats)
 
+
 def minus_perplexity(losses: torch.Tensor) -> torch.Tensor:
     """The paper's score. Its spread grows with the perplexity level: rows are one-hot at
     perplexities near 500 and flat near 20, whatever the models' relative quality."""
@@ -94,6 +97,7 @@ PEER_LOSS_SCORES = {
 
 
 # --- dynamic-token: how far apart two clients' predictions on the shared reference text are
+
 
 def token_scores(distances: torch.Tensor) -> torch.Tensor:
     """Minus the distances with each row scaled to sum to 10, as the reference code scales them:
@@ -161,11 +165,13 @@ class TopLogits:
 
 
 TOKEN_DISTANCES: dict[str, type[TopProbabilities] | type[TopLogits]] = {
-    "top-probs": TopProbabilities, "reference-logits": TopLogits,
+    "top-probs": TopProbabilities,
+    "reference-logits": TopLogits,
 }
 
 
 # --- static: from the known client x category mixture P `[N, C]` (affinities, rows normalised later)
+
 
 def own_mixture(mixture: torch.Tensor) -> torch.Tensor:
     """`[N, N]`: client i gives its own share of each category to the clients mainly of that

@@ -1,4 +1,5 @@
 """Strategy names and the trust settings of a run (one frozen, validated dataclass)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,12 +11,22 @@ from .families import FAMILIES, ScoredTrust, TrustFamily
 from .matrices import VARIANTS, Selection
 from .scores import PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES
 
-STRATEGIES = tuple(name + (f"-{v}" if v else "") for name, family in FAMILIES.items()
-                   for v in (VARIANTS if issubclass(family, ScoredTrust) else ("",)))
-ALIASES = {"ref": "dynamic-ref", "token": "dynamic-token", "local": "none", "fedavg": "naive",
-           # the reference code's spellings
-           "dynamic-thresh-ref": "dynamic-ref-thresh", "dynamic-top-k-ref": "dynamic-ref-top-k",
-           "dynamic-thresh-token": "dynamic-token-thresh", "dynamic-top-k-token": "dynamic-token-top-k"}
+STRATEGIES = tuple(
+    name + (f"-{v}" if v else "")
+    for name, family in FAMILIES.items()
+    for v in (VARIANTS if issubclass(family, ScoredTrust) else ("",))
+)
+ALIASES = {
+    "ref": "dynamic-ref",
+    "token": "dynamic-token",
+    "local": "none",
+    "fedavg": "naive",
+    # the reference code's spellings
+    "dynamic-thresh-ref": "dynamic-ref-thresh",
+    "dynamic-top-k-ref": "dynamic-ref-top-k",
+    "dynamic-thresh-token": "dynamic-token-thresh",
+    "dynamic-top-k-token": "dynamic-token-top-k",
+}
 
 
 @dataclass(frozen=True)
@@ -29,10 +40,12 @@ class Strategy:
     def parse(cls, name: str) -> Strategy:
         name = ALIASES.get(name, name)
         if name not in STRATEGIES:
-            raise ValueError(f"unknown trust strategy {name!r}; choose one of {', '.join(STRATEGIES)} "
-                             f"(other names: {', '.join(f'{k}={v}' for k, v in ALIASES.items())}).")
+            raise ValueError(
+                f"unknown trust strategy {name!r}; choose one of {', '.join(STRATEGIES)} "
+                f"(other names: {', '.join(f'{k}={v}' for k, v in ALIASES.items())})."
+            )
         base = max((b for b in FAMILIES if name.startswith(b)), key=len)
-        return cls(base, name[len(base):].lstrip("-"))
+        return cls(base, name[len(base) :].lstrip("-"))
 
     @property
     def name(self) -> str:
@@ -47,33 +60,59 @@ class TrustSettings:
     the reference's are one option away (README.md, Differences from the reference code).
     """
 
-    strategy: str = option("dynamic", f"trust strategy: {', '.join(STRATEGIES)}; other names: "
-                                      f"{', '.join(f'{k}={v}' for k, v in ALIASES.items())}", flag="trust")
+    strategy: str = option(
+        "dynamic",
+        f"trust strategy: {', '.join(STRATEGIES)}; other names: {', '.join(f'{k}={v}' for k, v in ALIASES.items())}",
+        flag="trust",
+    )
     trust_freq: int = option(10, "aggregate every this many steps")
-    pretraining_rounds: int = option(20, "local-only steps before the first aggregation, which comes at the first "
-                                         "multiple of --trust_freq at or after it (the paper's 100 and 25 aggregate at "
-                                         "steps 100, 125, ..., as the reference code does)")
+    pretraining_rounds: int = option(
+        20,
+        "local-only steps before the first aggregation, which comes at the first "
+        "multiple of --trust_freq at or after it (the paper's 100 and 25 aggregate at "
+        "steps 100, 125, ..., as the reference code does)",
+    )
     k: int = option(3, "peers kept by the -top-k variants")
-    threshold: float | None = option(None, "score threshold of the -thresh variants (default: the one tuned to the "
-                                           "chosen score)", flag="thresh")
-    temperature: float = option(1.0, "dynamic strategies: softmax of scores / temperature (1: the paper's; lower "
-                                     "sharpens the rows)", flag="trust_temperature")
-    similarity: str = option("peft-rows", "dynamic: cosine similarity of the rows of A [r, d_in] and B [d_out, r] "
-                                          "(peft-rows), of the reference code's rows, A [d_in, r] and B [r, d_out] "
-                                          "(reference-rows), or of the updates A@B (update)", choices=SIMILARITIES)
-    ref_score: str = option("perplexity", "dynamic-ref: minus the peer's perplexity (the paper's) or minus its loss "
-                                          "(level-free)", choices=PEER_LOSS_SCORES)
-    token_distance: str = option("top-probs", "dynamic-token: probabilities on client i's top tokens at every "
-                                              "position (top-probs), or the reference code's top raw logits at the "
-                                              "last position of 4 reference batches (reference-logits)",
-                                 choices=TOKEN_DISTANCES)
-    token_top_k: int | None = option(None, "dynamic-token: tokens compared per position (default: 10 for top-probs, "
-                                           "100 for reference-logits)")
-    static_rule: str = option("overlap", "static: P P^T of the measured mixture (overlap), or each client's own "
-                                         "mixture over the clients mainly of each category (own-mixture: the "
-                                         "reference code's hand-set matrices)", choices=STATIC_RULES)
-    eval_chunk: int | None = option(None, "clients per pass when scoring trust (default: --client_chunk)",
-                                    resume_free=True)
+    threshold: float | None = option(
+        None, "score threshold of the -thresh variants (default: the one tuned to the chosen score)", flag="thresh"
+    )
+    temperature: float = option(
+        1.0,
+        "dynamic strategies: softmax of scores / temperature (1: the paper's; lower sharpens the rows)",
+        flag="trust_temperature",
+    )
+    similarity: str = option(
+        "peft-rows",
+        "dynamic: cosine similarity of the rows of A [r, d_in] and B [d_out, r] "
+        "(peft-rows), of the reference code's rows, A [d_in, r] and B [r, d_out] "
+        "(reference-rows), or of the updates A@B (update)",
+        choices=SIMILARITIES,
+    )
+    ref_score: str = option(
+        "perplexity",
+        "dynamic-ref: minus the peer's perplexity (the paper's) or minus its loss (level-free)",
+        choices=PEER_LOSS_SCORES,
+    )
+    token_distance: str = option(
+        "top-probs",
+        "dynamic-token: probabilities on client i's top tokens at every "
+        "position (top-probs), or the reference code's top raw logits at the "
+        "last position of 4 reference batches (reference-logits)",
+        choices=TOKEN_DISTANCES,
+    )
+    token_top_k: int | None = option(
+        None, "dynamic-token: tokens compared per position (default: 10 for top-probs, 100 for reference-logits)"
+    )
+    static_rule: str = option(
+        "overlap",
+        "static: P P^T of the measured mixture (overlap), or each client's own "
+        "mixture over the clients mainly of each category (own-mixture: the "
+        "reference code's hand-set matrices)",
+        choices=STATIC_RULES,
+    )
+    eval_chunk: int | None = option(
+        None, "clients per pass when scoring trust (default: --client_chunk)", resume_free=True
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -83,8 +122,9 @@ class TrustSettings:
         require(self, "trust_freq", self.trust_freq >= 1, ">= 1")
         require(self, "pretraining_rounds", self.pretraining_rounds >= 0, ">= 0")
         for name in ("token_top_k", "eval_chunk"):
-            require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1 (or unset for the "
-                    "default)")
+            require(
+                self, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1 (or unset for the default)"
+            )
         self.selection()  # checks k and the temperature
         for name in ("similarity", "ref_score", "token_distance", "static_rule"):
             require_choice(self, name)

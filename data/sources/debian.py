@@ -5,6 +5,7 @@ This is what makes the offline recipes work on a machine that reaches only the p
 registries. The `.deb` files are kept (`$LORA_GPT_DEBS`, default `cache_dir()/debian`), so a
 package is downloaded once; the tests point several temporary caches at one download.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,17 +34,22 @@ def _require(tool: str) -> None:
             f"`{tool}` was not found: the offline recipes fetch their text from Debian's archive with "
             "`apt-get download` and `dpkg-deb -x` (no root needed), which exist on Debian and Ubuntu. "
             "Fix: run on a Debian/Ubuntu machine (or container), copy the needed .deb files into "
-            f"{debs_dir()} (${DEBS_ENV}), or use a recipe of your own data (a folder, .csv or .jsonl).")
+            f"{debs_dir()} (${DEBS_ENV}), or use a recipe of your own data (a folder, .csv or .jsonl)."
+        )
 
 
 def _download_failure(package: str, stderr: str) -> str:
     if "Unable to locate package" in stderr or "no installation candidate" in stderr:
-        return (f"`apt-get download {package}` failed: apt does not know the package, so its package lists "
-                "are missing or out of date (some container images ship without them). Fix: run "
-                "`sudo apt-get update` once, then retry; or use a recipe of your own data.")
+        return (
+            f"`apt-get download {package}` failed: apt does not know the package, so its package lists "
+            "are missing or out of date (some container images ship without them). Fix: run "
+            "`sudo apt-get update` once, then retry; or use a recipe of your own data."
+        )
     if any(s in stderr for s in ("Could not resolve", "Failed to fetch", "Temporary failure", "Connection")):
-        return (f"`apt-get download {package}` could not reach the Debian archive. Fix: allow access to your "
-                "apt mirror (e.g. deb.debian.org), or use a recipe of your own data.")
+        return (
+            f"`apt-get download {package}` could not reach the Debian archive. Fix: allow access to your "
+            "apt mirror (e.g. deb.debian.org), or use a recipe of your own data."
+        )
     return f"`apt-get download {package}` failed: {stderr.strip()[-400:]}"
 
 
@@ -82,6 +88,8 @@ def unpacked(deb: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="lora_gpt-deb-") as tmp:
         result = subprocess.run(["dpkg-deb", "-x", str(deb), tmp], capture_output=True, text=True)
         if result.returncode != 0:
-            raise SourceUnavailableError(f"`dpkg-deb -x {deb}` failed: {result.stderr.strip()[-300:]}\n"
-                                         f"Fix: delete {deb} (it may be truncated) and retry.")
+            raise SourceUnavailableError(
+                f"`dpkg-deb -x {deb}` failed: {result.stderr.strip()[-300:]}\n"
+                f"Fix: delete {deb} (it may be truncated) and retry."
+            )
         yield Path(tmp)

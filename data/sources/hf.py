@@ -5,6 +5,7 @@ Each category is a `HubSource`: a dataset (hub id, or a packaged builder such as
 their sources through `SOURCES`, so pointing an entry at local files (as the tests do, or at a
 mirror) runs the very code the real recipe runs.
 """
+
 from __future__ import annotations
 
 import socket
@@ -33,13 +34,20 @@ class HubSource:
 
 
 _WIKI = "wikimedia/wikipedia"
-_GITHUB_JAVA = HubSource("parquet", "code", where={"language": "Java"},
-                         data_files="hf://datasets/codeparrot/github-code-clean/data/train-*.parquet")
+_GITHUB_JAVA = HubSource(
+    "parquet",
+    "code",
+    where={"language": "Java"},
+    data_files="hf://datasets/codeparrot/github-code-clean/data/train-*.parquet",
+)
 SOURCES: dict[str, dict[str, HubSource]] = {
-    "agnews": {label: HubSource("fancyzhx/ag_news", "text", where={"label": i})
-               for i, label in enumerate(AG_NEWS_LABELS)},
-    "three_multi": {lang: HubSource(_WIKI, "text", name=f"20231101.{code}")
-                    for lang, code in (("french", "fr"), ("italian", "it"), ("german", "de"))},
+    "agnews": {
+        label: HubSource("fancyzhx/ag_news", "text", where={"label": i}) for i, label in enumerate(AG_NEWS_LABELS)
+    },
+    "three_multi": {
+        lang: HubSource(_WIKI, "text", name=f"20231101.{code}")
+        for lang, code in (("french", "fr"), ("italian", "it"), ("german", "de"))
+    },
     "github_wiki": {"java": _GITHUB_JAVA, "wikipedia": HubSource(_WIKI, "text", name="20231101.en")},
 }
 
@@ -60,15 +68,18 @@ def check_hub() -> None:
         raise SourceUnavailableError(
             f"the Hugging Face hub ({host}) cannot be reached ({err}); the paper's recipes stream their "
             "text from it. Fix: run where the hub is reachable (or set HF_ENDPOINT to a mirror), or use an "
-            "offline recipe such as offline_multi_specific (`python -m data.prepare --list`).") from err
+            "offline recipe such as offline_multi_specific (`python -m data.prepare --list`)."
+        ) from err
 
 
 def _datasets_module():
     try:
         import datasets
     except ImportError as err:
-        raise SourceUnavailableError("the paper's recipes need Hugging Face `datasets`: `pip install datasets`; "
-                                     "or use an offline recipe such as offline_multi_specific.") from err
+        raise SourceUnavailableError(
+            "the paper's recipes need Hugging Face `datasets`: `pip install datasets`; "
+            "or use an offline recipe such as offline_multi_specific."
+        ) from err
     return datasets
 
 
@@ -77,14 +88,17 @@ def stream_texts(source: HubSource, seed: int) -> Iterator[str]:
     datasets = _datasets_module()
     label = f"{source.path}{f' ({source.name})' if source.name else ''}"
     try:
-        stream = datasets.load_dataset(source.path, source.name, split=source.split, streaming=True,
-                                       data_files=source.data_files)
+        stream = datasets.load_dataset(
+            source.path, source.name, split=source.split, streaming=True, data_files=source.data_files
+        )
         if source.where:  # before the shuffle, so its buffer holds only rows that are kept
             stream = stream.filter(lambda row: all(row[k] == v for k, v in source.where.items()))
         stream = stream.shuffle(seed=seed, buffer_size=SHUFFLE_BUFFER)
     except Exception as err:  # the hub client raises many kinds of errors
-        raise SourceUnavailableError(f"could not open the dataset {label}: {type(err).__name__}: {str(err)[:300]}\n"
-                                     "Fix: check the dataset id and your network, or use an offline recipe.") from err
+        raise SourceUnavailableError(
+            f"could not open the dataset {label}: {type(err).__name__}: {str(err)[:300]}\n"
+            "Fix: check the dataset id and your network, or use an offline recipe."
+        ) from err
     return _rows(stream, source, label)
 
 
@@ -96,8 +110,10 @@ def _rows(stream, source: HubSource, label: str) -> Iterator[str]:
     except KeyError as err:
         raise SourceUnavailableError(f"the dataset {label} has no column {err}; fix its HubSource.") from err
     except OSError as err:  # the network clients' errors (connection, HTTP) derive from it
-        raise SourceUnavailableError(f"reading the dataset {label} failed: {err}. Fix: retry where the hub is "
-                                     "reachable, or use an offline recipe.") from err
+        raise SourceUnavailableError(
+            f"reading the dataset {label} failed: {err}. Fix: retry where the hub is "
+            "reachable, or use an offline recipe."
+        ) from err
 
 
 def load(collection: str, seed: int) -> dict[str, Iterator[str]]:

@@ -14,6 +14,7 @@ one that another client or split also holds.
 Files are read as UTF-8 (a byte-order mark is fine); a byte that is not UTF-8, a table row
 without its text or label, or a line that is not JSON is an error naming the file and the line.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -45,21 +46,23 @@ def _read(path: Path) -> str:
     """A file's text, decoded strictly as UTF-8 (a byte-order mark dropped, line ends made `\\n`):
     text decoded wrongly would train clients on mojibake without a word."""
     raw = path.read_bytes()
-    body = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+    body = raw[len(codecs.BOM_UTF8) :] if raw.startswith(codecs.BOM_UTF8) else raw
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as err:
-        line = body[:err.start].count(b"\n") + 1
-        raise DataFileError(f"{path}, line {line}: not UTF-8 text (byte {body[err.start:err.start + 1]!r}). Fix: save "
-                         f"it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` (latin1 for "
-                         "older Windows or Excel exports), or remove it if it is not text.") from None
+        line = body[: err.start].count(b"\n") + 1
+        raise DataFileError(
+            f"{path}, line {line}: not UTF-8 text (byte {body[err.start : err.start + 1]!r}). Fix: save "
+            f"it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` (latin1 for "
+            "older Windows or Excel exports), or remove it if it is not text."
+        ) from None
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def file_documents(text: str) -> list[str]:
     """A file's documents: blank-line paragraphs (cut at line ends when longer than a document),
     grouped in order into documents of about `DOCUMENT_CHARS` characters."""
-    pieces = []
+    pieces: list[str] = []
     for block in re.split(r"\n\s*\n", text):
         block = block.rstrip().lstrip("\n")
         if not block.strip():
@@ -68,7 +71,7 @@ def file_documents(text: str) -> list[str]:
     return group(pieces)
 
 
-ROW_FIX = "Fix: one JSON object per line, such as {\"text\": \"...\", \"label\": \"sports\"}."
+ROW_FIX = 'Fix: one JSON object per line, such as {"text": "...", "label": "sports"}.'
 
 
 def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
@@ -77,8 +80,10 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
     header = next(reader, [])
     missing = sorted({"text", "label"} - set(header))
     if missing:
-        raise DataFileError(f"{path}, line 1: needs the columns 'text' and 'label'; it lacks {missing} (it has "
-                         f"{header}). Fix: rename its columns.")
+        raise DataFileError(
+            f"{path}, line 1: needs the columns 'text' and 'label'; it lacks {missing} (it has "
+            f"{header}). Fix: rename its columns."
+        )
     end = reader.line_num
     for cells in reader:
         start, end = end + 1, reader.line_num
@@ -86,11 +91,13 @@ def _csv_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
             continue  # a blank line
         if len(cells) != len(header):
             cell_s = f"{len(cells)} cell{'s' * (len(cells) != 1)}"
-            raise DataFileError(f"{path}, line {start}: {cell_s} where the header has {len(header)} "
-                                f"({', '.join(header)})."
-                             " Fix: give every row its text and label, and put text that holds commas, quotes or line "
-                             'breaks in double quotes ("like, this").')
-        yield start, dict(zip(header, cells))
+            raise DataFileError(
+                f"{path}, line {start}: {cell_s} where the header has {len(header)} "
+                f"({', '.join(header)})."
+                " Fix: give every row its text and label, and put text that holds commas, quotes or line "
+                'breaks in double quotes ("like, this").'
+            )
+        yield start, dict(zip(header, cells, strict=True))
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
@@ -101,16 +108,20 @@ def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict]]:
         try:
             row = json.loads(raw)
         except json.JSONDecodeError as err:
-            raise DataFileError(f"{path}, line {line}: not valid JSON ({err.msg}, column {err.colno}). "
-                             f"{ROW_FIX}") from None
+            raise DataFileError(
+                f"{path}, line {line}: not valid JSON ({err.msg}, column {err.colno}). {ROW_FIX}"
+            ) from None
         if not isinstance(row, dict):
             kind = {list: "array", str: "string", bool: "true/false", type(None): "null"}.get(type(row), "number")
-            raise DataFileError(f"{path}, line {line}: a JSON {kind} where an object with 'text' and 'label' is "
-                             f"needed. {ROW_FIX}")
+            raise DataFileError(
+                f"{path}, line {line}: a JSON {kind} where an object with 'text' and 'label' is needed. {ROW_FIX}"
+            )
         missing = [key for key in ("text", "label") if key not in row]
         if missing:
-            raise DataFileError(f"{path}, line {line}: no {' or '.join(map(repr, missing))} key (the row has "
-                             f"{sorted(row)}). Fix: give every row 'text' and 'label'.")
+            raise DataFileError(
+                f"{path}, line {line}: no {' or '.join(map(repr, missing))} key (the row has "
+                f"{sorted(row)}). Fix: give every row 'text' and 'label'."
+            )
         yield line, row
 
 
@@ -120,11 +131,15 @@ def _labelled(path: Path, line: int, row: dict) -> tuple[str, str]:
     if not isinstance(text, str):
         raise DataFileError(f"{path}, line {line}: the text is {text!r}, not a string. Fix: give every row its text.")
     if isinstance(label, (dict, list)):
-        raise DataFileError(f"{path}, line {line}: the label is {label!r}, not a name. Fix: give every row a label "
-                         "naming its category (a string or a number).")
+        raise DataFileError(
+            f"{path}, line {line}: the label is {label!r}, not a name. Fix: give every row a label "
+            "naming its category (a string or a number)."
+        )
     if label is None or not str(label).strip():
-        raise DataFileError(f"{path}, line {line}: the label is empty. Fix: give every row a label (the name of its "
-                         "category), or remove the row.")
+        raise DataFileError(
+            f"{path}, line {line}: the label is empty. Fix: give every row a label (the name of its "
+            "category), or remove the row."
+        )
     return str(label).strip(), text  # "a, sports" and "a,sports" are both in category "sports"
 
 
@@ -148,8 +163,10 @@ def _folder(path: Path) -> dict[str, list[str]]:
             continue
         category = child.name if child.is_dir() else child.stem
         if category in where:
-            raise DataFileError(f"{where[category]} and {child} both hold the category {category!r}. Fix: keep each "
-                             "category in one place (a sub-folder holding all its files, or one file).")
+            raise DataFileError(
+                f"{where[category]} and {child} both hold the category {category!r}. Fix: keep each "
+                "category in one place (a sub-folder holding all its files, or one file)."
+            )
         where[category] = child
         files = _text_files(child) if child.is_dir() else [child]
         docs[category] = [d for f in files for d in file_documents(_read(f))]
@@ -160,8 +177,10 @@ def load_local(path: Path) -> dict[str, list[str]]:
     """Documents by category (categories in sorted order) from a folder, `.csv` or `.jsonl`."""
     path = Path(path)
     if not path.exists():
-        raise DataNotFoundError(f"{path} does not exist. Fix: give a folder with one sub-folder or file per "
-                                "category, or a .csv/.jsonl with 'text' and 'label' columns.")
+        raise DataNotFoundError(
+            f"{path} does not exist. Fix: give a folder with one sub-folder or file per "
+            "category, or a .csv/.jsonl with 'text' and 'label' columns."
+        )
     if path.is_dir():
         docs = _folder(path)
     elif path.suffix in TABLE_SUFFIXES:
@@ -179,6 +198,7 @@ def fingerprint(path: Path) -> str:
     a prepared copy is rebuilt when the files change."""
     path = Path(path)
     files = _text_files(path) if path.is_dir() else [path]
-    listing = [(str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns)
-               for p in files]
+    listing = [
+        (str(p.relative_to(path) if path.is_dir() else p.name), p.stat().st_size, p.stat().st_mtime_ns) for p in files
+    ]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]

@@ -2,9 +2,9 @@
 
 | corpus | Debian packages | one document is |
 | --- | --- | --- |
-| `french`, `german`, `italian` | `debian-reference-XX`, `manpages-XX` | about 2,000 characters of consecutive paragraphs in that language |
+| `french`, `german`, `italian` | `debian-reference-XX`, `manpages-XX` | consecutive paragraphs, ~2,000 characters |
 | `english_manual` | `debian-reference-en` | the same, in English |
-| `english_manpages` | `manpages`, `manpages-dev` | the same, from the English man pages (commands, files, system calls, C library) |
+| `english_manpages` | `manpages`, `manpages-dev` | the same, from man pages (commands, files, syscalls, C library) |
 | `java` | `openjdk-17-source` (or a newer JDK's) | one source file of `src.zip`, licence header removed |
 | `fortunes_<topic>` | `fortunes` | one fortune, from the files listed in `FORTUNE_TOPICS` |
 | `fortunes_de`, `fortunes_it` | `fortunes-de`, `fortunes-it` | one fortune in that language (pretraining only) |
@@ -15,6 +15,7 @@ sha1 falls in the first `PRETRAIN_PERMILLE` / 1000 of the hash range, so the rul
 state, holds across recipes and machines, and keeps duplicates on one side. The corpora in
 `PRETRAINING_ONLY` are used by no recipe, so all of their documents are pretraining text.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -84,7 +85,7 @@ def _english_manpages() -> list[str]:
 
 
 def _language(name: str) -> list[str]:
-    code, seen = LANGUAGES[name], set()
+    code, seen = LANGUAGES[name], set[str]()
     return _debian_reference(code, seen) + _manpages(code, code, f"manpages-{code}", seen)
 
 
@@ -103,15 +104,18 @@ def _fortunes(files: tuple[str, ...]) -> list[str]:
 def _foreign_fortunes(code: str) -> list[str]:
     """Every fortune of `fortunes-<code>` in that language (quotes in English and the like dropped)."""
     with unpacked(fetch(f"fortunes-{code}")) as root:
-        files = sorted(p for p in (root / "usr/share/games/fortunes" / code).iterdir()
-                       if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8"))
+        files = sorted(
+            p
+            for p in (root / "usr/share/games/fortunes" / code).iterdir()
+            if p.is_file() and not p.is_symlink() and p.suffix not in (".dat", ".u8")
+        )
         return [d for path in files for d in _fortune_file(path) if language_of(reflow(d)) == code]
 
 
 def _strip_licence(source: str) -> str:
     # every OpenJDK file opens with the same licence comment: boilerplate, not code
     head = re.match(r"\s*/\*.*?\*/\s*", source, flags=re.S)
-    return source[head.end():] if head and "Copyright" in head.group() else source
+    return source[head.end() :] if head and "Copyright" in head.group() else source
 
 
 def _java() -> list[str]:
@@ -119,9 +123,14 @@ def _java() -> list[str]:
         with zipfile.ZipFile(next(root.glob("usr/lib/jvm/*/lib/src.zip"))) as z:
             # ordinary source files of every module except locale tables, in a fixed
             # pseudo-random order so the selection spans the whole JDK
-            infos = [i for i in z.infolist() if i.filename.endswith(".java") and 1_000 <= i.file_size <= 64_000
-                     and not i.filename.startswith("jdk.localedata/")
-                     and not i.filename.endswith(("module-info.java", "package-info.java"))]
+            infos = [
+                i
+                for i in z.infolist()
+                if i.filename.endswith(".java")
+                and 1_000 <= i.file_size <= 64_000
+                and not i.filename.startswith("jdk.localedata/")
+                and not i.filename.endswith(("module-info.java", "package-info.java"))
+            ]
             infos.sort(key=lambda i: hashlib.sha1(i.filename.encode()).digest())
             docs, chars = [], 0
             for info in infos:

@@ -4,6 +4,7 @@ joined, paragraphs of the wrong language dropped, paragraphs grouped into docume
 The language filter matters: Debian's translated manuals keep untranslated English paragraphs
 (about a sixth of the French Debian Reference), which would blur a "French" category.
 """
+
 from __future__ import annotations
 
 import re
@@ -15,14 +16,22 @@ MIN_PARAGRAPH_CHARS = 40
 # Frequent function words, one disjoint set per language (words shared by two languages, such
 # as "la" or "des", are left out so a hit always points to one language).
 STOPWORDS = {
-    "en": set("the and of to is that it for with are this be not or by from on as can which an if "
-              "you was have will your there their when".split()),
-    "fr": set("les et est une du de en que pour dans pas sur qui avec sont au aux ce cette ou par peut "
-              "vous il elle nous leur être fichier fichiers".split()),
-    "de": set("der die das und ist nicht ein eine zu den mit sich auf für von werden wird auch oder "
-              "im dem sie es kann wenn bei nach".split()),
-    "it": set("il di e che per non sono del della con gli si è da nel alla dei delle questo può "
-              "come anche ma più essere viene".split()),
+    "en": set(
+        "the and of to is that it for with are this be not or by from on as can which an if "
+        "you was have will your there their when".split()
+    ),
+    "fr": set(
+        "les et est une du de en que pour dans pas sur qui avec sont au aux ce cette ou par peut "
+        "vous il elle nous leur être fichier fichiers".split()
+    ),
+    "de": set(
+        "der die das und ist nicht ein eine zu den mit sich auf für von werden wird auch oder "
+        "im dem sie es kann wenn bei nach".split()
+    ),
+    "it": set(
+        "il di e che per non sono del della con gli si è da nel alla dei delle questo può "
+        "come anche ma più essere viene".split()
+    ),
 }
 WORD = re.compile(r"[^\W\d_]+")
 _TABLE_LINE = re.compile(r"^\s*(\||\+-)", re.M)
@@ -33,7 +42,7 @@ def language_of(paragraph: str) -> str | None:
     (tables, commands, code, lists of names)."""
     words = WORD.findall(paragraph.lower())
     hits = {lang: sum(w in vocab for w in words) for lang, vocab in STOPWORDS.items()}
-    best = max(hits, key=hits.get)
+    best = max(hits, key=hits.__getitem__)
     runner_up = max(v for lang, v in hits.items() if lang != best)
     if hits[best] >= 3 and hits[best] >= 0.08 * len(words) and hits[best] > 2 * runner_up:
         return best
@@ -56,7 +65,9 @@ def group(pieces: Iterable[str], max_chars: int = DOCUMENT_CHARS, sep: str = "\n
     """Consecutive pieces joined by `sep` into documents of at most about `max_chars` characters
     (a piece longer than that is a document of its own): documents long enough to carry
     context, and many of them, so a big text can be dealt out to many clients."""
-    docs, current, size = [], [], 0
+    docs: list[str] = []
+    current: list[str] = []
+    size = 0
     for p in pieces:
         if current and size + len(p) > max_chars:
             docs.append(sep.join(current))
@@ -87,18 +98,77 @@ def documents(paras: Iterable[str], language: str, seen: set[str], max_chars: in
 # --- roff (man pages) -------------------------------------------------------------------------
 
 # Requests that start a new paragraph.
-_BREAKS = {"SH", "SS", "PP", "LP", "P", "IP", "TP", "HP", "sp", "br", "RS", "RE", "nf", "fi", "EX", "EE",
-           "Sh", "Ss", "Pp", "Bl", "El", "It", "Bd", "Ed", "TH", "Dd", "Dt", "Os"}
+_BREAKS = {
+    "SH",
+    "SS",
+    "PP",
+    "LP",
+    "P",
+    "IP",
+    "TP",
+    "HP",
+    "sp",
+    "br",
+    "RS",
+    "RE",
+    "nf",
+    "fi",
+    "EX",
+    "EE",
+    "Sh",
+    "Ss",
+    "Pp",
+    "Bl",
+    "El",
+    "It",
+    "Bd",
+    "Ed",
+    "TH",
+    "Dd",
+    "Dt",
+    "Os",
+}
 # Upper-case macros carry text in their arguments, except these (titles, dates, URLs, indents).
 _DROP_ARGS = {"TH", "Dd", "Dt", "Os", "UR", "MT", "IP", "RS", "RE", "Bl", "Bd"}
 # Font macros whose arguments alternate between two fonts and are written without spaces.
 _ALTERNATING = {"BR", "BI", "IB", "IR", "RB", "RI"}
-_NAMED_GLYPHS = {"em": "—", "en": "–", "hy": "-", "aq": "'", "dq": '"', "lq": "“", "rq": "”", "oq": "‘",
-                 "cq": "’", "Fo": "«", "Fc": "»", "bu": "•", "co": "©", "rg": "®", "tm": "™", "de": "°",
-                 "mu": "×", "rs": "\\", "ti": "~", "ha": "^", "la": "⟨", "ra": "⟩", "<=": "≤", ">=": "≥",
-                 "ga": "`", "aa": "´", "pd": "∂", "if": "∞", "is": "∫", "Eu": "€", "eu": "€"}
-_ESCAPE = re.compile(r"\\(?:\((..)|\[([^\]]*)\]|\*(?:\((..)|\[([^\]]*)\]|(.))|f(?:\(..|\[[^\]]*\]|.)"
-                     r"|s[-+]?\d|([-e&\s~,/|^%c0:'`\"]))")
+_NAMED_GLYPHS = {
+    "em": "—",
+    "en": "–",
+    "hy": "-",
+    "aq": "'",
+    "dq": '"',
+    "lq": "“",
+    "rq": "”",
+    "oq": "‘",
+    "cq": "’",
+    "Fo": "«",
+    "Fc": "»",
+    "bu": "•",
+    "co": "©",
+    "rg": "®",
+    "tm": "™",
+    "de": "°",
+    "mu": "×",
+    "rs": "\\",
+    "ti": "~",
+    "ha": "^",
+    "la": "⟨",
+    "ra": "⟩",
+    "<=": "≤",
+    ">=": "≥",
+    "ga": "`",
+    "aa": "´",
+    "pd": "∂",
+    "if": "∞",
+    "is": "∫",
+    "Eu": "€",
+    "eu": "€",
+}
+_ESCAPE = re.compile(
+    r"\\(?:\((..)|\[([^\]]*)\]|\*(?:\((..)|\[([^\]]*)\]|(.))|f(?:\(..|\[[^\]]*\]|.)"
+    r"|s[-+]?\d|([-e&\s~,/|^%c0:'`\"]))"
+)
 _SIMPLE = {"-": "-", "e": "\\", " ": " ", "~": " ", "0": " ", "'": "´", "`": "`"}
 
 

@@ -3,6 +3,7 @@
 Triton is imported lazily, so `import lora_gpt` never needs it. On the CPU the kernel runs only
 under Triton's interpreter (`TRITON_INTERPRET=1`, for tests); `auto` uses it on CUDA only.
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,7 @@ class KernelUnavailableError(FixableError, RuntimeError):
     """`kernel='triton'` was asked for where the fused kernel cannot run."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _triton_importable() -> bool:
     """Whether `import triton` works (a broken install counts as missing); asked only when the
     kernel may run, so `import lora_gpt` and the CPU path never import Triton."""
@@ -44,14 +45,15 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     if os.environ.get("TRITON_INTERPRET") == "1":
         module = sys.modules.get(f"{__name__}.triton_lora")
         if module is not None and not module.INTERPRET:
-            return ("TRITON_INTERPRET=1 was set after the kernel module was imported; set it before "
-                    "starting Python")
+            return "TRITON_INTERPRET=1 was set after the kernel module was imported; set it before starting Python"
         return None
-    return (f"the fused kernel needs a CUDA device, and the input is on {device.type} "
-            "(set TRITON_INTERPRET=1 before starting Python to run it, slowly, on the CPU)")
+    return (
+        f"the fused kernel needs a CUDA device, and the input is on {device.type} "
+        "(set TRITON_INTERPRET=1 before starting Python to run it, slowly, on the CPU)"
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resolve(kernel: str, device_type: str) -> str:
     if kernel not in KERNELS:
         raise ConfigError(f"kernel must be one of {KERNELS}, got {kernel!r}.")

@@ -14,6 +14,7 @@ of two >= 16, the smallest shape `tl.dot` takes.
 This module imports Triton, so it is imported only when the fused kernel is used; under Triton's
 CPU interpreter `TRITON_INTERPRET=1` must be set before it is imported.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,18 +33,33 @@ def _configs(keys: list[str], values: list[tuple]) -> list[triton.Config]:
     """Autotuning candidates; the last two entries of each are num_warps and num_stages."""
     if INTERPRET:  # the interpreter runs on the CPU: one small config, no tuning runs
         values = [(32,) * len(keys) + (1, 1)]
-    return [triton.Config(dict(zip(keys, v[:-2])), num_warps=v[-2], num_stages=v[-1]) for v in values]
+    return [triton.Config(dict(zip(keys, v[:-2], strict=True)), num_warps=v[-2], num_stages=v[-1]) for v in values]
 
 
 # BLOCK_N tiles the output columns of the GEMM (d_out in the forward, d_in in dx); BLOCK_K its
 # reduction. Small list, chosen for d in {768, 2304, 3072} on Hopper/Ampere.
-GEMM_CONFIGS = _configs(["BLOCK_M", "BLOCK_N", "BLOCK_K"], [
-    (128, 128, 64, 8, 3), (128, 64, 64, 4, 3), (64, 128, 64, 4, 3), (128, 256, 64, 8, 3),
-    (64, 64, 64, 4, 4), (128, 128, 32, 4, 4), (256, 128, 64, 8, 3),
-])
-DA_CONFIGS = _configs(["BLOCK_M", "BLOCK_K"], [
-    (64, 128, 4, 3), (128, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 3), (32, 128, 4, 4),
-])
+GEMM_CONFIGS = _configs(
+    ["BLOCK_M", "BLOCK_N", "BLOCK_K"],
+    [
+        (128, 128, 64, 8, 3),
+        (128, 64, 64, 4, 3),
+        (64, 128, 64, 4, 3),
+        (128, 256, 64, 8, 3),
+        (64, 64, 64, 4, 4),
+        (128, 128, 32, 4, 4),
+        (256, 128, 64, 8, 3),
+    ],
+)
+DA_CONFIGS = _configs(
+    ["BLOCK_M", "BLOCK_K"],
+    [
+        (64, 128, 4, 3),
+        (128, 64, 4, 3),
+        (64, 64, 4, 4),
+        (128, 128, 8, 3),
+        (32, 128, 4, 4),
+    ],
+)
 # dA's row blocks are multiples of this (a multiple of every BLOCK_M above).
 _SPLIT_UNIT = 32 if INTERPRET else 256
 
@@ -64,11 +80,31 @@ def _mma(a, b, acc, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.autotune(configs=GEMM_CONFIGS, key=["M", "N_OUT", "K_IN", "R"])
 @triton.jit
-def _fused_fwd(x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, y_ptr, xa_ptr,
-               M, N_OUT, K_IN, R, scale, p, seed_ptr,
-               HAS_BIAS: tl.constexpr, DROPOUT: tl.constexpr, STORE_XA: tl.constexpr, R_PAD: tl.constexpr,
-               PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fused_fwd(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    a_ptr,
+    b_ptr,
+    y_ptr,
+    xa_ptr,
+    M,
+    N_OUT,
+    K_IN,
+    R,
+    scale,
+    p,
+    seed_ptr,
+    HAS_BIAS: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    STORE_XA: tl.constexpr,
+    R_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """y tile = x @ W.T + bias + s * (dropout(x) @ A[n]) @ B[n]; grid (M tiles * d_out tiles, N)."""
     pid = tl.program_id(0)
     client = tl.program_id(1)
@@ -83,36 +119,63 @@ def _fused_fwd(x_ptr, w_ptr, bias_ptr, a_ptr, b_ptr, y_ptr, xa_ptr,
     xa = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
     for k0 in range(0, K_IN, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        x = tl.load(x_base + rm[:, None] * K_IN + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K_IN),
-                    other=0.0)
-        w = tl.load(w_ptr + rn[None, :] * K_IN + rk[:, None], mask=(rn[None, :] < N_OUT) & (rk[:, None] < K_IN),
-                    other=0.0)
+        x = tl.load(x_base + rm[:, None] * K_IN + rk[None, :], mask=(rm[:, None] < M) & (rk[None, :] < K_IN), other=0.0)
+        w = tl.load(
+            w_ptr + rn[None, :] * K_IN + rk[:, None], mask=(rn[None, :] < N_OUT) & (rk[:, None] < K_IN), other=0.0
+        )
         acc = _mma(x, w, acc, PRECISION, UPCAST)
         if DROPOUT:
             offsets = rm[:, None] * K_IN + rk[None, :]
             x = tl.where(_keep(tl.load(seed_ptr + client), offsets, p), x / (1 - p), 0.0).to(x.dtype)
         a = tl.load(a_base + rk[:, None] * R + rr[None, :], mask=(rk[:, None] < K_IN) & (rr[None, :] < R), other=0.0)
         xa = _mma(x, a, xa, PRECISION, UPCAST)
-    b = tl.load(b_ptr + client * R * N_OUT + rr[:, None] * N_OUT + rn[None, :],
-                mask=(rr[:, None] < R) & (rn[None, :] < N_OUT), other=0.0)
+    b = tl.load(
+        b_ptr + client * R * N_OUT + rr[:, None] * N_OUT + rn[None, :],
+        mask=(rr[:, None] < R) & (rn[None, :] < N_OUT),
+        other=0.0,
+    )
     xa_low = xa.to(b.dtype)  # what the unfused path would feed its second matmul
     acc += scale * _mma(xa_low, b, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), PRECISION, UPCAST)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N_OUT, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + client * M * N_OUT + rm[:, None] * N_OUT + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=(rm[:, None] < M) & (rn[None, :] < N_OUT))
+    tl.store(
+        y_ptr + client * M * N_OUT + rm[:, None] * N_OUT + rn[None, :],
+        acc.to(y_ptr.dtype.element_ty),
+        mask=(rm[:, None] < M) & (rn[None, :] < N_OUT),
+    )
     if STORE_XA:
         if pid_n == 0:  # the rank-r intermediate, kept for dB (small: [N, M, r])
-            tl.store(xa_ptr + client * M * R + rm[:, None] * R + rr[None, :], xa_low,
-                     mask=(rm[:, None] < M) & (rr[None, :] < R))
+            tl.store(
+                xa_ptr + client * M * R + rm[:, None] * R + rr[None, :],
+                xa_low,
+                mask=(rm[:, None] < M) & (rr[None, :] < R),
+            )
 
 
 @triton.autotune(configs=GEMM_CONFIGS, key=["M", "N_OUT", "K_IN", "R"])
 @triton.jit
-def _fused_dx(dy_ptr, w_ptr, a_ptr, b_ptr, dx_ptr, dyb_ptr,
-              M, N_OUT, K_IN, R, scale, p, seed_ptr,
-              DROPOUT: tl.constexpr, R_PAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _fused_dx(
+    dy_ptr,
+    w_ptr,
+    a_ptr,
+    b_ptr,
+    dx_ptr,
+    dyb_ptr,
+    M,
+    N_OUT,
+    K_IN,
+    R,
+    scale,
+    p,
+    seed_ptr,
+    DROPOUT: tl.constexpr,
+    R_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """dx = dy @ W + s * keep/(1-p) * (dy @ B[n].T) @ A[n].T; BLOCK_N tiles d_in here, BLOCK_K d_out.
 
     dy @ B[n].T accumulates in the same loop over d_out as dy @ W, and is also stored for dA."""
@@ -129,34 +192,60 @@ def _fused_dx(dy_ptr, w_ptr, a_ptr, b_ptr, dx_ptr, dyb_ptr,
     dyb = tl.zeros((BLOCK_M, R_PAD), dtype=tl.float32)
     for o0 in range(0, N_OUT, BLOCK_K):
         ro = o0 + tl.arange(0, BLOCK_K)
-        dy = tl.load(dy_base + rm[:, None] * N_OUT + ro[None, :], mask=(rm[:, None] < M) & (ro[None, :] < N_OUT),
-                     other=0.0)
-        w = tl.load(w_ptr + ro[:, None] * K_IN + ri[None, :], mask=(ro[:, None] < N_OUT) & (ri[None, :] < K_IN),
-                    other=0.0)
+        dy = tl.load(
+            dy_base + rm[:, None] * N_OUT + ro[None, :], mask=(rm[:, None] < M) & (ro[None, :] < N_OUT), other=0.0
+        )
+        w = tl.load(
+            w_ptr + ro[:, None] * K_IN + ri[None, :], mask=(ro[:, None] < N_OUT) & (ri[None, :] < K_IN), other=0.0
+        )
         acc = _mma(dy, w, acc, PRECISION, UPCAST)
-        bt = tl.load(b_base + rr[None, :] * N_OUT + ro[:, None], mask=(rr[None, :] < R) & (ro[:, None] < N_OUT),
-                     other=0.0)
+        bt = tl.load(
+            b_base + rr[None, :] * N_OUT + ro[:, None], mask=(rr[None, :] < R) & (ro[:, None] < N_OUT), other=0.0
+        )
         dyb = _mma(dy, bt, dyb, PRECISION, UPCAST)
-    at = tl.load(a_ptr + client * K_IN * R + ri[None, :] * R + rr[:, None],
-                 mask=(rr[:, None] < R) & (ri[None, :] < K_IN), other=0.0)
+    at = tl.load(
+        a_ptr + client * K_IN * R + ri[None, :] * R + rr[:, None],
+        mask=(rr[:, None] < R) & (ri[None, :] < K_IN),
+        other=0.0,
+    )
     dyb_low = dyb.to(at.dtype)
     lora = _mma(dyb_low, at, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32), PRECISION, UPCAST)
     if DROPOUT:  # dropout sits on x's LoRA branch, so its gradient there is masked the same way
         offsets = rm[:, None] * K_IN + ri[None, :]
         lora = tl.where(_keep(tl.load(seed_ptr + client), offsets, p), lora / (1 - p), 0.0)
     acc += scale * lora
-    tl.store(dx_ptr + client * M * K_IN + rm[:, None] * K_IN + ri[None, :], acc.to(dx_ptr.dtype.element_ty),
-             mask=(rm[:, None] < M) & (ri[None, :] < K_IN))
+    tl.store(
+        dx_ptr + client * M * K_IN + rm[:, None] * K_IN + ri[None, :],
+        acc.to(dx_ptr.dtype.element_ty),
+        mask=(rm[:, None] < M) & (ri[None, :] < K_IN),
+    )
     if pid_in == 0:
-        tl.store(dyb_ptr + client * M * R + rm[:, None] * R + rr[None, :], dyb_low,
-                 mask=(rm[:, None] < M) & (rr[None, :] < R))
+        tl.store(
+            dyb_ptr + client * M * R + rm[:, None] * R + rr[None, :],
+            dyb_low,
+            mask=(rm[:, None] < M) & (rr[None, :] < R),
+        )
 
 
 @triton.autotune(configs=DA_CONFIGS, key=["M", "K_IN", "R", "ROWS"])
 @triton.jit
-def _lora_da(x_ptr, dyb_ptr, part_ptr, M, K_IN, R, ROWS, p, seed_ptr,
-             DROPOUT: tl.constexpr, R_PAD: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _lora_da(
+    x_ptr,
+    dyb_ptr,
+    part_ptr,
+    M,
+    K_IN,
+    R,
+    ROWS,
+    p,
+    seed_ptr,
+    DROPOUT: tl.constexpr,
+    R_PAD: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     """Partial dA[n] over one block of ROWS rows: dropout(x[n]).T @ (dy[n] @ B[n].T).
 
     Grid (d_in tiles, row blocks, N); the caller sums the row blocks and applies the scale."""
@@ -168,17 +257,26 @@ def _lora_da(x_ptr, dyb_ptr, part_ptr, M, K_IN, R, ROWS, p, seed_ptr,
     acc = tl.zeros((BLOCK_K, R_PAD), dtype=tl.float32)
     for m0 in range(0, ROWS, BLOCK_M):
         rm = split * ROWS + m0 + tl.arange(0, BLOCK_M)
-        x = tl.load(x_ptr + client * M * K_IN + rm[:, None] * K_IN + rk[None, :],
-                    mask=(rm[:, None] < M) & (rk[None, :] < K_IN), other=0.0)
+        x = tl.load(
+            x_ptr + client * M * K_IN + rm[:, None] * K_IN + rk[None, :],
+            mask=(rm[:, None] < M) & (rk[None, :] < K_IN),
+            other=0.0,
+        )
         if DROPOUT:
             offsets = rm[:, None] * K_IN + rk[None, :]
             x = tl.where(_keep(tl.load(seed_ptr + client), offsets, p), x / (1 - p), 0.0).to(x.dtype)
-        dyb = tl.load(dyb_ptr + client * M * R + rm[:, None] * R + rr[None, :],
-                      mask=(rm[:, None] < M) & (rr[None, :] < R), other=0.0)
+        dyb = tl.load(
+            dyb_ptr + client * M * R + rm[:, None] * R + rr[None, :],
+            mask=(rm[:, None] < M) & (rr[None, :] < R),
+            other=0.0,
+        )
         acc = _mma(tl.trans(x), dyb, acc, PRECISION, UPCAST)
     n_clients = tl.num_programs(2)
-    tl.store(part_ptr + ((split * n_clients + client) * K_IN + rk[:, None]) * R + rr[None, :], acc,
-             mask=(rk[:, None] < K_IN) & (rr[None, :] < R))
+    tl.store(
+        part_ptr + ((split * n_clients + client) * K_IN + rk[:, None]) * R + rr[None, :],
+        acc,
+        mask=(rk[:, None] < K_IN) & (rr[None, :] < R),
+    )
 
 
 @triton.jit
@@ -229,10 +327,32 @@ class FusedLoRALinear(torch.autograd.Function):
         y = torch.empty(n, m, n_out, device=x.device, dtype=x.dtype)
         store_xa = ctx.needs_input_grad[4]  # dB needs dropout(x) @ A
         xa = torch.empty(n, m, r, device=x.device, dtype=x.dtype) if store_xa else y
-        grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_out, meta["BLOCK_N"]), n)
-        _fused_fwd[grid](x, weight, bias if bias is not None else x, A, B, y, xa, m, n_out, k_in, r, scale, p, seeds,
-                         HAS_BIAS=bias is not None, DROPOUT=p > 0, STORE_XA=store_xa, R_PAD=_rank_pad(r),
-                         PRECISION=_precision(x.dtype), UPCAST=x.dtype in _UPCAST_DTYPES)
+
+        def grid(meta: dict[str, int]) -> tuple[int, int]:
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n_out, meta["BLOCK_N"]), n)
+
+        _fused_fwd[grid](
+            x,
+            weight,
+            bias if bias is not None else x,
+            A,
+            B,
+            y,
+            xa,
+            m,
+            n_out,
+            k_in,
+            r,
+            scale,
+            p,
+            seeds,
+            HAS_BIAS=bias is not None,
+            DROPOUT=p > 0,
+            STORE_XA=store_xa,
+            R_PAD=_rank_pad(r),
+            PRECISION=_precision(x.dtype),
+            UPCAST=x.dtype in _UPCAST_DTYPES,
+        )
         ctx.save_for_backward(x, weight, A, B, xa if store_xa else None, seeds)
         ctx.scale, ctx.p, ctx.has_bias = scale, p, bias is not None
         return y
@@ -250,17 +370,53 @@ class FusedLoRALinear(torch.autograd.Function):
         if need_x:  # dx and dy @ B.T in one pass over dy
             dx = torch.empty_like(x)
             dyb = torch.empty(n, m, r, device=x.device, dtype=x.dtype)
-            grid = lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k_in, meta["BLOCK_N"]), n)
-            _fused_dx[grid](dy, weight, A, B, dx, dyb, m, n_out, k_in, r, scale, p, seeds,
-                            DROPOUT=p > 0, R_PAD=r_pad, PRECISION=precision, UPCAST=upcast)
+
+            def grid(meta: dict[str, int]) -> tuple[int, int]:
+                return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(k_in, meta["BLOCK_N"]), n)
+
+            _fused_dx[grid](
+                dy,
+                weight,
+                A,
+                B,
+                dx,
+                dyb,
+                m,
+                n_out,
+                k_in,
+                r,
+                scale,
+                p,
+                seeds,
+                DROPOUT=p > 0,
+                R_PAD=r_pad,
+                PRECISION=precision,
+                UPCAST=upcast,
+            )
         elif need_a:  # e.g. the first adapted layer, whose input comes from frozen layers
             dyb = torch.bmm(dy, B.transpose(1, 2))
         if need_a:
             rows, blocks = _row_blocks(m)
             parts = torch.empty(blocks, n, k_in, r, device=x.device, dtype=torch.float32)
-            grid_a = lambda meta: (triton.cdiv(k_in, meta["BLOCK_K"]), blocks, n)
-            _lora_da[grid_a](x, dyb, parts, m, k_in, r, rows, p, seeds,
-                             DROPOUT=p > 0, R_PAD=r_pad, PRECISION=precision, UPCAST=upcast)
+
+            def grid_a(meta: dict[str, int]) -> tuple[int, int, int]:
+                return (triton.cdiv(k_in, meta["BLOCK_K"]), blocks, n)
+
+            _lora_da[grid_a](
+                x,
+                dyb,
+                parts,
+                m,
+                k_in,
+                r,
+                rows,
+                p,
+                seeds,
+                DROPOUT=p > 0,
+                R_PAD=r_pad,
+                PRECISION=precision,
+                UPCAST=upcast,
+            )
             dA = (parts.sum(0) * scale).to(A.dtype)
         if need_b:  # dB[n] = s * (dropout(x[n]) @ A[n]).T @ dy[n]: r x M x d_out, cuBLAS does it well
             dB = (torch.bmm(xa.transpose(1, 2), dy) * scale).to(B.dtype)
@@ -278,16 +434,25 @@ def _common_dtype(x: torch.Tensor, weight: torch.Tensor, A: torch.Tensor, B: tor
         return torch.get_autocast_dtype(x.device.type)
     dtypes = {t.dtype for t in (x, weight, A, B)}
     if len(dtypes) > 1:
-        raise TypeError(f"fused_lora_linear needs one dtype for x, weight, A and B (or autocast), got "
-                        f"x {x.dtype}, weight {weight.dtype}, A {A.dtype}, B {B.dtype}.")
+        raise TypeError(
+            f"fused_lora_linear needs one dtype for x, weight, A and B (or autocast), got "
+            f"x {x.dtype}, weight {weight.dtype}, A {A.dtype}, B {B.dtype}."
+        )
     if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"fused_lora_linear supports float32, float16 and bfloat16, got {x.dtype}.")
     return x.dtype
 
 
-def fused_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, A: torch.Tensor,
-                      B: torch.Tensor, scale: float, dropout_p: float = 0.0,
-                      seeds: torch.Tensor | None = None) -> torch.Tensor:
+def fused_lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    scale: float,
+    dropout_p: float = 0.0,
+    seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`[N, M, d_in]` -> `[N, M, d_out]`: `x @ W.T + bias + s * (dropout(x) @ A[n]) @ B[n]`.
 
     x: `[N, M, d_in]` (client n's rows use adapter n); weight: `[d_out, d_in]`; bias: `[d_out]` or
@@ -297,13 +462,23 @@ def fused_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     `torch.manual_seed` makes a run reproducible.
     """
     if x.dim() != 3 or A.dim() != 3 or B.dim() != 3:
-        raise ValueError(f"expected x [N, M, d_in], A [N, d_in, r], B [N, r, d_out]; got {tuple(x.shape)}, "
-                         f"{tuple(A.shape)}, {tuple(B.shape)}.")
+        raise ValueError(
+            f"expected x [N, M, d_in], A [N, d_in, r], B [N, r, d_out]; got {tuple(x.shape)}, "
+            f"{tuple(A.shape)}, {tuple(B.shape)}."
+        )
     n, m, k_in = x.shape
-    if A.shape[0] != n or B.shape[0] != n or A.shape[1] != k_in or A.shape[2] != B.shape[1] \
-            or weight.shape != (B.shape[2], k_in) or (bias is not None and bias.shape != (B.shape[2],)):
-        raise ValueError(f"shapes do not fit: x {tuple(x.shape)}, W {tuple(weight.shape)}, A {tuple(A.shape)}, "
-                         f"B {tuple(B.shape)}, bias {None if bias is None else tuple(bias.shape)}.")
+    if (
+        A.shape[0] != n
+        or B.shape[0] != n
+        or A.shape[1] != k_in
+        or A.shape[2] != B.shape[1]
+        or weight.shape != (B.shape[2], k_in)
+        or (bias is not None and bias.shape != (B.shape[2],))
+    ):
+        raise ValueError(
+            f"shapes do not fit: x {tuple(x.shape)}, W {tuple(weight.shape)}, A {tuple(A.shape)}, "
+            f"B {tuple(B.shape)}, bias {None if bias is None else tuple(bias.shape)}."
+        )
     if not 1 <= A.shape[2] <= MAX_RANK:
         raise ValueError(f"the fused kernel supports ranks 1 to {MAX_RANK}, got {A.shape[2]}; use kernel='torch'.")
     if not 0.0 <= dropout_p < 1.0:
