@@ -9,7 +9,7 @@ call and override the profile's.
 
     python scripts/reproduce.py                                   # the paper's grid and settings
     python scripts/reproduce.py --profile cpu --recipes offline_multi_specific:6 --seeds 0 1 2 \\
-        --strategies none naive static dynamic -- --iterations 60
+        --strategies none naive static dynamic dynamic-ref dynamic-token -- --iterations 100 --lr 1e-2
 """
 
 from __future__ import annotations

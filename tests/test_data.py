@@ -20,6 +20,7 @@ from lora_gpt.tokenizer import EOT_TOKEN, get_tokenizer
 
 CATEGORIES = ("alpha", "beta", "gamma")
 SMALL = dict(train=400, val=150, trust=60, ref=100)
+SMALL_CLI = [*(arg for split, tokens in SMALL.items() for arg in (f"--{split}_tokens", str(tokens))), "--no-progress"]
 DOC_ID = re.compile(r"(alpha|beta|gamma)(\d{3})w")
 
 
@@ -148,15 +149,7 @@ def test_pairing_is_part_of_a_prepared_folder(corpus, capsys):
                 "4",
                 "--pairing",
                 "pairs",
-                "--train_tokens",
-                "400",
-                "--val_tokens",
-                "150",
-                "--trust_tokens",
-                "60",
-                "--ref_tokens",
-                "100",
-                "--no-progress",
+                *SMALL_CLI,
             ]
         )
         == 0
@@ -579,15 +572,7 @@ def test_cli_lists_recipes_prepares_and_reports_errors(corpus, capsys):
                 str(corpus),
                 "--num_clients",
                 "3",
-                "--train_tokens",
-                "400",
-                "--val_tokens",
-                "150",
-                "--trust_tokens",
-                "60",
-                "--ref_tokens",
-                "100",
-                "--no-progress",
+                *SMALL_CLI,
             ]
         )
         == 0

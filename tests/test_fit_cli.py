@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_run import TINY_DATA, tiny_inputs
+from tiny_run import TINY_DATA, TINY_RUN, tiny_inputs
 
 from collab import fit
 from collab.run_folder import RunFolder
@@ -320,21 +320,7 @@ def test_data_dir_refuses_contradicting_options_and_records_what_ran(inputs, cac
     folder = prepare_recipe(
         str(inputs / "corpus"), num_clients=4, progress=False, train=400, val=100, trust=40, ref=100
     )
-    base = [
-        "--data_dir",
-        str(folder),
-        "--init",
-        str(inputs / "base"),
-        "--batch_size",
-        "2",
-        "--sequence_length",
-        "16",
-        "--eval_batches",
-        "1",
-        "--accelerator",
-        "cpu",
-        "--no-progress",
-    ]
+    base = ["--data_dir", str(folder), "--init", str(inputs / "base"), *TINY_RUN]
     for extra, said in (
         (["--num_clients", "3"], "--num_clients 3 (the folder: 4)"),
         (["--train_tokens", "500"], "--train_tokens 500 (the folder: 400)"),

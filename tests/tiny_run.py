@@ -7,16 +7,8 @@ import torch
 
 from lora_gpt import GPT, GPTConfig
 
-# Token budgets and batch shapes that the corpus and the base below hold.
-TINY_DATA = [
-    "--train_tokens",
-    "400",
-    "--val_tokens",
-    "100",
-    "--trust_tokens",
-    "40",
-    "--ref_tokens",
-    "100",
+# Batch shapes that the base below holds, and the machine to run on.
+TINY_RUN = [
     "--batch_size",
     "2",
     "--sequence_length",
@@ -27,6 +19,8 @@ TINY_DATA = [
     "cpu",
     "--no-progress",
 ]
+# Token budgets that the corpus below holds, then the batch shapes.
+TINY_DATA = ["--train_tokens", "400", "--val_tokens", "100", "--trust_tokens", "40", "--ref_tokens", "100", *TINY_RUN]
 
 
 def tiny_inputs(folder: Path) -> tuple[Path, Path]:

@@ -26,9 +26,8 @@ from typing import Any
 
 from lora_gpt.errors import FixableError
 
-from ..fit import format_final
 from ..report import SUMMARY_FILE
-from .launch import FlowerRun, parser, prepare
+from .launch import FlowerRun, parser, prepare, print_outcome
 
 APP_DIR = Path(__file__).parent / "app"  # the Flower App (pyproject.toml) that `flwr run` sends
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr sit beside this Python
@@ -180,13 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = deploy(run, flower["time_limit"])
     except (FixableError, TimeoutError) as err:
         p.exit(2, f"error: {err}\n")
-    print(
-        f"\n{run.config.trust.strategy}, {run.num_clients} Flower clients (deployment), step "
-        f"{summary['final']['step']}; bytes per client and round: {summary['traffic']['mean_per_client_round']}"
-    )
-    if all(c is not None for c in summary["final"]["clients"]):
-        print(format_final(summary))
-    print(f"outputs in {run.folder}")
+    print_outcome(run, summary, "deployment")
     return 0
 
 

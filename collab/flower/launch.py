@@ -17,7 +17,7 @@ from typing import Any
 from ..checkpoint import CONFIG_KEY
 from ..cli import build_parser, dump_config, fit_config, load_config
 from ..config import FitConfig
-from ..fit import RUNS_ROOT, base_source, check_resume, prepare_data
+from ..fit import RUNS_ROOT, base_source, check_resume, format_final, prepare_data
 from ..report import SUMMARY_FILE
 from ..run_folder import CONFIG_FILE, RunFolderError, run_dir
 from .strategy import STATE_FILE
@@ -93,3 +93,14 @@ def prepare(namespace: argparse.Namespace) -> tuple[FlowerRun, dict[str, Any]]:
     (folder / CONFIG_FILE).write_text(dump_config(config))
     run_config = {"run-dir": str(folder), **{k.replace("_", "-"): flower[k] for k, *_ in FLOWER_OPTIONS}}
     return FlowerRun(config, folder, run_config), flower
+
+
+def print_outcome(run: FlowerRun, summary: dict[str, Any], runtime: str) -> None:
+    """What both launchers print at the end: the strategy, the bytes each client moved, the final table."""
+    print(
+        f"\n{run.config.trust.strategy}, {run.num_clients} Flower clients ({runtime}), step "
+        f"{summary['final']['step']}; bytes per client and round: {summary['traffic']['mean_per_client_round']}"
+    )
+    if all(c is not None for c in summary["final"]["clients"]):
+        print(format_final(summary))
+    print(f"outputs in {run.folder}")

@@ -17,10 +17,9 @@ from typing import Any
 
 from lora_gpt.errors import FixableError
 
-from ..fit import format_final
 from ..report import SUMMARY_FILE
 from .client_app import make_client_app
-from .launch import FlowerRun, parser, prepare
+from .launch import FlowerRun, parser, prepare, print_outcome
 from .server_app import make_server_app
 
 
@@ -51,13 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = simulate(run)
     except FixableError as err:
         p.exit(2, f"error: {err}\n")
-    print(
-        f"\n{run.config.trust.strategy}, {run.num_clients} Flower clients (simulation), step "
-        f"{summary['final']['step']}; bytes per client and round: {summary['traffic']['mean_per_client_round']}"
-    )
-    if all(c is not None for c in summary["final"]["clients"]):
-        print(format_final(summary))
-    print(f"outputs in {run.folder}")
+    print_outcome(run, summary, "simulation")
     return 0
 
 
