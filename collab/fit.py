@@ -177,7 +177,7 @@ def run(config: FitConfig) -> dict[str, Any]:
             seed=config.run.seed,
             memory=config.memory,
         )
-        aggregation = TrustAggregation(settings=config.trust, out_dir=folder.path)
+        aggregation = TrustAggregation(settings=config.trust, out_dir=folder.path, seed=config.run.seed)
         saver = RunCheckpoint(
             folder.checkpoint,
             every=config.run.ckpt_freq or config.run.eval_freq,

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
-from typing import Any, cast
+from typing import Any
 
 import lightning as L
 import torch
@@ -36,10 +36,11 @@ from lora_gpt import (
 from lora_gpt.cross_entropy import fused_linear_cross_entropy, linear_predictions
 from lora_gpt.errors import ConfigError
 from lora_gpt.precision import flush_denormals
-from lora_gpt.training import LanguageModelMetrics, adamw, one_cycle
+from lora_gpt.training import adamw, one_cycle
 
 from . import evaluation
 from .config import MemoryConfig, OptimConfig
+from .metrics import ClientMetrics
 
 
 def base_fingerprint(model: GPT) -> str:
@@ -111,7 +112,7 @@ class CollabLoRAModule(L.LightningModule):
         self.automatic_optimization = False  # per-client clipping and chunked backward
         self.strict_loading = False  # checkpoints hold adapters only; the base comes from --init
         self.base_fingerprint = base_fingerprint(self.model)
-        self.val_metrics = torch.nn.ModuleList(LanguageModelMetrics() for _ in range(num_clients))
+        self.val_metrics = ClientMetrics(num_clients)
         self.curves: list[dict[str, Any]] = []  # per-client validation metrics at every eval
         self.train_curve: list[dict[str, Any]] = []  # per-client train loss at every step
         self._step_losses = torch.zeros(num_clients)
@@ -121,25 +122,29 @@ class CollabLoRAModule(L.LightningModule):
         """The stacked adapter tensors (leading dim = client), by parameter name."""
         return lora_parameters(self.model)
 
-    def mean_losses(self, batches: Sequence[torch.Tensor], chunk: int | None = None) -> torch.Tensor:
-        """`[N]`: every client's model's mean next-token loss on the same batches `[b, T+1]`, dropout off."""
+    def pair_losses(
+        self, batches: Sequence[torch.Tensor], pairs: torch.Tensor | None = None, chunk: int | None = None
+    ) -> torch.Tensor:
+        """`[N, N]`: client j's model's mean next-token loss on client i's slices of the `[N, b, T+1]`
+        batches at the pairs set in `pairs` (None: all), NaN elsewhere; dropout off."""
         with self.precision_context():
-            return evaluation.mean_losses(
-                self.model, self.num_clients, [b.to(self.device) for b in batches], chunk or self.client_chunk
+            return evaluation.pair_losses(
+                self.model, [b.to(self.device) for b in batches], pairs, chunk or self.client_chunk
             )
 
-    def client_outputs(
-        self,
-        idx: torch.Tensor,
-        reduce: Callable[[torch.Tensor], torch.Tensor],
-        positions: slice = slice(None),
-        chunk: int | None = None,
-    ) -> torch.Tensor:
-        """`reduce` of every client's logits on the same token ids `[b, T]` at `positions`, dropout off."""
+    def client_logits(
+        self, idx: torch.Tensor, positions: slice = slice(None), chunk: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Every client's logits `[N, b, t, V]` on the same token ids `[b, T]` at `positions`, a block
+        of positions at a time (`evaluation.position_blocks`), dropout off: the bodies run once."""
         with self.precision_context():
-            return evaluation.client_outputs(
-                self.model, self.num_clients, idx.to(self.device), reduce, positions, chunk or self.client_chunk
+            hidden = evaluation.client_hidden(
+                self.model, self.num_clients, idx.to(self.device), positions, chunk or self.client_chunk
             )
+        for block in evaluation.position_blocks(hidden, self.model.config.vocab_size):
+            with self.precision_context(), torch.no_grad():
+                logits = self.model.lm_head(hidden[:, :, block])
+            yield logits
 
     def precision_context(self) -> contextlib.AbstractContextManager:
         """The trainer's precision (e.g. bf16 autocast) for work outside its steps: trust scoring is
@@ -231,22 +236,16 @@ class CollabLoRAModule(L.LightningModule):
         self.train_curve.append({"step": self.global_step, "loss": step_losses.tolist()})
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        metrics = self.client_metrics()
         for clients in client_slices(self.num_clients, self.client_chunk):
             x, y = batch[clients.adapters, ..., :-1], batch[clients.adapters, ..., 1:]
             hidden = self.model.hidden_states(x, clients)
             losses, correct = linear_predictions(hidden, self.model.lm_head.weight, y, self.loss_chunk)
-            for offset, n in enumerate(range(clients.start, clients.stop)):
-                metrics[n].update(losses[offset], correct[offset])
-
-    def client_metrics(self) -> list[LanguageModelMetrics]:
-        """Every client's validation metrics (`val_metrics`, a ModuleList, types them as Modules)."""
-        return cast(list[LanguageModelMetrics], list(self.val_metrics))
+            self.val_metrics.update(clients, losses, correct)
 
     def on_validation_epoch_end(self) -> None:
-        per_client = [{k: float(v) for k, v in m.compute().items()} for m in self.client_metrics()]
-        for m in self.client_metrics():
-            m.reset()
+        columns = {k: v.reshape(-1).tolist() for k, v in self.val_metrics.compute().items()}  # N=1 comes squeezed
+        self.val_metrics.reset()
+        per_client = [{k: values[n] for k, values in columns.items()} for n in range(self.num_clients)]
         if self.trainer.sanity_checking:
             return
         mean = {k: sum(row[k] for row in per_client) / len(per_client) for k in per_client[0]}
@@ -264,9 +263,7 @@ class CollabLoRAModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Only the adapters change; the frozen base is rebuilt from --init on resume.
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if is_lora_name(k) or "val_metrics" in k
-        }
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_lora_name(k)}
         checkpoint["base_fingerprint"] = self.base_fingerprint
         checkpoint["curves"] = self.curves
         checkpoint["train_curve"] = self.train_curve

@@ -10,7 +10,7 @@ on N, or on a resume: chunked training, resumed training and N separate runs are
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -44,25 +44,31 @@ class ClientSlice:
     """Clients `start..stop-1` run on the input's leading slices, one slice each.
 
     `dropout_seeds` (one per client, from `client_seeds`) give each client its own dropout
-    stream in training; without them dropout draws from torch's global generator.
+    stream in training; without them dropout draws from torch's global generator. `picked` (see
+    `picked_adapters`) runs chosen adapters instead, in any order and with repeats: slice i runs
+    adapter `picked[i]`, e.g. to score chosen (data, adapter) pairs in one pass.
     """
 
     start: int
     stop: int
     dropout_seeds: tuple[int, ...] | None = None
+    picked: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.start < self.stop:
             raise ValueError(f"ClientSlice needs 0 <= start < stop, got {self.start}..{self.stop}.")
+        if self.picked is not None and (min(self.picked) != self.start or max(self.picked) + 1 != self.stop):
+            raise ValueError(f"picked adapters {self.picked} do not span {self.start}..{self.stop - 1}.")
         if self.dropout_seeds is not None and len(self.dropout_seeds) != len(self):
             raise ValueError(f"{len(self.dropout_seeds)} dropout seeds for {len(self)} clients.")
 
     def __len__(self) -> int:
-        return self.stop - self.start
+        return self.stop - self.start if self.picked is None else len(self.picked)
 
     @property
-    def adapters(self) -> slice:
-        return slice(self.start, self.stop)
+    def adapters(self) -> slice | list[int]:
+        """The index of the adapters these slices run, into the stacked adapter tensors."""
+        return slice(self.start, self.stop) if self.picked is None else list(self.picked)
 
     def site_seeds(self, site: int) -> list[int]:
         """The seeds of this call's clients at one dropout site."""
@@ -85,6 +91,13 @@ def client_slices(
         ids = range(first_id + start, first_id + stop)
         seeds = client_seeds(seed, ids, step) if seed is not None and step is not None else None
         yield ClientSlice(start, stop, seeds)
+
+
+def picked_adapters(ids: Sequence[int]) -> ClientSlice:
+    """Slice i of the input runs adapter `ids[i]` (any order, repeats allowed; no dropout streams)."""
+    if not ids:
+        raise ValueError("picked_adapters needs at least one adapter id.")
+    return ClientSlice(min(ids), max(ids) + 1, picked=tuple(int(i) for i in ids))
 
 
 def keep_probability(p: float) -> float:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lora_gpt import GPT, ClientSlice, GPTConfig, LoRAConfig, client_seeds, inject_lora, lora_parameters
-from lora_gpt.clients import client_dropout, mix64
+from lora_gpt.clients import client_dropout, mix64, picked_adapters
 
 CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=61, dropout=0.2)
 
@@ -68,3 +68,24 @@ def test_stacked_clients_with_dropout_equal_separate_single_client_models():
     with torch.no_grad():
         again = stacked(idx, ClientSlice(0, 3, client_seeds(11, range(3), step=5)))
     assert not torch.allclose(again, out)  # another micro-step, other masks
+
+
+def test_picked_adapters_run_each_slice_with_its_chosen_adapter():
+    """Slice i runs adapter `ids[i]` (any order, repeats): as that adapter alone on that slice."""
+    torch.manual_seed(0)
+    lora = LoRAConfig(rank=2, alpha=4, dropout=0.0, targets=("attn.c_attn", "mlp.c_fc"), kernel="torch")
+    model = inject_lora(GPT(CFG.replace(dropout=0.0)), lora, num_adapters=4).eval()
+    with torch.no_grad():
+        for p in lora_parameters(model).values():
+            p.normal_(0, 0.3)
+    ids = [3, 1, 3, 2]
+    idx = torch.randint(0, 61, (4, 2, 8))
+    with torch.no_grad():
+        out = model(idx, picked_adapters(ids))
+        for i, n in enumerate(ids):
+            torch.testing.assert_close(out[i], model(idx[i], ClientSlice(n, n + 1)), atol=1e-5, rtol=0)
+    assert len(picked_adapters(ids)) == 4 and picked_adapters(ids).adapters == ids
+    with pytest.raises(ValueError, match="span"):
+        ClientSlice(0, 4, picked=(1, 2))
+    with pytest.raises(IndexError, match="adapters"):
+        model(idx[:1], picked_adapters([4]))

@@ -182,7 +182,7 @@ def test_aggregation_in_the_loop(strategy, options, tmp_path):
     assert [r["step"] for r in agg.history] == [2, 4]
     files = sorted(p.name for p in (tmp_path / "trust").iterdir())
     assert files == ["step_000002.json", "step_000004.json"]
-    trust = torch.tensor(agg.history[-1]["trust"])
+    trust = agg.last_trust
     torch.testing.assert_close(trust.sum(1), torch.ones(N))
     if strategy == "naive":
         for v in stacked(module).values():
@@ -205,7 +205,7 @@ def test_a_module_without_the_protocol_is_refused_before_training():
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    with pytest.raises(TypeError, match="mean_losses"):
+    with pytest.raises(TypeError, match="pair_losses"):
         train(Plain(), SyntheticClients(num_clients=N), 1, [aggregation("dynamic-ref")])
 
 

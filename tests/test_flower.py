@@ -141,6 +141,27 @@ def test_flower_ends_where_the_batched_run_ends(strategy, inputs, batched):
     assert [r["clients"] for r in summary["trust"]] == [[0, 1, 2], [0, 1, 2]]
 
 
+@pytest.mark.parametrize("strategy", ["dynamic-ref", "dynamic-token"])
+def test_bounded_scoring_picks_and_weighs_the_batched_runs_peers(strategy, inputs):
+    """--trust_peers 1 of 3 clients: the server asks each client about itself and one candidate only
+    (dynamic-ref: one peer's adapter down), ranked as `collab.fit` ranks them, with the same trust."""
+    bounded = ["--trust_peers", "1", "--trust_explore", "0"]
+    batched_folder = inputs / "fit" / f"{strategy}-peers"
+    assert fit.main([*argv(inputs, batched_folder, strategy), *bounded]) == 0
+    run, _ = prepare(
+        parser("test", None).parse_args([*argv(inputs, inputs / "flower" / f"{strategy}-peers", strategy), *bounded])
+    )
+    summary = in_process(run)
+    assert_same_run(run.folder, batched_folder)
+    for trust in trust_matrices(run.folder).values():
+        assert ((trust > 0).sum(1) <= 2).all()
+    if strategy == "dynamic-ref":
+        one = sum(npy_bytes(t[0]) + len(k) for k, t in adapters(run.folder)[0].items())
+        peers = [r for r in summary["messages"] if r["message"] == "query.peer_losses"]
+        assert len(peers) == 2 * N and all(0 <= r["down"] - one < 200 for r in peers)
+        assert traffic.round_traffic(run.config, GPTConfig.from_name("gpt2-tiny"), N) == round_one(summary)
+
+
 def npy_bytes(tensor):
     buffer = io.BytesIO()
     np.save(buffer, tensor.numpy())

@@ -171,7 +171,15 @@ class LocalClient:
         module = self.module(adapter)
         sequences = [s for batch in self.data.ref_batches(measure.num_batches) for s in batch]
         return [
-            keep(s, module.client_outputs(seq[None, :-1], measure.predict, measure.positions)[0, 0])
+            keep(
+                s,
+                torch.cat(
+                    [
+                        measure.predict(logits)[0, 0]
+                        for logits in module.client_logits(seq[None, :-1], measure.positions)
+                    ]
+                ),
+            )
             for s, seq in enumerate(sequences)
         ]
 

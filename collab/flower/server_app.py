@@ -48,7 +48,7 @@ class Federation:
         self.grid, self.folder = grid, folder
         self.config = load_config(folder / "config.yaml")
         self.num_clients = self.config.data.prepared_clients
-        self.strategy = PersonalizedTrust.resume(folder, self.config.trust, self.num_clients)
+        self.strategy = PersonalizedTrust.resume(folder, self.config.trust, self.num_clients, self.config.run.seed)
         self.round_timeout = float(run_config.get("round-timeout", 600))
         self.join_timeout = float(run_config.get("join-timeout", 300))
         self.nodes: dict[int, int] = {}  # client -> its node
@@ -129,20 +129,31 @@ class Federation:
             s.train_loss.append({"round": self.round, "client": n, "start": start, "loss": losses})
         return sorted(replies)
 
-    def measure(self, present: list[int]) -> tuple[list[int], torch.Tensor | None]:
-        """What the trust family needs measured by the clients, and the clients that measured it."""
+    def measure(self, step: int, present: list[int]) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
+        """What the trust family needs measured by the clients at the pairs it picks (all, or each
+        client's `--trust_peers` candidates), the clients that measured it, and the pairs among them."""
         what, s = self.strategy.measures(), self.strategy
+        if what == "adapters":
+            return present, None, None
+        pairs = s.candidates(step, present)
         if what == "peer_losses":
+            order = {
+                i: [j for b, j in enumerate(present) if pairs is None or pairs[a, b]] for a, i in enumerate(present)
+            }
             replies = self.send(
                 {
-                    i: records.peer_losses_content({j: s.adapters[j] for j in present if j != i}, present)
+                    i: records.peer_losses_content({j: s.adapters[j] for j in order[i] if j != i}, order[i])
                     for i in present
                 },
                 "query.peer_losses",
             )
             done = sorted(replies)
-            columns = [present.index(j) for j in done]
-            return done, torch.stack([records.losses(replies[i])[columns] for i in done])
+            losses = torch.full((len(done), len(done)), float("nan"))
+            for a, i in enumerate(done):
+                for j, loss in zip(order[i], records.losses(replies[i]).tolist(), strict=True):
+                    if j in done:
+                        losses[a, done.index(j)] = loss
+            return done, losses, among(pairs, present, done)
         if what == "ref_predictions":
             family = s.family
             assert isinstance(family, TokenAgreement)
@@ -154,8 +165,9 @@ class Federation:
             replies = self.send({n: records.ref_union_content(union) for n in sorted(tops)}, "query.ref_values")
             done = sorted(replies)
             values = [records.sequences(replies[n], records.VALUES) for n in done]
-            return done, mean_distances(family.measure, values)
-        return present, None
+            kept = among(pairs, present, done)
+            return done, mean_distances(family.measure, values, kept), kept
+        raise ValueError(f"unknown measurement {what!r}")
 
     def run(self) -> dict[str, Any]:
         ends = round_ends(self.config.trust, self.config.optim.iterations)
@@ -164,9 +176,9 @@ class Federation:
             self.discover(wait=not self.nodes)
             present = self.train(ends[r - 1] if r else 0, ends[r])
             if self.config.trust.aggregates_at(ends[r]):
-                present, measured = self.measure(present)
+                present, measured, pairs = self.measure(ends[r], present)
                 if present:
-                    self.save_trust(self.strategy.aggregate(ends[r], present, measured))
+                    self.save_trust(self.strategy.aggregate(ends[r], present, measured, pairs))
             self.strategy.rounds_done = r + 1
             self.strategy.save(self.folder)
         self.round = len(ends)
@@ -209,6 +221,14 @@ class Federation:
         }
         (self.folder / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
         return summary
+
+
+def among(pairs: torch.Tensor | None, present: Sequence[int], kept: Sequence[int]) -> torch.Tensor | None:
+    """The pairs of the `kept` clients, from `pairs` among the `present` ones (None: all)."""
+    if pairs is None:
+        return None
+    index = torch.tensor([list(present).index(n) for n in kept], dtype=torch.long)
+    return pairs[index[:, None], index[None, :]]
 
 
 def traffic_summary(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -2,10 +2,11 @@
 
 `PersonalizedTrust` keeps every client's latest adapter and, at each aggregation step, gives each
 participating client its own trust-weighted average, computed by the run's trust family (the objects
-`collab.fit` uses: `scores_from_*`, `to_trust`, `aggregate`) from what the clients measured. Clients
-absent from a round keep their adapters and are left out of that round's averages: the method runs
-on the clients that took part. It saves itself after every round, and a restarted server goes on
-from the last saved round.
+`collab.fit` uses: `candidates`, `scores_from_*`, `to_trust`, `aggregate`) from what the clients
+measured. Clients absent from a round keep their adapters and are left out of that round's averages:
+the method runs on the clients that took part. It keeps each round's summary and the last trust
+between every two clients (the next round's prior for `--trust_peers`), saves itself after every
+round, and a restarted server goes on from the last saved round.
 """
 
 from __future__ import annotations
@@ -51,12 +52,14 @@ class PersonalizedTrust:
 
     settings: TrustSettings
     num_clients: int
+    seed: int = 0  # the run's seed: with the step, it fixes the random candidates of `--trust_peers`
     adapters: dict[int, Adapter] = field(default_factory=dict)  # client -> its latest adapter
     held: set[int] = field(default_factory=set)  # clients that hold exactly `adapters[n]`
     reset: set[int] = field(default_factory=set)  # clients to reset their optimizer moments, as broken
     mixture: dict[int, list[float]] = field(default_factory=dict)  # client -> its category shares
     rounds_done: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)  # one record per aggregation
+    history: list[dict[str, Any]] = field(default_factory=list)  # one summary per aggregation
+    prior: torch.Tensor | None = None  # [num_clients, num_clients]: the last trust of i in j (0: none yet)
     traffic: list[dict[str, Any]] = field(default_factory=list)  # one row per message
     train_loss: list[dict[str, Any]] = field(default_factory=list)  # one row per client and round
 
@@ -90,9 +93,18 @@ class PersonalizedTrust:
         """`client` came back without its state (a new process): it holds nothing of ours."""
         self.held.discard(client)
 
-    def scores(self, present: Sequence[int], measured: torch.Tensor | None) -> torch.Tensor:
+    def candidates(self, step: int, present: Sequence[int]) -> torch.Tensor | None:
+        """`[P, P]` bool: the pairs of present clients to measure at aggregation step `step` (None:
+        all), as `collab.fit` picks them: from the last trust among them, or their adapters."""
+        present = list(present)
+        prior = self.prior[present][:, present] if self.prior is not None else None
+        return self.family.candidates(prior, self.stacked(present), (self.seed, step))
+
+    def scores(
+        self, present: Sequence[int], measured: torch.Tensor | None, pairs: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`[P, P]` scores of the present clients, from the family's pure step on what was measured
-        (`measured`: dynamic-ref's peer losses, dynamic-token's mean distances)."""
+        (`measured`: dynamic-ref's peer losses, dynamic-token's mean distances, at `pairs`)."""
         family = self.family
         if isinstance(family, (Local, FedAvg)):
             return family.scores_from_count(len(present))
@@ -105,7 +117,7 @@ class PersonalizedTrust:
                 raise ValueError(f"{family.name} scores what the clients measured (`measures`); nothing was given.")
             if isinstance(family, PeerLoss):
                 return family.scores_from_losses(measured)
-            return family.scores_from_distances(measured)
+            return family.scores_from_distances(measured, pairs)
         raise TypeError(
             f"no federated measurement for trust family {family.name}; add it to "
             "PersonalizedTrust.scores and PersonalizedTrust.measures."
@@ -115,15 +127,22 @@ class PersonalizedTrust:
         """`[len(clients), ...]` adapters, as the batched run stacks them."""
         return {name: torch.stack([self.adapters[n][name] for n in clients]) for name in self.adapters[clients[0]]}
 
-    def aggregate(self, step: int, present: Sequence[int], measured: torch.Tensor | None = None) -> dict[str, Any]:
-        """Aggregation after optimizer step `step` among the `present` clients, as `collab.fit`'s
-        `TrustAggregation.aggregate_clients` does it; returns its record."""
+    def aggregate(
+        self, step: int, present: Sequence[int], measured: torch.Tensor | None = None, pairs: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """Aggregation after optimizer step `step` among the `present` clients, from what was
+        measured at `pairs` (None: all), as `collab.fit`'s `TrustAggregation.aggregate_clients`
+        does it; returns its record."""
         present = list(present)
         stacked = self.stacked(present)
         finite = finite_clients(stacked)
-        scores = self.scores(present, measured).cpu()
-        usable = usable_clients(scores, finite)
-        trust = self.family.to_trust(scores, finite)
+        scores = self.scores(present, measured, pairs).cpu()
+        usable = usable_clients(scores, finite, pairs)
+        trust = self.family.to_trust(scores, finite, pairs)
+        if self.prior is None:
+            self.prior = torch.zeros(self.num_clients, self.num_clients)
+        index = torch.tensor(present)
+        self.prior[index[:, None], index[None, :]] = trust
         new = aggregate(stacked, trust, usable)
         for i, n in enumerate(present):
             if not torch.equal(trust[i], torch.eye(len(present))[i]) or not usable[i]:
@@ -139,10 +158,12 @@ class PersonalizedTrust:
             "scores": scores.tolist(),
             "excluded": [present[i] for i in (~usable).nonzero().flatten().tolist()],
         }
+        if pairs is not None:
+            record["scored"] = int(pairs.sum())
         if all(n in self.mixture for n in present):
             mixture = torch.tensor([self.mixture[n] for n in present], dtype=torch.float32)
             record["quality"] = trust_quality(trust, mixture)
-        self.history.append(record)
+        self.history.append({k: v for k, v in record.items() if k not in ("trust", "scores")})
         return record
 
     def state_dict(self) -> dict[str, Any]:
@@ -155,6 +176,7 @@ class PersonalizedTrust:
             "mixture": self.mixture,
             "rounds_done": self.rounds_done,
             "history": self.history,
+            "prior": self.prior,
             "traffic": self.traffic,
             "train_loss": self.train_loss,
         }
@@ -167,12 +189,12 @@ class PersonalizedTrust:
         os.replace(tmp, path)
 
     @classmethod
-    def resume(cls, folder: Path, settings: TrustSettings, num_clients: int) -> PersonalizedTrust:
+    def resume(cls, folder: Path, settings: TrustSettings, num_clients: int, seed: int = 0) -> PersonalizedTrust:
         """The state saved in `folder` after its last round, or a fresh one; a state saved by a run
         with another strategy or client count is refused."""
         path = Path(folder) / STATE_FILE
         if not path.exists():
-            return cls(settings, num_clients)
+            return cls(settings, num_clients, seed)
         saved = torch.load(path, weights_only=False)
         if (saved["strategy"], saved["num_clients"]) != (settings.strategy, num_clients):
             raise RunFolderError(
@@ -182,12 +204,14 @@ class PersonalizedTrust:
         return cls(
             settings,
             num_clients,
+            seed,
             saved["adapters"],
             set(saved["held"]),
             set(saved["reset"]),
             saved["mixture"],
             saved["rounds_done"],
             saved["history"],
+            saved.get("prior"),
             saved["traffic"],
             saved["train_loss"],
         )

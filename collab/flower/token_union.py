@@ -44,14 +44,17 @@ def on_union(outputs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return outputs.gather(-1, ids.clamp_min(0)).masked_fill(ids == PAD_ID, PAD)
 
 
-def mean_distances(measure: TopProbabilities | TopLogits, values: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+def mean_distances(
+    measure: TopProbabilities | TopLogits, values: Sequence[Sequence[torch.Tensor]], pairs: torch.Tensor | None = None
+) -> torch.Tensor:
     """`[P, P]` mean distances from `values[c][s]`, client c's `[T', M]` predictions on sequence s's union:
-    `measure.distance_sum` sequence by sequence over positions, as `TokenAgreement.scores` sums them."""
+    `measure.distance_sum` sequence by sequence over positions at `pairs` (None: all), as
+    `TokenAgreement.scores` sums them."""
     total: torch.Tensor | None = None
     positions = 0
     for per_client in zip(*values, strict=True):
         outputs = torch.stack(list(per_client))[:, None]  # [P, 1, T', M], as client_outputs gives them
-        part = measure.distance_sum(outputs)
+        part = measure.distance_sum(outputs, pairs)
         total = part if total is None else total + part
         positions += outputs[0, ..., 0].numel()
     if total is None:

@@ -5,10 +5,11 @@ shape: no training and no weights, only the adapters' shapes (a model built on t
 It takes `collab.fit`'s options (`--profile paper`, `--num_clients 8`, `--lora_rank 4`, ...) and
 `--model` (a GPT-2 preset: the shape, not weights). A round after the first: the client gets its own
 average (nothing under `none`, which averages nothing) and sends its adapter and `--trust_freq` step
-losses; dynamic-ref adds its peers' adapters down and one loss per client up; dynamic-token its top
-token ids at every reference position up, their union down, and its predictions on the union up. The
-union holds between k (every client agrees) and N*k ids (none does) per position: the table counts
-N*k, an upper bound. The same protocol is what the run summaries measure (tests/test_flower.py).
+losses; dynamic-ref adds its peers' adapters down (its `--trust_peers` candidates only, where set)
+and one loss per scored client up; dynamic-token its top token ids at every reference position up,
+their union down, and its predictions on the union up. The union holds between k (every client
+agrees) and N*k ids (none does) per position: the table counts N*k, an upper bound. The same protocol
+is what the run summaries measure (tests/test_flower.py).
 """
 
 from __future__ import annotations
@@ -53,10 +54,11 @@ def round_traffic(config: FitConfig, model: GPTConfig, num_clients: int, union_w
         )
     }
     if isinstance(family, PeerLoss):
-        peers = {n: adapter for n in range(1, num_clients)}
+        scored = settings.peers + 1 if family.sampling.bounded(num_clients) else num_clients  # itself and its peers
+        peers = {n: adapter for n in range(1, scored)}
         traffic["query.peer_losses"] = (
-            size(records.peer_losses_content(peers, range(num_clients))),
-            size(records.losses_reply(torch.zeros(num_clients))),
+            size(records.peer_losses_content(peers, range(scored))),
+            size(records.losses_reply(torch.zeros(scored))),
         )
     if isinstance(family, TokenAgreement):
         m = family.measure

@@ -13,6 +13,7 @@ from .families import (
     FedAvg,
     FixedTrust,
     Local,
+    PairScoredTrust,
     PeerLoss,
     ScoredTrust,
     StaticMixture,
@@ -29,6 +30,7 @@ from .matrices import (
     trust_quality,
     usable_clients,
 )
+from .peers import PeerSampling
 from .protocols import ClientData, CollaborativeModel
 from .scores import (
     PEER_LOSS_SCORES,
@@ -58,7 +60,9 @@ __all__ = [
     "FedAvg",
     "FixedTrust",
     "Local",
+    "PairScoredTrust",
     "PeerLoss",
+    "PeerSampling",
     "ScoredTrust",
     "Selection",
     "StaticMixture",

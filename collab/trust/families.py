@@ -1,23 +1,26 @@
 """The trust families: small objects that `scores` the clients (higher = more trust) and turn
 scores `to_trust`, a row-stochastic `[N, N]` matrix. Registered by name.
 
-`scores(model, data)` gathers what the family measures through the protocols of `.protocols`
-(the batched simulation); each family's `scores_from_*` is the pure step from what was measured
-to scores, so a federated server that assembles the measurements from its clients (row i of the
-peer losses from client i; every client's predictions on the shared reference text) calls the
-same code. `to_trust` is pure too.
+`scores(model, data, pairs)` gathers what the family measures through the protocols of
+`.protocols` (the batched simulation); each family's `scores_from_*` is the pure step from what was
+measured to scores, so a federated server that assembles the measurements from its clients (row i
+of the peer losses from client i; every client's predictions on the shared reference text) calls
+the same code. `to_trust` is pure too. The families that score pairs of clients by evaluating
+models (`PairScoredTrust`) can score only the `candidates` pairs (`.peers`): unscored pairs are NaN
+and get no weight.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 import torch
 
 from .matrices import Selection, exclude_nonfinite, row_normalize, usable_clients
+from .peers import PeerSampling
 from .protocols import ClientData, CollaborativeModel
 from .scores import (
     PEER_LOSS_SCORES,
@@ -27,6 +30,7 @@ from .scores import (
     TopLogits,
     TopProbabilities,
     check_choice,
+    row_cosine,
     token_scores,
 )
 
@@ -46,26 +50,38 @@ class TrustFamily(ABC):
         """The family a run's trust settings describe."""
 
     @abstractmethod
-    def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
-        """`[N, N]`: how much client i should trust client j, on this family's own scale."""
+    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """`[N, N]`: how much client i should trust client j, on this family's own scale; only the
+        pairs set in `pairs` (`[N, N]` bool, from `candidates`) where it is given, NaN elsewhere."""
+
+    def candidates(
+        self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
+    ) -> torch.Tensor | None:
+        """`[N, N]` bool: the pairs to score this aggregation (None: every pair). `prior` is the
+        previous aggregation's trust (None before the first), `seed` fixes any random choice."""
+        return None
 
     @abstractmethod
-    def weigh(self, scores: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
-        """Trust rows from scores, giving the clients that are not `usable` no weight."""
+    def weigh(self, scores: torch.Tensor, usable: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+        """Trust rows from scores, giving the clients that are not `usable`, and the pairs not
+        `scored`, no weight."""
 
-    def to_trust(self, scores: torch.Tensor, finite: torch.Tensor | None = None) -> torch.Tensor:
+    def to_trust(
+        self, scores: torch.Tensor, finite: torch.Tensor | None = None, scored: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Row-stochastic `[N, N]` trust from scores. Clients whose adapter is not `finite`, or whose
         model scores non-finite on a usable client's data, get no weight in anyone's average and
-        restart from the mean of the others (`usable_clients`, `exclude_nonfinite`)."""
+        restart from the mean of the others (`usable_clients`, `exclude_nonfinite`); pairs outside
+        `scored` (the `candidates`, where not every pair was scored) get no weight."""
         scores = scores.cpu()
-        usable = usable_clients(scores, finite)
-        return exclude_nonfinite(self.weigh(scores, usable), usable)
+        usable = usable_clients(scores, finite, scored)
+        return exclude_nonfinite(self.weigh(scores, usable, scored), usable)
 
 
 class FixedTrust(TrustFamily):
     """Trust from fixed non-negative affinities, rows normalised: no evaluation, no softmax."""
 
-    def weigh(self, scores: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
+    def weigh(self, scores: torch.Tensor, usable: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
         return row_normalize(scores.nan_to_num(0.0) * usable[None, :])
 
 
@@ -84,8 +100,27 @@ class ScoredTrust(TrustFamily):
     def default_threshold(self) -> float:
         """The `-thresh` threshold tuned to this family's score."""
 
-    def weigh(self, scores: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
-        return self.selection(scores.masked_fill(~usable[None, :], float("-inf")).nan_to_num(nan=float("-inf")))
+    def weigh(self, scores: torch.Tensor, usable: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+        dropped = ~usable[None, :] if scored is None else ~usable[None, :] | ~scored.cpu()
+        return self.selection(scores.masked_fill(dropped, float("-inf")).nan_to_num(nan=float("-inf")))
+
+
+@dataclass(frozen=True)
+class PairScoredTrust(ScoredTrust):
+    """A scored family that measures every pair (i, j) by evaluating models, N² measurements per
+    aggregation: `sampling` can bound it to N * (m + 1) (`.peers.PeerSampling`)."""
+
+    sampling: PeerSampling = field(default_factory=PeerSampling)
+
+    def candidates(
+        self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
+    ) -> torch.Tensor | None:
+        """The pairs `sampling` picks, ranked by the previous trust, or before the first aggregation
+        by how alike the adapters are (cheap: no model is evaluated)."""
+        n = next(iter(adapters.values())).shape[0]
+        if not self.sampling.bounded(n):
+            return None
+        return self.sampling.choose(prior if prior is not None else row_cosine(adapters, dim=-2), seed)
 
 
 FAMILIES: dict[str, type[TrustFamily]] = {}
@@ -108,7 +143,7 @@ class Local(FixedTrust):
     def from_settings(cls, settings: TrustSettings) -> Local:
         return cls()
 
-    def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
+    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
         return self.scores_from_count(model.num_clients)
 
     @staticmethod
@@ -127,7 +162,7 @@ class FedAvg(FixedTrust):
     def from_settings(cls, settings: TrustSettings) -> FedAvg:
         return cls()
 
-    def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
+    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
         return self.scores_from_count(model.num_clients)
 
     @staticmethod
@@ -151,7 +186,7 @@ class StaticMixture(FixedTrust):
     def from_settings(cls, settings: TrustSettings) -> StaticMixture:
         return cls(settings.static_rule)
 
-    def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
+    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
         return self.scores_from_mixture(torch.as_tensor(data.mixture))
 
     def scores_from_mixture(self, mixture: torch.Tensor) -> torch.Tensor:
@@ -178,7 +213,7 @@ class AdapterSimilarity(ScoredTrust):
     def from_settings(cls, settings: TrustSettings) -> AdapterSimilarity:
         return cls(settings.selection(), settings.similarity)
 
-    def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
+    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
         return self.scores_from_adapters(model.adapters())
 
     def scores_from_adapters(self, adapters: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -187,14 +222,14 @@ class AdapterSimilarity(ScoredTrust):
 
 @register
 @dataclass(frozen=True)
-class PeerLoss(ScoredTrust):
+class PeerLoss(PairScoredTrust):
     """`dynamic-ref`: softmax of how well client j's model predicts client i's `trust` split
     (`scores.PEER_LOSS_SCORES`: minus perplexity, the paper's, or minus the loss)."""
 
     name: ClassVar[str] = "dynamic-ref"
     needs: ClassVar[tuple[str, ...]] = ("trust_batches",)
     score: str = "perplexity"
-    eval_chunk: int | None = None  # clients per evaluation pass (None: the model's own)
+    eval_chunk: int | None = None  # pairs per evaluation pass (None: the model's client chunk)
 
     def __post_init__(self) -> None:
         check_choice("dynamic-ref score", self.score, PEER_LOSS_SCORES)
@@ -206,21 +241,25 @@ class PeerLoss(ScoredTrust):
 
     @classmethod
     def from_settings(cls, settings: TrustSettings) -> PeerLoss:
-        return cls(settings.selection(), settings.ref_score, settings.eval_chunk)
+        return cls(
+            selection=settings.selection(),
+            sampling=settings.sampling(),
+            score=settings.ref_score,
+            eval_chunk=settings.eval_chunk,
+        )
 
-    def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
-        batches = data.trust_batches()
-        rows = [model.mean_losses([b[i] for b in batches], self.eval_chunk).cpu() for i in range(model.num_clients)]
-        return self.scores_from_losses(torch.stack(rows))
+    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        return self.scores_from_losses(model.pair_losses(data.trust_batches(), pairs, self.eval_chunk).cpu())
 
     def scores_from_losses(self, losses: torch.Tensor) -> torch.Tensor:
-        """Scores from `[N, N]` mean losses, row i = every client's model on client i's data."""
+        """Scores from `[N, N]` mean losses, row i = every client's model on client i's data (NaN:
+        not measured)."""
         return PEER_LOSS_SCORES[self.score].score(losses)
 
 
 @register
 @dataclass(frozen=True)
-class TokenAgreement(ScoredTrust):
+class TokenAgreement(PairScoredTrust):
     """`dynamic-token`: softmax of minus how far apart the clients' predictions on the shared
     reference text are (`scores.TOKEN_DISTANCES`), rows scaled by `scores.token_scores`."""
 
@@ -237,21 +276,26 @@ class TokenAgreement(ScoredTrust):
     def from_settings(cls, settings: TrustSettings) -> TokenAgreement:
         kind = TOKEN_DISTANCES[settings.token_distance]
         measure = kind() if settings.token_top_k is None else kind(settings.token_top_k)
-        return cls(settings.selection(), measure, settings.eval_chunk)
+        return cls(
+            selection=settings.selection(),
+            sampling=settings.sampling(),
+            measure=measure,
+            eval_chunk=settings.eval_chunk,
+        )
 
-    def scores(self, model: CollaborativeModel, data: ClientData) -> torch.Tensor:
+    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
         n = model.num_clients
         total, positions = torch.zeros(n, n, dtype=torch.float64), 0
-        # one sequence at a time: every client's full-vocabulary outputs are held at once
         for seq in (s for batch in data.ref_batches(self.measure.num_batches) for s in batch):
-            outputs = model.client_outputs(
-                seq[None, :-1], self.measure.predict, self.measure.positions, self.eval_chunk
-            )
-            total += self.measure.distance_sum(outputs)
-            positions += outputs[0, ..., 0].numel()
-        return self.scores_from_distances(total / positions)
+            # every client's logits, a few positions at a time: never every client's whole vocabulary at once
+            for logits in model.client_logits(seq[None, :-1], self.measure.positions, self.eval_chunk):
+                outputs = self.measure.predict(logits)
+                total += self.measure.distance_sum(outputs, pairs)
+                positions += outputs[0, ..., 0].numel()
+        return self.scores_from_distances(total / positions, pairs)
 
     @staticmethod
-    def scores_from_distances(distances: torch.Tensor) -> torch.Tensor:
-        """Scores from `[N, N]` mean distances (`measure.distance_sum` over positions / positions)."""
-        return token_scores(distances)
+    def scores_from_distances(distances: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores from `[N, N]` mean distances (`measure.distance_sum` over positions / positions),
+        measured at the pairs in `scored` (None: every pair)."""
+        return token_scores(distances, scored)

@@ -71,15 +71,19 @@ def finite_clients(adapters: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return torch.stack([a.detach().flatten(1).isfinite().all(1).cpu() for a in adapters.values()]).all(0)
 
 
-def usable_clients(scores: torch.Tensor, finite: torch.Tensor | None = None) -> torch.Tensor:
+def usable_clients(
+    scores: torch.Tensor, finite: torch.Tensor | None = None, scored: torch.Tensor | None = None
+) -> torch.Tensor:
     """`[N]` bool: clients with a finite adapter (`finite`, default all) and a finite score of their
     own, whose column of `scores` is finite on every such client's row: a model that scores NaN or
-    inf on a healthy client's data is as broken as a NaN adapter."""
+    inf on a healthy client's data is as broken as a NaN adapter. Where only the pairs in `scored`
+    (`[N, N]` bool, the diagonal always among them) were measured, only those are read."""
     scores = scores.cpu()
+    ok = scores.isfinite() if scored is None else scores.isfinite() | ~scored.cpu()
     usable = scores.diagonal().isfinite()
     if finite is not None:
         usable &= finite.cpu()
-    return usable & scores[usable].isfinite().all(0)
+    return usable & ok[usable].all(0)
 
 
 def exclude_nonfinite(trust: torch.Tensor, healthy: torch.Tensor) -> torch.Tensor:

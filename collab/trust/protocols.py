@@ -8,7 +8,7 @@ in its `needs`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -39,20 +39,20 @@ class CollaborativeModel(Protocol):
         """The stacked adapter tensors `[N, ...]` by name."""
         ...
 
-    def mean_losses(self, batches: Sequence[torch.Tensor], chunk: int | None = None) -> torch.Tensor:
-        """`[N]`: every client's model's mean next-token loss (nats) on the same batches `[b, T+1]`,
-        dropout off; `chunk` bounds how many clients' activations exist at once."""
+    def pair_losses(
+        self, batches: Sequence[torch.Tensor], pairs: torch.Tensor | None = None, chunk: int | None = None
+    ) -> torch.Tensor:
+        """`[N, N]`: the mean next-token loss (nats) of client j's model on client i's slices of the
+        `[N, b, T+1]` batches, at the pairs set in `pairs` (`[N, N]` bool; None: every pair), NaN
+        elsewhere; dropout off. `chunk` bounds how many pairs' activations exist at once."""
         ...
 
-    def client_outputs(
-        self,
-        idx: torch.Tensor,
-        reduce: Callable[[torch.Tensor], torch.Tensor],
-        positions: slice = slice(None),
-        chunk: int | None = None,
-    ) -> torch.Tensor:
-        """`reduce` of every client's logits on the same token ids `[b, T]` at `positions`, concatenated
-        over clients: `reduce` sees `[k, b, T', V]` for k clients at a time, dropout off."""
+    def client_logits(
+        self, idx: torch.Tensor, positions: slice = slice(None), chunk: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """Every client's logits on the same token ids `[b, T]` at `positions`, a block of positions
+        at a time (`[N, b, t, V]`, so that memory does not hold N full-vocabulary streams), dropout
+        off; `chunk` bounds how many clients' activations exist at once."""
         ...
 
     def replace_adapters(self, adapters: Mapping[str, torch.Tensor], reset: torch.Tensor) -> None:

@@ -98,14 +98,46 @@ PEER_LOSS_SCORES = {
 
 # --- dynamic-token: how far apart two clients' predictions on the shared reference text are
 
+PAIR_ELEMENTS = 1 << 22  # elements of one block of pairs' gathered predictions
 
-def token_scores(distances: torch.Tensor) -> torch.Tensor:
+
+def token_scores(distances: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
     """Minus the distances with each row scaled to sum to 10, as the reference code scales them:
     scores lie in [-10, 0] whatever the distance's units. A non-finite distance (a broken client)
-    stays non-finite and leaves the rest of its row as it would be without it."""
+    stays non-finite and leaves the rest of its row as it would be without it.
+
+    Where only the pairs in `scored` (`[N, N]` bool) were measured, a row's sum is estimated from
+    its scored peers as if the others were like them (N times their mean), so that scores keep the
+    scale of full scoring; unscored pairs are NaN."""
     distances = distances.float()
-    row_sums = distances.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs().sum(dim=1, keepdim=True)
+    finite = distances.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0).abs()
+    if scored is None:
+        row_sums = finite.sum(dim=1, keepdim=True)
+    else:
+        counted = scored.cpu()
+        finite = finite * counted
+        row_sums = finite.sum(dim=1, keepdim=True) * distances.shape[1] / counted.sum(dim=1, keepdim=True)
+        distances = distances.masked_fill(~counted, float("nan"))
     return -10.0 * distances / row_sums.clamp_min(1e-12)
+
+
+def pair_indices(n: int, pairs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(rows, cols)` of the pairs set in `pairs` (`[n, n]` bool; None: every pair)."""
+    mask = torch.ones(n, n, dtype=torch.bool) if pairs is None else pairs.cpu()
+    return mask.nonzero(as_tuple=True)
+
+
+def pair_sums(
+    n: int, pairs: torch.Tensor | None, part: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], block: int
+) -> torch.Tensor:
+    """`[n, n]` float64: `part(rows, cols)` (`[len(rows)]`, one value per pair) at the pairs set in
+    `pairs`, zero elsewhere, `block` pairs at a time (bounding the memory of `part`)."""
+    rows, cols = pair_indices(n, pairs)
+    out = torch.zeros(n, n, dtype=torch.float64)
+    for start in range(0, len(rows), block):
+        r, c = rows[start : start + block], cols[start : start + block]
+        out[r, c] = part(r, c).double().cpu()
+    return out
 
 
 @dataclass(frozen=True)
@@ -127,18 +159,20 @@ class TopProbabilities:
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(dim=-1)
 
-    def distance_sum(self, outputs: torch.Tensor) -> torch.Tensor:
-        """`[N, N]` summed over the positions of `outputs` `[N, ..., V]`."""
+    def distance_sum(self, outputs: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """`[N, N]` summed over the positions of `outputs` `[N, ..., V]`, at the pairs set in `pairs`
+        (`[N, N]` bool; None: every pair), zero elsewhere."""
         probs = outputs.flatten(1, -2)  # [N, P, V]
-        n = probs.shape[0]
+        n, positions = probs.shape[:2]
         top = probs.topk(min(self.top_k, probs.shape[-1]), dim=-1).indices  # [N, P, k]
-        dist = torch.zeros(n, n, dtype=torch.float64)
-        for i in range(n):
-            p_i = probs[i].gather(-1, top[i])  # [P, k]
-            p_all = probs.gather(-1, top[i].expand(n, *top[i].shape))  # [N, P, k]
-            l1 = (p_all - p_i).abs().sum(-1) / p_i.sum(-1).clamp_min(1e-12)  # [N, P]
-            dist[i] = l1.sum(-1).double().cpu()
-        return dist
+        own = probs.gather(-1, top)  # [N, P, k]: each client on its own top tokens
+        mass = own.sum(-1).clamp_min(1e-12)  # [N, P]
+
+        def part(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+            theirs = probs[j].gather(-1, top[i])  # [pairs, P, k]: client j on client i's top tokens
+            return ((theirs - own[i]).abs().sum(-1) / mass[i]).sum(-1)
+
+        return pair_sums(n, pairs, part, max(1, PAIR_ELEMENTS // (positions * top.shape[-1])))
 
 
 @dataclass(frozen=True)
@@ -158,10 +192,15 @@ class TopLogits:
         kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
         return logits.masked_fill(logits < kth, 0.0)  # ties with the k-th logit stay, as in the reference
 
-    def distance_sum(self, outputs: torch.Tensor) -> torch.Tensor:
-        """`[N, N]` summed over the positions of `outputs` `[N, ..., V]`."""
-        per_position = outputs.flatten(1, -2).transpose(0, 1).double()  # [P, N, V]
-        return torch.cdist(per_position, per_position, p=1).sum(0).cpu()
+    def distance_sum(self, outputs: torch.Tensor, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """`[N, N]` summed over the positions of `outputs` `[N, ..., V]`, at the pairs set in `pairs`
+        (`[N, N]` bool; None: every pair), zero elsewhere."""
+        values = outputs.flatten(1, -2)  # [N, P, V]
+
+        def part(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+            return (values[i].double() - values[j].double()).abs().sum((-2, -1))
+
+        return pair_sums(values.shape[0], pairs, part, max(1, PAIR_ELEMENTS // values[0].numel()))
 
 
 TOKEN_DISTANCES: dict[str, type[TopProbabilities] | type[TopLogits]] = {

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from lora_gpt.errors import ConfigError
 from lora_gpt.options import option, require, require_choice
 
-from .families import FAMILIES, ScoredTrust, TrustFamily
+from .families import FAMILIES, PairScoredTrust, ScoredTrust, TrustFamily
 from .matrices import VARIANTS, Selection
+from .peers import PeerSampling
 from .scores import PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES
 
 STRATEGIES = tuple(
@@ -110,8 +111,20 @@ class TrustSettings:
         "reference code's hand-set matrices)",
         choices=STATIC_RULES,
     )
+    peers: int = option(
+        0,
+        "dynamic-ref, dynamic-token: score each client against this many candidate peers per "
+        "aggregation instead of all (0, or N-1 and more: all); unscored peers get no weight",
+        flag="trust_peers",
+    )
+    explore: int = option(
+        2,
+        "of the --trust_peers candidates, how many are drawn at random each aggregation; the "
+        "rest are the best of the previous trust row",
+        flag="trust_explore",
+    )
     eval_chunk: int | None = option(
-        None, "clients per pass when scoring trust (default: --client_chunk)", resume_free=True
+        None, "clients (dynamic-ref: pairs) per pass when scoring trust (default: --client_chunk)", resume_free=True
     )
 
     def __post_init__(self) -> None:
@@ -126,6 +139,18 @@ class TrustSettings:
                 self, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1 (or unset for the default)"
             )
         self.selection()  # checks k and the temperature
+        self.sampling()  # checks the peers and the random share
+        if self.peers and not issubclass(FAMILIES[self.family], PairScoredTrust):
+            raise ConfigError(
+                f"--trust_peers bounds the pairs that dynamic-ref and dynamic-token score; "
+                f"{self.strategy} scores no pairs. Fix: drop --trust_peers, or --trust dynamic-ref or "
+                "dynamic-token."
+            )
+        if self.peers and self.variant == "top-k" and self.k > self.peers + 1:
+            raise ConfigError(
+                f"--k {self.k} exceeds the {self.peers + 1} clients each client scores (itself and "
+                f"--trust_peers {self.peers}). Fix: --k {self.peers + 1} or less, or more --trust_peers."
+            )
         for name in ("similarity", "ref_score", "token_distance", "static_rule"):
             require_choice(self, name)
 
@@ -144,6 +169,10 @@ class TrustSettings:
     def selection(self) -> Selection:
         """How a scored family's scores become trust under these settings."""
         return Selection(self.variant, self.k, self.threshold, self.temperature)
+
+    def sampling(self) -> PeerSampling:
+        """Which pairs a pair-scored family scores under these settings."""
+        return PeerSampling(self.peers, self.explore)
 
 
 def build_family(settings: TrustSettings) -> TrustFamily:
