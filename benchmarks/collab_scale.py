@@ -42,6 +42,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch.utils.data import DataLoader, IterableDataset
 
 from collab.aggregation import TrustAggregation
@@ -58,7 +59,7 @@ LORA = LoRAConfig(rank=4, alpha=32, dropout=0.1, targets=ATTENTION_TARGETS + MLP
 CATEGORIES = 4
 BOUNDED_PEERS = 8
 GB = 2**30
-STRATEGIES = {  # column -> trust settings
+STRATEGIES: dict[str, dict[str, Any]] = {  # column -> trust settings
     "naive": {"strategy": "naive"},
     "static": {"strategy": "static"},
     "dynamic": {"strategy": "dynamic"},
@@ -97,7 +98,7 @@ class RandomClients(L.LightningDataModule):
     def __init__(self, num_clients: int, shape: Shape, vocab_size: int) -> None:
         super().__init__()
         self.num_clients, self.shape, self.vocab_size = num_clients, shape, vocab_size
-        self.mixture = np.eye(CATEGORIES)[np.arange(num_clients) % CATEGORIES]
+        self.mixture: ArrayLike = np.eye(CATEGORIES)[np.arange(num_clients) % CATEGORIES]
 
     def batch(self, seed: int, *leading: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
@@ -107,7 +108,7 @@ class RandomClients(L.LightningDataModule):
         return DataLoader(_Endless(self), batch_size=None)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader([self.batch(1, self.num_clients)], batch_size=None)
+        return DataLoader([self.batch(1, self.num_clients)], batch_size=None)  # type: ignore[arg-type]
 
     def trust_batches(self, num_batches: int | None = None) -> list[torch.Tensor]:
         return [self.batch(2, self.num_clients)]
@@ -411,7 +412,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=2, help="training steps per point (the first is a warm-up)")
-    p.add_argument("--max_seconds", type=float, default=90.0, help="longest dynamic-ref aggregation run for real")
+    p.add_argument("--max_seconds", type=float, default=180.0, help="longest dynamic-ref aggregation run for real")
     p.add_argument("--copies_limit_gb", type=float, default=10.0, help="run N copies only where predicted below this")
     p.add_argument("--quick", action="store_true", help="gpt2-tiny, N in 2 4: a smoke run")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here (and a .png and .json beside)")

@@ -18,6 +18,9 @@ class ClientMetrics(Metric):
     each of `num_clients` clients."""
 
     full_state_update = False
+    loss_sum: torch.Tensor  # [N] float64 sums, as `add_state` registers them
+    correct: torch.Tensor
+    tokens: torch.Tensor
 
     def __init__(self, num_clients: int) -> None:
         super().__init__()

@@ -124,7 +124,8 @@ def token_scores(distances: torch.Tensor, scored: torch.Tensor | None = None) ->
 def pair_indices(n: int, pairs: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """`(rows, cols)` of the pairs set in `pairs` (`[n, n]` bool; None: every pair)."""
     mask = torch.ones(n, n, dtype=torch.bool) if pairs is None else pairs.cpu()
-    return mask.nonzero(as_tuple=True)
+    rows, cols = mask.nonzero(as_tuple=True)
+    return rows, cols
 
 
 def pair_sums(
@@ -169,7 +170,8 @@ class TopProbabilities:
         mass = own.sum(-1).clamp_min(1e-12)  # [N, P]
 
         def part(i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-            theirs = probs[j].gather(-1, top[i])  # [pairs, P, k]: client j on client i's top tokens
+            # [pairs, P, k]: client j on client i's top tokens, read without copying client j's rows
+            theirs = probs[j[:, None, None], torch.arange(positions)[None, :, None], top[i]]
             return ((theirs - own[i]).abs().sum(-1) / mass[i]).sum(-1)
 
         return pair_sums(n, pairs, part, max(1, PAIR_ELEMENTS // (positions * top.shape[-1])))
