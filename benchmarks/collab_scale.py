@@ -11,6 +11,12 @@ point runs in a fresh process, so its peak memory (peak RSS, `getrusage`) is its
   peak RSS after training; then one validation and one aggregation of each strategy through
   `TrustAggregation` (`dynamic-ref` and `dynamic-token` also with `--trust_peers 8`), on one
   batch of trust data per client and one of shared reference text; peak RSS after all of it.
+- `live`: the same training alone with glibc's mmap threshold fixed at 128 KiB
+  (`MALLOC_MMAP_THRESHOLD_`), so that freed blocks go back to the system and peak RSS follows the
+  memory really in use: with glibc's default, heap fragmentation from the per-pass activations
+  adds to the peak, and at the offline shape that noise is larger than a client's adapter state.
+  The growth per added client is read from these peaks, against a client's adapter and AdamW
+  moments.
   `dynamic-ref` costs one evaluation per scored pair: its time per pair is measured on a probe of
   pairs at that N, and where pairs x that time exceeds `--max_seconds` the aggregation is not run
   and its time is that product, marked extrapolated.
@@ -59,6 +65,7 @@ LORA = LoRAConfig(rank=4, alpha=32, dropout=0.1, targets=ATTENTION_TARGETS + MLP
 CATEGORIES = 4
 BOUNDED_PEERS = 8
 GB = 2**30
+LIVE_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # the `live` points: RSS follows the memory in use
 STRATEGIES: dict[str, dict[str, Any]] = {  # column -> trust settings
     "naive": {"strategy": "naive"},
     "static": {"strategy": "static"},
@@ -148,19 +155,24 @@ def adapter_state_bytes(module: CollabLoRAModule) -> int:
 
 
 def pair_seconds(module: CollabLoRAModule, data: RandomClients, probe: int) -> float:
-    """Seconds of dynamic-ref's evaluation of one (data, adapter) pair, from `probe` random pairs."""
+    """Seconds of dynamic-ref's evaluation of one (data, adapter) pair, from `probe` random pairs
+    (after one pass of warm-up)."""
     n = module.num_clients
-    pairs = torch.zeros(n * n, dtype=torch.bool)
-    pairs[torch.randperm(n * n, generator=torch.Generator().manual_seed(0))[:probe]] = True
+    order = torch.randperm(n * n, generator=torch.Generator().manual_seed(0))
+    pairs = [
+        torch.zeros(n * n, dtype=torch.bool).index_fill_(0, part, True).view(n, n)
+        for part in (order[: module.client_chunk], order[:probe])
+    ]
+    module.pair_losses(data.trust_batches(), pairs[0])
     start = time.perf_counter()
-    module.pair_losses(data.trust_batches(), pairs.view(n, n))
+    module.pair_losses(data.trust_batches(), pairs[1])
     return (time.perf_counter() - start) / probe
 
 
 def time_aggregations(module: CollabLoRAModule, data: RandomClients, max_seconds: float) -> dict[str, Any]:
     """Seconds of one aggregation per strategy; dynamic-ref's extrapolated where it would take too long."""
     n = module.num_clients
-    per_pair = pair_seconds(module, data, min(n * n, 2 * module.client_chunk))
+    per_pair = pair_seconds(module, data, min(n * n, 4 * module.client_chunk))
     out: dict[str, Any] = {"pair_seconds": per_pair}
     for column, options in STRATEGIES.items():
         settings = TrustSettings(**options)
@@ -175,7 +187,9 @@ def time_aggregations(module: CollabLoRAModule, data: RandomClients, max_seconds
     return out
 
 
-def measure_collab(shape: Shape, n: int, steps: int, precision: str, max_seconds: float) -> dict[str, Any]:
+def measure_collab(
+    shape: Shape, n: int, steps: int, precision: str, max_seconds: float, aggregations: bool = True
+) -> dict[str, Any]:
     config = GPTConfig.from_name(shape.preset)
     module = CollabLoRAModule(
         base=GPT(config),
@@ -201,6 +215,8 @@ def measure_collab(shape: Shape, n: int, steps: int, precision: str, max_seconds
     trainer.fit(module, datamodule=data)
     step_s = float(np.median(timer.seconds[1:]))  # the first step warms up
     train_peak = peak_rss_mb()
+    if not aggregations:
+        return {"mode": "live", "N": n, "train_peak_mb": train_peak, "client_state_bytes": adapter_state_bytes(module)}
     L.Trainer(
         accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False
     ).validate(module, datamodule=data, verbose=False)
@@ -260,7 +276,7 @@ def run_child(args: argparse.Namespace, shape: Shape, mode: str, n: int) -> dict
         "--max_seconds",
         str(args.max_seconds),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **(LIVE_MALLOC if mode == "live" else {})}
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"  {shape.preset} {mode} N={n}: {json.dumps(result)}", file=sys.stderr, flush=True)
@@ -274,7 +290,7 @@ def child(spec: dict[str, Any], steps: int, max_seconds: float) -> dict[str, Any
     precision = resolve_precision("auto", "cpu")
     if spec["mode"] == "copies":
         return measure_copies(shape, spec["N"], precision)
-    return measure_collab(shape, spec["N"], steps, precision, max_seconds)
+    return measure_collab(shape, spec["N"], steps, precision, max_seconds, aggregations=spec["mode"] == "collab")
 
 
 def measure_shape(args: argparse.Namespace, shape: Shape) -> dict[str, Any]:
@@ -287,7 +303,9 @@ def measure_shape(args: argparse.Namespace, shape: Shape) -> dict[str, Any]:
         copies: dict[str, Any] = {"predicted_mb": fixed + per_copy * n}
         if copies["predicted_mb"] < args.copies_limit_gb * 1024:
             copies.update(run_child(args, shape, "copies", n))
-        points.append({"collab": run_child(args, shape, "collab", n), "copies": copies})
+        points.append(
+            {"collab": run_child(args, shape, "collab", n), "live": run_child(args, shape, "live", n), "copies": copies}
+        )
     return {
         "shape": asdict(shape),
         "per_copy_mb": per_copy,
@@ -297,11 +315,12 @@ def measure_shape(args: argparse.Namespace, shape: Shape) -> dict[str, Any]:
     }
 
 
-def growth(result: dict[str, Any], key: str) -> tuple[float, float]:
-    """MB per added client (from the smallest to the largest N) and its ratio to a client's adapter + AdamW state."""
-    first, last = result["points"][0]["collab"], result["points"][-1]["collab"]
-    per_client = (last[key] - first[key]) / (last["N"] - first["N"])
-    return per_client, per_client * 2**20 / first["client_state_bytes"]
+def growth(result: dict[str, Any], mode: str, key: str) -> tuple[float, float]:
+    """MiB per added client (least squares over the N measured) and its ratio to a client's adapter + AdamW state."""
+    ns = np.array([p[mode]["N"] for p in result["points"]], dtype=float)
+    peaks = np.array([p[mode][key] for p in result["points"]])
+    per_client = float(np.polyfit(ns, peaks, 1)[0])
+    return per_client, per_client * 2**20 / result["points"][0]["collab"]["client_state_bytes"]
 
 
 def cell(entry: dict[str, Any]) -> str:
@@ -313,10 +332,9 @@ def table(name: str, result: dict[str, Any]) -> list[str]:
     lines = [
         f"### {name}: {shape['batch']} x {shape['seq']} tokens per client and step, {shape['chunk']} clients per pass",
         "",
-        "| N | peak MB (training) | peak MB (with aggregations) | tokens/s | copies: peak MB | copies: tokens/s | "
-        + " | ".join(f"{s} (s)" for s in STRATEGIES)
-        + " |",
-        "|" + "---|" * (6 + len(STRATEGIES)),
+        "| N | peak MB (training) | live MB (training) | peak MB (with aggregations) | tokens/s | copies: peak MB "
+        "| copies: tokens/s | " + " | ".join(f"{s} (s)" for s in STRATEGIES) + " |",
+        "|" + "---|" * (7 + len(STRATEGIES)),
     ]
     for point in result["points"]:
         c, copies = point["collab"], point["copies"]
@@ -325,18 +343,21 @@ def table(name: str, result: dict[str, Any]) -> list[str]:
         else:
             copy_cells = f"~{copies['predicted_mb']:,.0f} (predicted, not run) | -"
         lines.append(
-            f"| {c['N']} | {c['train_peak_mb']:,.0f} | {c['peak_mb']:,.0f} | {c['tokens_per_s']:,.0f} | "
+            f"| {c['N']} | {c['train_peak_mb']:,.0f} | {point['live']['train_peak_mb']:,.0f} | "
+            f"{c['peak_mb']:,.0f} | {c['tokens_per_s']:,.0f} | "
             f"{copy_cells} | " + " | ".join(cell(c["aggregations"][s]) for s in STRATEGIES) + " |"
         )
-    train_growth, total_growth = growth(result, "train_peak_mb"), growth(result, "peak_mb")
-    first = result["points"][0]["collab"]
+    live, default, total = (
+        growth(result, m, k) for m, k in (("live", "train_peak_mb"), ("collab", "train_peak_mb"), ("collab", "peak_mb"))
+    )
+    state_mib = result["points"][0]["collab"]["client_state_bytes"] / 2**20
     lines += [
         "",
-        f"- Growth per added client, N {first['N']} to {result['points'][-1]['collab']['N']}: "
-        f"{train_growth[0]:.2f} MB in training ({train_growth[0] * 2**20 / 1e6:.2f} MB), "
-        f"{train_growth[1]:.2f}x a client's adapter + AdamW state "
-        f"({first['client_state_bytes'] / 1e6:.3f} MB: adapter and two moments, float32); with the "
-        f"aggregations {total_growth[0]:.2f} MB ({total_growth[1]:.2f}x).",
+        f"- Growth per added client (least squares over N; MiB as in the table): live {live[0]:.2f} MiB = "
+        f"**{live[1]:.2f}x** a client's adapter + AdamW moments ({state_mib:.3f} MiB, float32; its gradient "
+        f"adds 1/3 more while a step runs, so 1.33x is the floor); peak RSS with glibc's default "
+        f"{default[0]:.2f} MiB ({default[1]:.2f}x) in training, {total[0]:.2f} MiB ({total[1]:.2f}x) with "
+        "the aggregations.",
         f"- Copies: {result['per_copy_mb']:,.0f} MB per copy (measured at 1 and 4 copies), so N copies pass "
         f"24 GB at N = {result['copies_pass_24gb_at']}.",
         "- dynamic-ref per pair: "
@@ -357,30 +378,36 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(len(results), 2, figsize=(10, 3.6 * len(results)), squeeze=False)
     for row, (name, result) in zip(axes, results.items(), strict=True):
-        ns = [p["collab"]["N"] for p in result["points"]]
-        row[0].plot(ns, [p["collab"]["peak_mb"] / 1024 for p in result["points"]], "o-", label="this design")
-        row[0].plot(
-            ns,
-            [p["copies"].get("peak_mb", p["copies"]["predicted_mb"]) / 1024 for p in result["points"]],
-            "s--",
-            label="N copies (hollow: predicted)",
-            markerfacecolor="none",
-        )
+        points = result["points"]
+        ns = [p["collab"]["N"] for p in points]
+        row[0].plot(ns, [p["collab"]["peak_mb"] / 1024 for p in points], "o-", label="this design (peak RSS)")
+        row[0].plot(ns, [p["live"]["train_peak_mb"] / 1024 for p in points], "^:", label="this design (live)")
+        copies = [
+            (n, p["copies"].get("peak_mb", p["copies"]["predicted_mb"]) / 1024) for n, p in zip(ns, points, strict=True)
+        ]
+        (line,) = row[0].plot(*zip(*copies, strict=True), "--", label="N copies (hollow: predicted)")
+        for (n, gb), p in zip(copies, points, strict=True):
+            row[0].plot(
+                n,
+                gb,
+                "s",
+                color=line.get_color(),
+                markerfacecolor="none" if "peak_mb" not in p["copies"] else line.get_color(),
+            )
         row[0].axhline(24, color="grey", lw=0.8)
-        row[0].set(title=f"{name}: peak memory", xlabel="clients N", ylabel="GB", xscale="log", yscale="log")
+        row[0].set_title(f"{name}: peak memory (24 GB line)", fontsize=9)
+        row[0].set(xlabel="clients N", ylabel="GB", xscale="log", yscale="log")
         for s in STRATEGIES:
-            times = [p["collab"]["aggregations"][s] for p in result["points"]]
+            times = [p["collab"]["aggregations"][s] for p in points]
             (line,) = row[1].plot(ns, [t["seconds"] for t in times], "o-", label=s, ms=4)
             extra = [(n, t["seconds"]) for n, t in zip(ns, times, strict=True) if t["extrapolated"]]
             if extra:
                 row[1].plot(*zip(*extra, strict=True), "o", color=line.get_color(), markerfacecolor="white", ms=7)
-        row[1].set(
-            title=f"{name}: one aggregation (hollow: extrapolated)",
-            xlabel="clients N",
-            ylabel="seconds",
-            xscale="log",
-            yscale="log",
-        )
+        row[1].set_title(f"{name}: one aggregation (hollow: extrapolated)", fontsize=9)
+        row[1].set(xlabel="clients N", ylabel="seconds", xscale="log", yscale="log")
+        for ax in row:
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.minorticks_off()
         row[0].legend(fontsize=7)
         row[1].legend(fontsize=6, ncol=2)
     fig.tight_layout()
@@ -412,7 +439,7 @@ def report(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=2, help="training steps per point (the first is a warm-up)")
-    p.add_argument("--max_seconds", type=float, default=180.0, help="longest dynamic-ref aggregation run for real")
+    p.add_argument("--max_seconds", type=float, default=240.0, help="longest dynamic-ref aggregation run for real")
     p.add_argument("--copies_limit_gb", type=float, default=10.0, help="run N copies only where predicted below this")
     p.add_argument("--quick", action="store_true", help="gpt2-tiny, N in 2 4: a smoke run")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here (and a .png and .json beside)")
