@@ -8,7 +8,9 @@ and `--trust_peers 8` (each client itself and 8 candidates: 6 by the previous tr
 adapters' similarity before the first aggregation, and 2 at random; N * 9 scores). Every run is
 `collab.fit`'s module, data module and aggregation callback under Lightning, one thread; the table
 gives every aggregation's seconds (scoring, trust, new adapters) and same-category share (the mean
-share of a row's trust on clients of its own category: 1 is perfect; the table states uniform's).
+share of a row's trust on clients of its own category, itself included: 1 is perfect; the table
+states uniform's), and, since a row can be all self-trust, the mean self weight and the
+same-category share of the weight given to others.
 
     PYTHONPATH=. python benchmarks/bounded_trust.py --out benchmarks/results/bounded_trust_cpu.md
     PYTHONPATH=. python benchmarks/bounded_trust.py --quick     # 8 clients, m=2, 6 steps: a smoke run
@@ -48,11 +50,18 @@ class TimedAggregation(TrustAggregation):
     def aggregate_clients(self, model: CollaborativeModel, data: ClientData, step: int) -> dict[str, Any]:
         start = time.perf_counter()
         record = super().aggregate_clients(model, data, step)
+        seconds = time.perf_counter() - start
+        trust = torch.tensor(record["trust"])
+        main = torch.as_tensor(data.mixture).argmax(1)
+        others = trust * (1 - torch.eye(len(trust)))
+        same = main[:, None] == main[None, :]
         self.rounds.append(
             {
                 "step": step,
-                "seconds": time.perf_counter() - start,
+                "seconds": seconds,
                 "same_category": record["quality"]["same_category"],
+                "self": float(trust.diagonal().mean()),
+                "others_same": float((others * same).sum() / others.sum().clamp_min(1e-12)),
                 "scored": record.get("scored", model.num_clients**2),
             }
         )
@@ -91,6 +100,10 @@ def run(args: argparse.Namespace, folder: Path, strategy: str, peers: int) -> li
     return aggregation.rounds
 
 
+def mean(rounds: list[dict[str, Any]], key: str) -> float:
+    return sum(r[key] for r in rounds) / len(rounds)
+
+
 def uniform_share(folder: Path) -> float:
     """The same-category share of uniform trust (naive): the mean share of clients in one's own category."""
     main = ClientDataModule(folder=folder, config=DataConfig()).mixture.argmax(1)
@@ -113,8 +126,9 @@ def report(args: argparse.Namespace, results: dict[tuple[str, int], list[dict[st
         f"share here: {uniform:.3f}.",
         "",
         "| strategy | scoring | pairs scored per aggregation | seconds per aggregation (each round) | mean s | "
-        "same-category share (each round) | mean share |",
-        "|---|---|---|---|---|---|---|",
+        "same-category share (each round) | mean share | mean self weight | same-category share of the weight "
+        "on others |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (strategy, peers), rounds in results.items():
         seconds = [r["seconds"] for r in rounds]
@@ -124,7 +138,8 @@ def report(args: argparse.Namespace, results: dict[tuple[str, int], list[dict[st
             + ", ".join(f"{s:.1f}" for s in seconds)
             + f" | {sum(seconds) / len(seconds):.1f} | "
             + ", ".join(f"{s:.3f}" for s in shares)
-            + f" | {sum(shares) / len(shares):.3f} |"
+            + f" | {sum(shares) / len(shares):.3f} | "
+            + f"{mean(rounds, 'self'):.3f} | {mean(rounds, 'others_same'):.3f} |"
         )
     lines += [
         "",
@@ -143,7 +158,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--peers", type=int, default=8, help="m of the bounded runs")
-    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--every", type=int, default=10, help="aggregate every this many steps, from this step on")
     p.add_argument("--batch", type=int, default=2, help="sequences per client and step")
     p.add_argument("--lr", type=float, default=1e-2)
