@@ -58,7 +58,7 @@ from collab.trust import TrustSettings
 from lora_gpt import GPT, GPTConfig, LoRAConfig, inject_lora, mark_only_lora_as_trainable
 from lora_gpt.cross_entropy import fused_linear_cross_entropy
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
-from lora_gpt.precision import flush_denormals, resolve_precision
+from lora_gpt.precision import Precision, flush_denormals, resolve_precision
 from lora_gpt.training import adamw
 
 LORA = LoRAConfig(rank=4, alpha=32, dropout=0.1, targets=ATTENTION_TARGETS + MLP_TARGETS, kernel="torch", init_seed=0)
@@ -188,7 +188,7 @@ def time_aggregations(module: CollabLoRAModule, data: RandomClients, max_seconds
 
 
 def measure_collab(
-    shape: Shape, n: int, steps: int, precision: str, max_seconds: float, aggregations: bool = True
+    shape: Shape, n: int, steps: int, precision: Precision, max_seconds: float, scoring: bool = True
 ) -> dict[str, Any]:
     config = GPTConfig.from_name(shape.preset)
     module = CollabLoRAModule(
@@ -215,7 +215,7 @@ def measure_collab(
     trainer.fit(module, datamodule=data)
     step_s = float(np.median(timer.seconds[1:]))  # the first step warms up
     train_peak = peak_rss_mb()
-    if not aggregations:
+    if not scoring:
         return {"mode": "live", "N": n, "train_peak_mb": train_peak, "client_state_bytes": adapter_state_bytes(module)}
     L.Trainer(
         accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False, enable_model_summary=False
@@ -233,7 +233,7 @@ def measure_collab(
     }
 
 
-def measure_copies(shape: Shape, n: int, precision: str) -> dict[str, Any]:
+def measure_copies(shape: Shape, n: int, precision: Precision) -> dict[str, Any]:
     """The reference design: N models, each its own base copy, adapter and optimizer, one after another."""
     config = GPTConfig.from_name(shape.preset)
     models = [mark_only_lora_as_trainable(inject_lora(GPT(config), LORA)) for _ in range(n)]
@@ -290,7 +290,7 @@ def child(spec: dict[str, Any], steps: int, max_seconds: float) -> dict[str, Any
     precision = resolve_precision("auto", "cpu")
     if spec["mode"] == "copies":
         return measure_copies(shape, spec["N"], precision)
-    return measure_collab(shape, spec["N"], steps, precision, max_seconds, aggregations=spec["mode"] == "collab")
+    return measure_collab(shape, spec["N"], steps, precision, max_seconds, scoring=spec["mode"] == "collab")
 
 
 def measure_shape(args: argparse.Namespace, shape: Shape) -> dict[str, Any]:
