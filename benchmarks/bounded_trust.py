@@ -12,8 +12,8 @@ share of a row's trust on clients of its own category, itself included: 1 is per
 states uniform's), and, since a row can be all self-trust, the mean self weight and the
 same-category share of the weight given to others.
 
-    PYTHONPATH=. python benchmarks/bounded_trust.py --out benchmarks/results/bounded_trust_cpu.md
-    PYTHONPATH=. python benchmarks/bounded_trust.py --quick     # 8 clients, m=2, 6 steps: a smoke run
+    python benchmarks/bounded_trust.py --out benchmarks/results/bounded_trust_cpu.md
+    python benchmarks/bounded_trust.py --quick     # 8 clients, m=2, 6 steps: a smoke run
 """
 
 from __future__ import annotations

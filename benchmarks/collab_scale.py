@@ -25,8 +25,8 @@ point runs in a fresh process, so its peak memory (peak RSS, `getrusage`) is its
   copies; it is run at a table's N while that predicts under `--copies_limit_gb`, and the N where
   it would pass 24 GB is stated.
 
-    PYTHONPATH=. python benchmarks/collab_scale.py --out benchmarks/results/collab_scale_cpu.md
-    PYTHONPATH=. python benchmarks/collab_scale.py --quick      # gpt2-tiny, N in 2 4: a smoke run
+    python benchmarks/collab_scale.py --out benchmarks/results/collab_scale_cpu.md
+    python benchmarks/collab_scale.py --quick      # gpt2-tiny, N in 2 4: a smoke run
 """
 
 from __future__ import annotations
