@@ -92,7 +92,7 @@ def train_epochs(summary: dict) -> float:
     return tokens / budget["train"]
 
 
-def describe(summary: dict, minutes: float) -> str:
+def describe(summary: dict, minutes: float, reused: int) -> str:
     budget, categories = summary["dataset"]["budget"], summary["dataset"]["categories"]
     config = summary["config"]
     owner = summary["dataset"]["client_categories"]
@@ -101,7 +101,8 @@ def describe(summary: dict, minutes: float) -> str:
         f"each with {budget['train']:,} train tokens, read {train_epochs(summary):.1f} times over in "
         f"{config['optim']['iterations']} steps of {config['data']['batch_size']} x "
         f"{config['data']['sequence_length']} tokens; validation on {budget['val']:,} held-out tokens per client; "
-        f"{summary['precision']}; {minutes:.1f} min in all"
+        f"{summary['precision']}; {minutes:.1f} min for this command"
+        + (f" ({reused} finished runs reused, their time not counted)" if reused else "")
     )
 
 
@@ -126,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.exit(2, f"error: unknown run {', '.join(unknown)}; choose from: {'; '.join(r.name for r in RUNS)}\n")
     start = time.time()
+    reused = 0
     folders = [RunFolder(args.out / folder_name(r.name)) for r in chosen]
     try:
         for r, folder in zip(chosen, folders, strict=True):
             if folder.finished():
                 print(f"{r.name}: finished earlier, reusing {folder.path}")
+                reused += 1
                 continue
             print(f"\n=== {r.name} ===", flush=True)
             run(
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         p.exit(2, f"error: {err}\n")
     runs = [load_summaries(folder.path)[0] for folder in folders]
     labels = [r.name for r in chosen]
-    print(f"\n{describe(runs[0], (time.time() - start) / 60)}.\n")
+    print(f"\n{describe(runs[0], (time.time() - start) / 60, reused)}.\n")
     print("Validation perplexity per client, before fine-tuning (the base) and after; lower is better:\n")
     print(client_table(runs, labels))
     base = runs[0]["curves"][0]["clients"]
