@@ -77,12 +77,16 @@ def prepare_data(config: FitConfig):
     """The data module over the run's prepared dataset, and the data options that dataset holds
     (its recipe and client count), having refused options that contradict a `--data_dir`."""
     from data import ClientDataModule, prepare_recipe
+    from data.prepare import fitted_note
 
     data = config.data
     folder = data.data_dir or prepare_recipe(
         data.recipe, num_clients=data.num_clients, seed=config.run.seed, pairing=data.pairing, **data.budgets()
     )
     datamodule = ClientDataModule(folder=folder, config=data, seed=config.run.seed, accumulate=config.optim.acc_steps)
+    note = fitted_note(datamodule.manifest)
+    if note:
+        print(note)
     return datamodule, data.resolved(datamodule.manifest)
 
 

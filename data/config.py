@@ -21,7 +21,8 @@ class DataConfig:
 
     dataset: str | None = option(
         None,
-        "recipe name, or a folder / CSV / JSONL of your own (default: "
+        "recipe name, or a folder / CSV / JSONL of your own: PATH gives each client one category, "
+        "PATH:mixed the mixed split (default: "
         f"{DEFAULT_DATASET}, or the recipe --data_dir was prepared from)",
     )
     data_dir: Path | None = option(

@@ -2,8 +2,8 @@
 
 Writes `client_NN/{train,val,trust}.bin` for every client, a shared `ref.bin`, and last
 `manifest.json` (recipe, options, the budgets used, categories, each client's category mixture,
-token counts, sha256 of every file). More clients than the recipe's default, with no budgets
-given, shrink the per-client budgets until the text suffices. The default folder is keyed by
+token counts, sha256 of every file). With no budgets given, your own data, or more clients than a
+recipe's default, shrink the per-client budgets until the text suffices. The default folder is keyed by
 recipe and options, so the same call reuses it and other options get their own; an `--out`
 that holds another configuration is refused, never overwritten.
 """
@@ -30,7 +30,7 @@ from lora_gpt.errors import ConfigError, FixableError
 from .errors import ManifestError
 from .manifest import MANIFEST, client_file, read_manifest, verify, write_json, write_tokens
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
-from .split import PAIRINGS, SPLITS, Layout, category_needs, fitted_budget, resolve_pairing, split_clients
+from .split import PAIRINGS, SPLITS, Budget, Layout, category_needs, fitted_budget, resolve_pairing, split_clients
 from .tokenize import TokenizedDocuments
 
 FORMAT_VERSION = 2
@@ -68,8 +68,8 @@ def prepare_recipe(
     """Prepare, or reuse, the token files of `recipe` for `num_clients` clients; returns the folder.
 
     `recipe` is a name from `list_recipes()` or the path of your own data; `budgets` (`train`,
-    `val`, `trust`, `ref`, in tokens) replace the recipe's defaults; with none given and more
-    clients than the recipe's default, the budgets shrink in proportion (down to
+    `val`, `trust`, `ref`, in tokens) replace the recipe's defaults; with none given, for your own
+    data or more clients than a recipe's default, the budgets shrink in proportion (down to
     `data.split.FLOOR`) until the text suffices, and the manifest's `budget` records those used;
     `seed` chooses which documents go where; `pairing` (mixed split only) is `ring` (default) or
     the reference code's `pairs`. The default folder is
@@ -123,8 +123,9 @@ def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, pr
     shares = layout.shares()  # checks the client count before any text is tokenized
     docs = [TokenizedDocuments(documents[c]) for c in categories]
     budget = spec.budget
-    if not options["budget_given"] and layout.num_clients > (spec.num_clients or len(categories)):
-        budget = fitted_budget(docs, categories, layout, budget)  # more clients than the recipe's: data-poor ones
+    if not options["budget_given"] and (spec.num_clients is None or layout.num_clients > spec.num_clients):
+        # your own data (the defaults know nothing of its size), or more clients than a recipe's: fit the text
+        budget = fitted_budget(docs, categories, layout, budget)
     with tqdm(
         total=int(category_needs(shares, budget).sum()),
         desc=f"tokenizing {spec.name}",
@@ -155,6 +156,19 @@ def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, pr
     write_json(folder / MANIFEST, manifest)  # last: its presence means the folder is complete
 
 
+def fitted_note(manifest: dict) -> str | None:
+    """What a run prints where the budgets were fitted to the text (None where they are as asked)."""
+    asked = manifest["options"]["budget"]
+    used = manifest.get("budget", asked)  # folders prepared before budgets were fitted hold none
+    if used == asked:
+        return None
+    return (
+        f"budgets fitted to the text of {manifest['recipe']} for {manifest['num_clients']} clients: "
+        f"{Budget(**used)} (the defaults ask for {Budget(**asked)}); --train_tokens, --val_tokens, "
+        "--trust_tokens, --ref_tokens choose others."
+    )
+
+
 def summary(folder: Path) -> str:
     """A few lines describing a prepared dataset: clients, their mixtures, token counts."""
     m = read_manifest(folder)
@@ -163,8 +177,7 @@ def summary(folder: Path) -> str:
         f"{folder}",
         f"{m['recipe']}: {m['num_clients']} clients over {', '.join(m['categories'])}"
         + (f" (mixed, pairing {pairing})" if pairing else ""),
-        f"  budget: train {used['train']:,}, val {used['val']:,}, trust {used['trust']:,} per client, ref "
-        f"{used['ref']:,} per category"
+        f"  budget: {Budget(**used)}"
         + (
             ""
             if used == asked
@@ -195,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         "--num_clients",
         type=int,
         default=None,
-        help="clients (default: the recipe's own count; more than that, with no --*_tokens, shrinks the "
-        "per-client budgets until the text suffices)",
+        help="clients (default: the recipe's own count, one per category of your own data); with no "
+        "--*_tokens, your own data, or more clients than a recipe's count, shrink the per-client budgets until "
+        "the text suffices",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: under the cache, keyed by options)")
     p.add_argument("--seed", type=int, default=0, help="which documents go to which client and split")

@@ -3,7 +3,7 @@ reference stream first and then to every client's train / val / trust splits. Pi
 whole documents (see `TokenStream.take`), so no document is in two places: not in two clients,
 not in two splits, not in a split and the reference stream.
 
-Many clients: `fitted_budget` shrinks a budget in proportion, down to `FLOOR`, until every
+Many clients, or your own data: `fitted_budget` shrinks a budget in proportion, down to `FLOOR`, until every
 category's text fills every piece; where even the floor is too much, or the budget is fixed, the
 error names the largest client count the text serves.
 """
@@ -36,6 +36,9 @@ class Budget:
     val: int
     trust: int
     ref: int
+
+    def __str__(self) -> str:
+        return f"train {self.train:,}, val {self.val:,}, trust {self.trust:,} per client, ref {self.ref:,} per category"
 
 
 # A split's smallest useful size, in windows of collab.fit's default sequence (128 tokens and the
@@ -261,10 +264,7 @@ def shortage(
     need = category_needs(layout.shares(), budget)[short]
     most = most_clients(docs, layout, budget)
     at = "even at the smallest budgets" if at_floor else "at these budgets"
-    sizes = (
-        f"train {budget.train:,}, val {budget.val:,}, trust {budget.trust:,} per client, ref {budget.ref:,} per "
-        "category" + ("; budgets shrink toward these for more clients than the recipe's default" if at_floor else "")
-    )
+    sizes = f"{budget}" + ("; budgets shrink toward these until the text suffices" if at_floor else "")
     fixes = [f"--num_clients {most} or fewer (the most this text serves {at.removeprefix('even ')})"] if most else []
     fixes.append(
         "more text in that category"

@@ -4,6 +4,7 @@ mixtures, determinism, resume, atomic writes, manifest checks and error messages
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import lightning as L
 import numpy as np
@@ -12,8 +13,10 @@ import torch
 
 from data import ClientDataModule, DataConfig, DataError, ManifestError, get_recipe, list_recipes, prepare_recipe
 from data.manifest import sha256
+from data.prepare import fitted_note
 from data.prepare import main as prepare_main
 from data.prepare import summary as prepare_summary
+from data.recipes import RECIPES
 from data.sources.local import load_local
 from data.split import Budget, design_shares, scaled
 from lora_gpt.tokenizer import EOT_TOKEN, get_tokenizer
@@ -212,7 +215,7 @@ def test_more_clients_than_the_default_shrink_the_budgets_to_fit(even_corpus):
         prepare_recipe(str(even_corpus), num_clients=10, progress=False)
 
 
-def test_given_budgets_or_the_default_count_never_shrink(even_corpus):
+def test_given_budgets_or_a_recipes_own_count_never_shrink(even_corpus, monkeypatch):
     # given budgets stay: 30 + 10 + 10 documents a client and 20 for ref serve 2 clients a category
     given = dict(train=3000, val=1000, trust=1000, ref=2000)
     with pytest.raises(
@@ -224,9 +227,30 @@ def test_given_budgets_or_the_default_count_never_shrink(even_corpus):
         prepare_recipe(str(even_corpus), num_clients=8, progress=False, **given)
     folder = prepare_recipe(str(even_corpus), num_clients=4, progress=False, **given)
     assert manifest_of(folder)["budget"] == given and manifest_of(folder)["options"]["budget_given"] is True
-    # the recipe's own count keeps the recipe's budgets: 300 documents for one client's train alone
+    # a built-in recipe at its own count keeps its budgets: 300 documents for one client's train alone
+    monkeypatch.setitem(
+        RECIPES, "even_builtin", replace(get_recipe(str(even_corpus)), name="even_builtin", num_clients=2)
+    )
     with pytest.raises(ValueError, match=r"for 2 clients at these budgets \(train 30,000.*Fix: smaller budgets"):
-        prepare_recipe(str(even_corpus), progress=False)
+        prepare_recipe("even_builtin", progress=False)
+
+
+def test_your_own_data_gets_budgets_fitted_to_it_at_any_client_count(even_corpus):
+    """Issue 20.4: your own data at its own client count (one per category) kept the default budgets
+    and failed ("smaller budgets"), while more clients than categories shrank them and worked."""
+    # one client a category at train t: val max(516, 8t/30), trust max(516, 4t/30), ref max(1,032, t/3);
+    # a category's 120 documents of 100 tokens hold ref + train + val + trust, each rounded up to whole
+    # documents, up to t = 6,800: 23 + 68 + 19 + 10 documents; t = 6,801 needs a 69th for train
+    folder = prepare_recipe(str(even_corpus), progress=False)
+    m = manifest_of(folder)
+    assert m["num_clients"] == 2 and m["budget"] == {"train": 6800, "val": 1813, "trust": 906, "ref": 2266}
+    assert "shrunk from train 30,000" in prepare_summary(folder)
+    assert fitted_note(m) == (  # what collab.fit prints
+        f"budgets fitted to the text of {even_corpus} for 2 clients: train 6,800, val 1,813, trust 906 per client, "
+        "ref 2,266 per category (the defaults ask for train 30,000, val 8,000, trust 4,000 per client, ref 10,000 "
+        "per category); --train_tokens, --val_tokens, --trust_tokens, --ref_tokens choose others."
+    )
+    assert fitted_note(manifest_of(prepare_recipe(str(even_corpus), progress=False, **SMALL))) is None
 
 
 def test_prepare_is_idempotent_and_never_overwrites_another_configuration(corpus):

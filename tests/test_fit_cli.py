@@ -175,6 +175,7 @@ def test_help_documents_every_paper_option(capsys):
         "--config",
     ):
         assert option in text, option
+    assert "PATH:mixed the mixed split" in " ".join(text.split())  # issue 20.4: your own data's mixed split was said nowhere
     assert "GPU settings" not in text  # it claimed README.md gives the paper's GPU settings; --profile paper sets them
 
 
