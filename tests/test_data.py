@@ -510,6 +510,39 @@ def test_a_big_file_is_many_documents_at_the_top_or_in_a_category_folder(tmp_pat
     assert m["categories"] == ["en", "es"] and m["documents_used"] == {"en": 10, "es": 10}  # ref + 3 clients x 3
 
 
+def test_a_long_text_without_line_breaks_is_cut_into_documents(tmp_path):
+    """Issue 21.4: a file, or a table row, without line breaks was one document, which no budget could
+    use ("smaller budgets" cannot help): it is cut at sentence ends, else at spaces, else anywhere."""
+    sentences = [(f"en{i:03d}w " * 7)[:-1] + "." for i in range(300)]  # 49 characters each
+    words = [f"de{i:04d}w" for i in range(1500)]  # no sentence ends: 7 characters each
+    root = tmp_path / "own"
+    root.mkdir()
+    (root / "en.txt").write_text(" ".join(sentences))  # 14,999 characters on one line
+    (root / "de.txt").write_text(" ".join(words) + "\n")
+    (root / "zh.txt").write_text("字" * 5000)  # no spaces at all
+    (root / "fr.txt").write_text("un document court.")  # a document of a sensible size stays whole
+    docs = load_local(root)
+    # 40 sentences (1,960 characters and 39 spaces) fill a document of at most 2,000
+    assert docs["en"] == [" ".join(sentences[k : k + 40]) for k in range(0, 300, 40)]
+    assert docs["de"] == [" ".join(words[k : k + 285]) for k in range(0, 1500, 285)]  # 285 x 7 = 1,995
+    assert docs["zh"] == ["字" * 2000, "字" * 2000, "字" * 1000]
+    assert docs["fr"] == ["un document court."]
+    rows = tmp_path / "rows.csv"
+    rows.write_text(f'text,label\n"{" ".join(sentences)}",en\n"{" ".join(sentences[:30])}",en\n{words[0]},de\n')
+    assert load_local(rows) == {"de": [words[0]], "en": docs["en"] + [" ".join(sentences[:30])]}
+    lines = tmp_path / "lines"
+    lines.mkdir()
+    for tag in ("en", "it"):  # one long line a category
+        (lines / f"{tag}.txt").write_text(" ".join((f"{tag}{i:03d}w " * 7)[:-1] + "." for i in range(300)))
+    folder = prepare_recipe(str(lines), progress=False)  # was: "its 1 documents ... ran out ... smaller budgets"
+    sentences_in = [  # the sentences of category en in the ref stream and in client 0's splits
+        set(re.findall(r"en(\d{3})w", get_tokenizer().decode(read(folder, rel).tolist())))
+        for rel in ("ref.bin", "client_00/train.bin", "client_00/val.bin", "client_00/trust.bin")
+    ]
+    assert all(sentences_in) and sum(map(len, sentences_in)) == len(set().union(*sentences_in))  # disjoint
+    assert 4 <= manifest_of(folder)["documents_used"]["en"] <= 8
+
+
 def test_bad_input_files_name_the_file_the_line_and_the_fix(tmp_path):
     def refused(path, content, message):
         path.write_bytes(content.encode() if isinstance(content, str) else content)

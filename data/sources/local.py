@@ -5,11 +5,13 @@
 - a `.csv` or `.jsonl` table with `text` and `label` columns (one row per document).
 
 Every text file becomes documents by one rule, wherever it sits: its paragraphs (separated by
-blank lines; a paragraph longer than a document is cut at its line ends) are grouped, in order,
-into documents of about 2,000 characters. So a folder of many small files gives one document per
-file (files are never merged), and one big file (`es/manual.txt` or `es.txt` alike) gives many
-documents that can be dealt out to many clients. Clients get whole documents, never a piece of
-one that another client or split also holds.
+blank lines; a paragraph longer than a document is cut at its line ends, a line longer than that
+at its sentence ends, then at spaces) are grouped, in order, into documents of about 2,000
+characters. So a folder of many small files gives one document per file (files are never
+merged), and one big file (`es/manual.txt` or `es.txt` alike, even one long line) gives many
+documents that can be dealt out to many clients. A table row is one document, cut by the same
+rule where it is longer than that. Clients get whole documents, never a piece of one that another
+client or split also holds.
 
 Files are read as UTF-8 (a byte-order mark is fine); a byte that is not UTF-8, a table row
 without its text or label, or a line that is not JSON is an error naming the file and the line.
@@ -28,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import DataFileError, DataNotFoundError
-from .text import DOCUMENT_CHARS, group
+from .text import DOCUMENT_CHARS, cut, group
 
 TABLE_SUFFIXES = (".csv", ".jsonl")
 BINARY_SUFFIXES = {".gz", ".zip", ".bin", ".npy", ".pt", ".png", ".jpg", ".pdf"}
@@ -60,15 +62,19 @@ def _read(path: Path) -> str:
 
 
 def file_documents(text: str) -> list[str]:
-    """A file's documents: blank-line paragraphs (cut at line ends when longer than a document),
-    grouped in order into documents of about `DOCUMENT_CHARS` characters."""
+    """A file's documents: blank-line paragraphs (`cut` where longer than a document), grouped in
+    order into documents of about `DOCUMENT_CHARS` characters."""
     pieces: list[str] = []
     for block in re.split(r"\n\s*\n", text):
         block = block.rstrip().lstrip("\n")
-        if not block.strip():
-            continue
-        pieces += group(block.split("\n"), sep="\n") if len(block) > DOCUMENT_CHARS else [block]
+        if block.strip():
+            pieces += cut(block)
     return group(pieces)
+
+
+def row_documents(text: str) -> list[str]:
+    """A table row's documents: the row whole, or where longer than a document, `file_documents`'."""
+    return [text] if len(text) <= DOCUMENT_CHARS else file_documents(text)
 
 
 ROW_FIX = 'Fix: one JSON object per line, such as {"text": "...", "label": "sports"}.'
@@ -150,7 +156,7 @@ def _table(path: Path) -> dict[str, list[str]]:
     for line, row in rows:
         label, doc = _labelled(path, line, row)
         if doc.strip():
-            grouped[label].append(doc)
+            grouped[label] += row_documents(doc)
     return dict(sorted(grouped.items()))
 
 

@@ -79,6 +79,22 @@ def group(pieces: Iterable[str], max_chars: int = DOCUMENT_CHARS, sep: str = "\n
     return docs
 
 
+# Where a text too long for one document is cut, most natural first, and what joins its pieces again.
+_CUTS = ((re.compile(r"\n"), "\n"), (re.compile(r"(?<=[.!?])\s+"), " "), (re.compile(r"\s+"), " "))
+
+
+def cut(text: str, max_chars: int = DOCUMENT_CHARS, level: int = 0) -> list[str]:
+    """`text` as consecutive pieces of at most about `max_chars` characters, cut at line ends where
+    that suffices, else at sentence ends, else at spaces, else anywhere; a text that short already
+    is one piece. A corpus held as one long line still gives documents the budgets can use."""
+    if len(text) <= max_chars:
+        return [text]
+    if level == len(_CUTS):
+        return [text[i : i + max_chars] for i in range(0, len(text), max_chars)]
+    pattern, sep = _CUTS[level]
+    return group([p for part in pattern.split(text) if part for p in cut(part, max_chars, level + 1)], max_chars, sep)
+
+
 def documents(paras: Iterable[str], language: str, seen: set[str], max_chars: int = DOCUMENT_CHARS) -> list[str]:
     """Consecutive paragraphs in `language`, grouped into documents of about `max_chars`.
 
