@@ -3,6 +3,7 @@ mixtures, determinism, resume, atomic writes, manifest checks and error messages
 
 import json
 import re
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -541,6 +542,33 @@ def test_a_long_text_without_line_breaks_is_cut_into_documents(tmp_path):
     ]
     assert all(sentences_in) and sum(map(len, sentences_in)) == len(set().union(*sentences_in))  # disjoint
     assert 4 <= manifest_of(folder)["documents_used"]["en"] <= 8
+
+
+def test_a_category_without_text_is_an_error_naming_it_and_its_files(tmp_path):
+    """Issue 21.5: a category whose files held no text (only whitespace, or files not read as text)
+    disappeared without a word: "2 clients over b"."""
+    root = tmp_path / "own"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "blank.txt").write_text("  \n\n \n")
+    (root / "a" / "scan.pdf").write_bytes(b"%PDF-1.4")
+    (root / "b").mkdir()
+    (root / "b" / "story.txt").write_text("a story")
+    (root / "c").mkdir()
+    with pytest.raises(
+        DataError,
+        match=re.escape(
+            f"category 'a' ({root / 'a'}) holds no text: blank.txt holds only whitespace, scan.pdf is not read "
+            "as text (.pdf). Fix: put text in it, or remove it from"
+        ),
+    ):
+        load_local(root)
+    shutil.rmtree(root / "a")
+    with pytest.raises(DataError, match=re.escape(f"category 'c' ({root / 'c'}) holds no text: it holds no files.")):
+        load_local(root)
+    table = tmp_path / "rows.jsonl"
+    table.write_text("\n".join(json.dumps(r) for r in [{"text": "x", "label": "a"}, {"text": " ", "label": "b"}]))
+    with pytest.raises(DataError, match=re.escape(f"{table}: category 'b' holds no text (its rows: line 2).")):
+        load_local(table)
 
 
 def test_bad_input_files_name_the_file_the_line_and_the_fix(tmp_path):

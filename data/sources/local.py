@@ -13,6 +13,9 @@ documents that can be dealt out to many clients. A table row is one document, cu
 rule where it is longer than that. Clients get whole documents, never a piece of one that another
 client or split also holds.
 
+A category that yields no text (its files hold only whitespace, or none is read as text) is an
+error naming the category and its files, not a category that silently disappears.
+
 Files are read as UTF-8 (a byte-order mark is fine); a byte that is not UTF-8, a table row
 without its text or label, or a line that is not JSON is an error naming the file and the line.
 """
@@ -36,12 +39,17 @@ TABLE_SUFFIXES = (".csv", ".jsonl")
 BINARY_SUFFIXES = {".gz", ".zip", ".bin", ".npy", ".pt", ".png", ".jpg", ".pdf"}
 
 
+def _hidden(path: Path, folder: Path) -> bool:
+    """Whether `path` or a folder it sits in below `folder` is hidden (`.git/...`, `.DS_Store`)."""
+    return any(part.startswith(".") for part in path.relative_to(folder).parts)
+
+
 def _is_text(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() not in BINARY_SUFFIXES
 
 
 def _text_files(folder: Path) -> list[Path]:
-    return [p for p in sorted(folder.rglob("*")) if _is_text(p)]
+    return [p for p in sorted(folder.rglob("*")) if _is_text(p) and not _hidden(p, folder)]
 
 
 def _read(path: Path) -> str:
@@ -153,10 +161,20 @@ def _table(path: Path) -> dict[str, list[str]]:
     text = _read(path)
     rows = _csv_rows(path, text) if path.suffix == ".csv" else _jsonl_rows(path, text)
     grouped: dict[str, list[str]] = defaultdict(list)
+    blank: dict[str, list[int]] = defaultdict(list)  # category -> its rows without text
     for line, row in rows:
         label, doc = _labelled(path, line, row)
         if doc.strip():
             grouped[label] += row_documents(doc)
+        else:
+            blank[label].append(line)
+    for label in sorted(set(blank) - set(grouped)):
+        lines = blank[label]
+        raise DataFileError(
+            f"{path}: category {label!r} holds no text (its rows: line{'s' * (len(lines) > 1)} "
+            f"{', '.join(map(str, lines[:10]))}{', ...' * (len(lines) > 10)}). Fix: give those rows their text, "
+            "or remove them."
+        )
     return dict(sorted(grouped.items()))
 
 
@@ -176,7 +194,28 @@ def _folder(path: Path) -> dict[str, list[str]]:
         where[category] = child
         files = _text_files(child) if child.is_dir() else [child]
         docs[category] = [d for f in files for d in file_documents(_read(f))]
+        if not docs[category]:
+            raise _no_text(category, child)
     return docs
+
+
+def _no_text(category: str, where: Path) -> DataFileError:
+    """The error for a category whose files (a folder's, or one file) yield no text: each file and why."""
+    files = sorted(p for p in where.rglob("*") if p.is_file()) if where.is_dir() else [where]
+
+    def why(p: Path) -> str:
+        if _hidden(p, where):
+            return "is hidden"
+        if p.suffix.lower() in BINARY_SUFFIXES:
+            return f"is not read as text ({p.suffix})"
+        return "holds only whitespace"
+
+    said = [f"{p.relative_to(where) if where.is_dir() else p.name} {why(p)}" for p in files[:10]]
+    said += [f"and {len(files) - 10} more"] if len(files) > 10 else []
+    return DataFileError(
+        f"category {category!r} ({where}) holds no text: {', '.join(said) or 'it holds no files'}. Fix: put text "
+        f"in it, or remove it from {where.parent}."
+    )
 
 
 def load_local(path: Path) -> dict[str, list[str]]:
