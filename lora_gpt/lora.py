@@ -37,6 +37,10 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)  # functions that change a model i
 
 ATTENTION_TARGETS = ("attn.c_attn", "attn.c_proj")
 MLP_TARGETS = ("mlp.c_fc", "mlp.c_proj")
+# What a target may say: a GPT-2 linear LoRA adapts, with its parent or alone (`c_proj` alone is both
+# projections). Not lm_head: the loss reads its weight directly (tied to the token embedding).
+TARGET_NAMES = ATTENTION_TARGETS + MLP_TARGETS + ("c_attn", "c_proj", "c_fc")
+UNADAPTED = ("lm_head",)
 # A's initial distribution (B starts at zero): Kaiming-uniform, as nn.Linear inits, on one of two fan-ins.
 # "peft" (LoRA's and PEFT's): U(+-1/sqrt(d_in)), one draw shared by every client, so adapter similarity
 # measures what clients learned, not their random starts. "reference" (the reference code's, whose A is
@@ -62,7 +66,8 @@ class LoRAConfig:
     dropout: float = option(0.1, "dropout on the adapter's input only", flag="lora_dropout")
     targets: tuple[str, ...] = option(
         ATTENTION_TARGETS + MLP_TARGETS,
-        "suffixes of the linear layers to adapt (GPT-2's: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)",
+        "the linear layers to adapt: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj (or c_attn, c_proj, c_fc "
+        "alone; c_proj is both projections)",
         flag="lora_targets",
     )
     kernel: str = option(
@@ -97,6 +102,15 @@ class LoRAConfig:
             bool(self.targets),
             "at least one layer",
             f"adapt some of {ATTENTION_TARGETS + MLP_TARGETS}",
+        )
+        unknown = [t for t in self.targets if t not in TARGET_NAMES]
+        require(
+            self,
+            "targets",
+            not unknown,
+            f"names of GPT-2's linear layers that LoRA adapts: {', '.join(ATTENTION_TARGETS + MLP_TARGETS)} "
+            "(or c_attn, c_proj, c_fc alone)",
+            f"correct or drop {', '.join(map(repr, unknown))}.",
         )
         require_choice(self, "kernel")
         require_choice(self, "init")
@@ -221,8 +235,15 @@ def lora_linear(
     return torch.baddbmm(F.linear(x, weight, bias), torch.bmm(dropped, A), B, alpha=config.scale * factor)
 
 
+def _answers_to(name: str, target: str) -> bool:
+    """Whether module `name` answers to `target`: `transformer.h.0.attn.c_attn` to `attn.c_attn` or
+    `c_attn` (whole names only, as PEFT's `target_modules`; not to `_attn`)."""
+    return name == target or name.endswith("." + target)
+
+
 def inject_lora(model: ModuleT, config: LoRAConfig, num_adapters: int = 1) -> ModuleT:
-    """Swap every `nn.Linear` whose name ends in one of `config.targets` for a `LoRALinear`.
+    """Swap every `nn.Linear` whose name ends in one of `config.targets` for a `LoRALinear`; every
+    target must match one.
 
     A is drawn as `config.init` says (seeded by `config.init_seed` when given): by default every
     adapter starts from the same A, so adapter similarity later measures what clients learned, not
@@ -234,14 +255,18 @@ def inject_lora(model: ModuleT, config: LoRAConfig, num_adapters: int = 1) -> Mo
     existing = [name for name, _ in lora_layers(model)]
     if existing:
         raise ValueError(f"{existing[0]} already has LoRA adapters; inject all targets at once into a fresh model.")
-    matches = {
+    linears = {
         name: module
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.endswith(config.targets)
+        if isinstance(module, nn.Linear) and name.rpartition(".")[2] not in UNADAPTED
     }
-    if not matches:
+    matches = {name: linear for name, linear in linears.items() if any(_answers_to(name, t) for t in config.targets)}
+    unmatched = [t for t in config.targets if not any(_answers_to(name, t) for name in matches)]
+    if unmatched:
+        has = sorted({".".join(name.split(".")[-2:]) for name in linears})
         raise ValueError(
-            f"no nn.Linear matches the LoRA targets {config.targets}; GPT-2's are {ATTENTION_TARGETS + MLP_TARGETS}."
+            f"no nn.Linear of the model matches the LoRA target {unmatched[0]!r}; its linears that LoRA adapts "
+            f"answer to {', '.join(has) or 'nothing'}."
         )
     generator = None
     if config.init_seed is not None:

@@ -103,6 +103,8 @@ def summary(folder):
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there"),
         ),
         (["--config", "no-such.yaml"], "--config no-such.yaml: No such file or directory"),
+        (["--lora_targets", "attn.c_attn", "attn.c_atn"], "Fix: correct or drop 'attn.c_atn'."),  # issue 21.3
+        (["--lora_targets", "lm_head"], "--lora_targets must be names of GPT-2's linear layers that LoRA adapts"),
     ],
 )
 def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
@@ -175,7 +177,9 @@ def test_help_documents_every_paper_option(capsys):
         "--config",
     ):
         assert option in text, option
-    assert "PATH:mixed the mixed split" in " ".join(text.split())  # issue 20.4: your own data's mixed split was said nowhere
+    assert "PATH:mixed the mixed split" in " ".join(
+        text.split()
+    )  # issue 20.4: your own data's mixed split was said nowhere
     assert "GPU settings" not in text  # it claimed README.md gives the paper's GPU settings; --profile paper sets them
 
 

@@ -1,6 +1,7 @@
 """LoRA layers: the formula, freezing, merging, adapter files, and the stacked-adapter invariant."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -286,5 +287,38 @@ def test_lora_config_validation_names_the_option():
         LoRAConfig(init="kaiming")
     with pytest.raises(ConfigError, match="--lora_targets must be at least one layer"):
         LoRAConfig(targets=())
-    with pytest.raises(ValueError, match="no nn.Linear matches"):
-        inject_lora(GPT(CFG), LoRAConfig(targets=("nothing",)))
+    with pytest.raises(ConfigError, match="Fix: correct or drop 'nothing'"):
+        LoRAConfig(targets=("nothing",))
+
+
+@pytest.mark.parametrize(
+    "targets, wrong", [(("attn.c_attn", "attn.c_atn"), "'attn.c_atn'"), (("lm_head",), "'lm_head'")]
+)
+def test_every_lora_target_must_name_a_linear_lora_adapts(targets, wrong):
+    """Issue 21.3: a misspelt target was dropped without a word where another one matched (so fewer
+    layers were adapted than asked), and lm_head was accepted, then failed at the first step."""
+    with pytest.raises(
+        ConfigError,
+        match=re.escape(
+            "--lora_targets must be names of GPT-2's linear layers that LoRA adapts: attn.c_attn, attn.c_proj, "
+            f"mlp.c_fc, mlp.c_proj (or c_attn, c_proj, c_fc alone), got {targets!r}. Fix: correct or drop {wrong}."
+        ),
+    ):
+        LoRAConfig(targets=targets)
+    assert len(dict(lora_layers(inject_lora(GPT(CFG), LoRAConfig(targets=("c_proj",)))))) == 2 * CFG.n_layer
+
+
+def test_inject_lora_refuses_a_target_the_model_lacks_naming_the_ones_it_has():
+    attention_only = torch.nn.Module()  # a model with attention linears only
+    attention_only.attn = torch.nn.Module()
+    attention_only.attn.c_attn = torch.nn.Linear(4, 12)
+    attention_only.lm_head = torch.nn.Linear(4, 9)
+    with pytest.raises(
+        ValueError,
+        match=re.escape(
+            "no nn.Linear of the model matches the LoRA target 'mlp.c_fc'; its linears that LoRA adapts answer to "
+            "attn.c_attn."
+        ),
+    ):
+        inject_lora(attention_only, LoRAConfig(targets=("attn.c_attn", "mlp.c_fc")))
+    assert not list(lora_layers(attention_only))  # refused before any layer was swapped
