@@ -13,6 +13,7 @@ explicitly override them.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -125,6 +126,13 @@ class FitConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
+        for group in dataclasses.fields(self):  # inf or nan in any number: a run of NaNs, or silently no filter
+            config = getattr(self, group.name)
+            for f in dataclasses.fields(config):
+                value = getattr(config, f.name)
+                numbers = value if isinstance(value, tuple) else (value,)
+                finite = all(math.isfinite(v) for v in numbers if isinstance(v, float))
+                require(config, f.name, finite, "a finite number" if len(numbers) == 1 else "finite numbers")
         if self.data.num_clients is not None:
             self.check_clients(self.data.num_clients)
 

@@ -94,7 +94,7 @@ class LoRAConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "targets", tuple(self.targets))
         require(self, "rank", self.rank >= 1, ">= 1")
-        require(self, "alpha", self.alpha > 0, "> 0")
+        require(self, "alpha", 0 < self.alpha < math.inf, "a finite number > 0")
         require(self, "dropout", 0.0 <= self.dropout < 1.0, "in [0, 1)")
         require(
             self,

@@ -105,6 +105,10 @@ def summary(folder):
         (["--config", "no-such.yaml"], "--config no-such.yaml: No such file or directory"),
         (["--lora_targets", "attn.c_attn", "attn.c_atn"], "Fix: correct or drop 'attn.c_atn'."),  # issue 21.3
         (["--lora_targets", "lm_head"], "--lora_targets must be names of GPT-2's linear layers that LoRA adapts"),
+        (["--lr", "inf"], "--lr must be a finite number, got inf"),  # issue 21.6: then a traceback
+        (["--lora_alpha", "inf"], "--lora_alpha must be a finite number > 0, got inf"),
+        (["--thresh", "nan"], "--thresh must be a finite number, got nan"),  # it was taken silently
+        (["--betas", "0.9", "nan"], "--betas must be two numbers in [0, 1), got (0.9, nan)"),
     ],
 )
 def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
