@@ -27,11 +27,11 @@ TARGET_SWITCHES = {"lora_causal_self_attention": ATTENTION_TARGETS, "lora_mlp": 
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Wraps text at spaces only, so a name such as `dynamic-top-k` stays whole and can be copied,
-    and keeps a description's paragraphs apart."""
+    """Wraps text at spaces only, so a name such as `dynamic-top-k` stays whole and can be copied
+    (a name longer than the line overflows it), and keeps a description's paragraphs apart."""
 
     def _split_lines(self, text: str, width: int) -> list[str]:
-        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "\n\n".join(
@@ -41,6 +41,7 @@ class HelpFormatter(argparse.HelpFormatter):
                 initial_indent=indent,
                 subsequent_indent=indent,
                 break_on_hyphens=False,
+                break_long_words=False,
             )
             for paragraph in text.strip().split("\n\n")
         )

@@ -121,6 +121,17 @@ def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monke
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_help_keeps_every_strategy_name_whole_in_a_narrow_terminal(capsys, monkeypatch):
+    """Issue 21.6: below 70 columns the help broke names such as dynamic-ref-thresh mid-word."""
+    from collab.trust.settings import ALIASES, STRATEGIES
+
+    monkeypatch.setenv("COLUMNS", "60")
+    with pytest.raises(SystemExit):
+        fit.main(["--help"])
+    words = {w.strip(",;()") for w in capsys.readouterr().out.split()}
+    assert set(STRATEGIES) <= words and {f"{k}={v}" for k, v in ALIASES.items()} <= words
+
+
 def test_bf16_where_the_cpu_lacks_it_fails_at_once_naming_the_fallback(capsys, tmp_path, monkeypatch):
     from lora_gpt import precision
 
