@@ -157,9 +157,15 @@ def read_config_file(path: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        values = yaml.safe_load(Path(path).read_text())
+        values = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
     except OSError as err:
         raise ConfigError(f"--config {path}: {err.strerror}. Fix: give an existing YAML or JSON file.") from None
+    except UnicodeDecodeError as err:
+        line = err.object[: err.start].count(b"\n") + 1
+        raise ConfigError(
+            f"--config {path}: line {line} is not UTF-8 text (byte {err.object[err.start : err.start + 1]!r}). "
+            "Fix: save it as UTF-8."
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"--config {path} is not valid YAML: {err}") from None
     if not isinstance(values, dict):

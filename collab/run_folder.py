@@ -76,8 +76,15 @@ class RunFolder:
         """Hold the folder for this process (created if need be); a second run on it fails at once.
         A folder this call created and nothing else wrote to is removed again on the way out."""
         created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK_FILE, "a+") as lock:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            opened = open(self.path / LOCK_FILE, "a+")
+        except OSError as err:  # a file there, a file on the way, no permission, a full disk
+            raise RunFolderError(
+                f"--out {self.path}: a run folder cannot be made there ({err.strerror}: {err.filename}). Fix: "
+                "choose another --out, a folder you can write to."
+            ) from None
+        with opened as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

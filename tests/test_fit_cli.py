@@ -132,6 +132,38 @@ def test_help_keeps_every_strategy_name_whole_in_a_narrow_terminal(capsys, monke
     assert set(STRATEGIES) <= words and {f"{k}={v}" for k, v in ALIASES.items()} <= words
 
 
+def test_an_unreadable_config_or_an_unusable_out_is_one_error_line(inputs, tmp_path, capsys, monkeypatch):
+    """Issue 21.6: a --config that is not UTF-8, an --out that is a file, below a file or not
+    writable ended in a traceback."""
+    monkeypatch.setattr(fit, "load_base", lambda *a: pytest.fail("work started"))
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("run:\n  seed: 0\n# café\n".encode("latin1"))
+    (tmp_path / "a_file").write_text("not a folder")
+
+    def refuses(args, message):
+        with pytest.raises(SystemExit) as exit_info:
+            fit.main(args)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+    refuses(
+        ["--config", str(latin1)],
+        f"error: --config {latin1}: line 3 is not UTF-8 text (byte b'\\xe9'). Fix: save it as UTF-8",
+    )
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "run"):
+        refuses(argv(inputs, out), f"error: --out {out}: a run folder cannot be made there (")
+
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    refuses(
+        argv(inputs, tmp_path / "read_only" / "run"),
+        f"--out {tmp_path / 'read_only' / 'run'}: a run folder cannot be made there (Permission denied: ",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "latin1.yaml"]
+
+
 def test_bf16_where_the_cpu_lacks_it_fails_at_once_naming_the_fallback(capsys, tmp_path, monkeypatch):
     from lora_gpt import precision
 
