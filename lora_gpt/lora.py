@@ -447,6 +447,9 @@ def write_adapters(
     """
     select = _select(into)
     params = lora_parameters(model)
+    slots = next(lora_layers(model))[1].num_adapters if params else 0
+    if isinstance(into, int) and not 0 <= into < slots:
+        raise IndexError(f"{source}: slot {into} out of range 0-{slots - 1}: the model has {slots} adapter slots.")
     if set(tensors) != set(params):
         raise ValueError(
             f"{source}: adapter tensors do not match the model's LoRA layers "

@@ -219,6 +219,9 @@ def test_mismatched_adapters_are_refused_and_nothing_changes(exported, tmp_path,
 
 
 def test_merged_slot_and_wrong_kinds_of_folder_are_refused(trained, exported, tmp_path):
+    for slot in (N, -1):  # issue 21.6: a shape message, as if the adapter were another's
+        with pytest.raises(IndexError, match=rf"{exported}: slot {slot} out of range 0-{N - 1}"):
+            import_peft(copy.deepcopy(trained), exported, into=slot)
     model = copy.deepcopy(trained)
     merge_lora(model, 0)
     with pytest.raises(RuntimeError, match=r"merged .*unmerge_lora\(model\) first"):
