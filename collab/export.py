@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lora_gpt import GPT, export_merged, export_peft, inject_lora, load_adapters, save_adapters, saved_lora_config
 from lora_gpt.errors import ConfigError, FixableError
+from lora_gpt.lora import AdapterFileError, AdapterNotFoundError
 
 from .cli import load_config
 from .fit import base_source
@@ -50,8 +51,16 @@ def client_model(run: Path, client: int) -> GPT:
             )
         )
     model = GPT.from_pretrained(base_source(init))
-    inject_lora(model, saved_lora_config(folder))
-    return load_adapters(model, folder)
+    try:
+        inject_lora(model, saved_lora_config(folder))
+        return load_adapters(model, folder)
+    except (AdapterFileError, AdapterNotFoundError) as err:
+        run_folder = RunFolder(run)
+        raise RunFolderError(
+            f"{err} For a run: delete {run_folder.summary} and run python -m collab.fit --config "
+            f"{run_folder.config} --out {run} again; it resumes from the run's last checkpoint and writes every "
+            "adapter anew."
+        ) from None
 
 
 def export(run: Path, client: int, fmt: str, out: Path | None = None) -> Path:

@@ -24,9 +24,11 @@ from typing import TypeVar
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .clients import ClientSlice, site_id, zero_dropped
+from .errors import FixableError
 from .kernels import KERNELS, resolve_kernel
 from .model import GPT
 from .names import is_lora_name
@@ -409,6 +411,14 @@ def save_adapters(model: nn.Module, folder: str | Path, adapters: slice | int | 
     return folder
 
 
+class AdapterFileError(FixableError, ValueError):
+    """An adapter folder's files are cut short, corrupt, or not what `save_adapters` writes."""
+
+
+class AdapterNotFoundError(FixableError, FileNotFoundError):
+    """An adapter folder lacks a file that `save_adapters` writes."""
+
+
 def _stacked_files(folder: Path) -> tuple[dict, Path]:
     """The metadata and weights file of a stacked-adapter folder, new names or the old ones."""
     if (folder / STACKED_CONFIG).is_file():
@@ -416,24 +426,39 @@ def _stacked_files(folder: Path) -> tuple[dict, Path]:
     elif (folder / LEGACY_CONFIG).is_file():
         config, weights = folder / LEGACY_CONFIG, folder / LEGACY_WEIGHTS
     else:
-        raise FileNotFoundError(
+        raise AdapterNotFoundError(
             f"{folder} holds neither {STACKED_CONFIG} nor {LEGACY_CONFIG}; save adapters with save_adapters()."
         )
-    meta = json.loads(config.read_text())
-    if "peft_type" in meta:
-        raise ValueError(
+    try:
+        meta = json.loads(config.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise AdapterFileError(
+            f"{config} is not valid JSON ({err}): it is cut short or corrupt. Fix: save the adapters again."
+        ) from None
+    if isinstance(meta, dict) and "peft_type" in meta:
+        raise AdapterFileError(
             f"{folder} holds a PEFT adapter, not this project's stacked adapters; load it with "
             "lora_gpt.import_peft(model, folder, into=n)."
         )
+    if not isinstance(meta, dict) or not isinstance(meta.get("lora"), dict):
+        raise AdapterFileError(
+            f"{config} holds no 'lora' settings: it is not what save_adapters writes, or it was overwritten. "
+            "Fix: save the adapters again."
+        )
     if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found beside {config.name}; save the adapters again.")
+        raise AdapterNotFoundError(f"{weights} not found beside {config.name}; save the adapters again.")
     return meta, weights
 
 
 def saved_lora_config(folder: str | Path) -> LoRAConfig:
     """The LoRAConfig adapters saved by `save_adapters` were made with: inject it to load them."""
     meta, _ = _stacked_files(Path(folder))
-    return LoRAConfig(**meta["lora"])
+    try:
+        return LoRAConfig(**meta["lora"])
+    except TypeError as err:  # a setting LoRAConfig lacks, or of the wrong type
+        raise AdapterFileError(
+            f"{folder}: its 'lora' settings are not a LoRAConfig ({err}). Fix: save the adapters again."
+        ) from None
 
 
 @torch.no_grad()
@@ -497,4 +522,10 @@ def load_adapters(model: ModuleT, folder: str | Path, into: slice | int | None =
         diff = {k: (v, signature.get(k)) for k, v in meta["model"].items() if k != "dropout" and signature.get(k) != v}
         if diff:
             raise ValueError(f"{folder}: adapters were made for another model; (saved, this) differ in {diff}.")
-    return write_adapters(model, load_file(str(weights)), into, folder)
+    try:
+        tensors = load_file(str(weights))
+    except SafetensorError as err:
+        raise AdapterFileError(
+            f"{weights} cannot be read ({err}): it is cut short or corrupt. Fix: save the adapters again."
+        ) from None
+    return write_adapters(model, tensors, into, folder)

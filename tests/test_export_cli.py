@@ -1,5 +1,7 @@
 """`python -m collab.export` on a real (tiny) `collab.fit` run, read back with peft and transformers."""
 
+import shutil
+
 import pytest
 import torch
 from run_adapter import run_client
@@ -118,3 +120,36 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export.main([str(tmp_path), "--client", "0", "--format", "merged"])
     assert "config.yaml not found; pass a run folder written by python -m collab.fit" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, damage, said",
+    [
+        ("clients.safetensors", lambda b: b"garbage", "cannot be read (Error while deserializing header"),
+        ("clients.safetensors", lambda b: b[: len(b) // 2], "cannot be read (Error while deserializing header"),
+        ("clients.json", lambda b: b[:20], "is not valid JSON (Unterminated string"),
+        ("clients.json", lambda b: b"\xff\xfe", "is not valid JSON ('utf-8' codec can't decode"),
+        ("clients.json", lambda b: b"{}", "holds no 'lora' settings"),
+        ("clients.safetensors", None, "not found beside clients.json"),
+    ],
+)
+def test_damaged_adapter_files_are_one_error_line_naming_the_file_and_the_fix(
+    run, tmp_path, capsys, monkeypatch, name, damage, said
+):
+    """Issue 21.6: a corrupt clients.safetensors or clients.json ended in a traceback."""
+    folder = shutil.copytree(run[0], tmp_path / "run")
+    path = RunFolder(folder).adapters(1) / name
+    if damage is None:
+        path.unlink()
+    else:
+        path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([str(folder), "--client", "1", "--format", "peft"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"error: {path}") and said in err, err
+    fix = f"delete {RunFolder(folder).summary} and run python -m collab.fit --config {RunFolder(folder).config} --out "
+    assert f"{fix}{folder} again" in err
+    (folder / "summary.json").unlink()  # the fix, as it says: the adapters are written anew, export works
+    monkeypatch.setenv("LORA_GPT_CACHE", str(run[0].parent / "cache"))  # where the run's data was prepared
+    assert fit.main(["--config", str(RunFolder(folder).config), "--out", str(folder)]) == 0
+    assert export.main([str(folder), "--client", "1", "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
