@@ -19,13 +19,16 @@ import torch
 from .run_folder import RunFolderError
 
 CONFIG_KEY = "collab_config"  # the run's options, by group, as the checkpoint was made with
+DATA_KEY = "collab_data"  # the prepared dataset the run trains on: its folder and `data_digest`
 
 
 class RunCheckpoint(L.Callback):
     """Save `path` every `every` optimizer steps and at the last one (see the module docstring)."""
 
-    def __init__(self, path: Path, every: int, eval_every: int, config: dict[str, Any]) -> None:
-        self.path, self.every, self.eval_every, self.config = Path(path), every, eval_every, config
+    def __init__(
+        self, path: Path, every: int, eval_every: int, config: dict[str, Any], data: dict[str, str] | None = None
+    ) -> None:
+        self.path, self.every, self.eval_every, self.config, self.data = Path(path), every, eval_every, config, data
         self._saved_step = -1
 
     def _due(self, trainer: L.Trainer) -> bool:
@@ -42,6 +45,8 @@ class RunCheckpoint(L.Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
         checkpoint[CONFIG_KEY] = self.config
+        if self.data is not None:
+            checkpoint[DATA_KEY] = self.data
 
     def save(self, trainer: L.Trainer) -> None:
         for logger in trainer.loggers:

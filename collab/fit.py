@@ -26,13 +26,14 @@ from typing import Any
 import lightning as L
 import torch
 
+from data.manifest import data_digest
 from lora_gpt import GPT, save_adapters
 from lora_gpt.errors import ConfigError, FixableError
 from lora_gpt.options import flag_name
 from lora_gpt.precision import resolve_precision
 
 from .aggregation import TrustAggregation
-from .checkpoint import CONFIG_KEY, RunCheckpoint, read_checkpoint
+from .checkpoint import CONFIG_KEY, DATA_KEY, RunCheckpoint, read_checkpoint
 from .cli import build_parser, dump_config, fit_config
 from .config import FitConfig, RunConfig
 from .loggers import make_logger
@@ -112,6 +113,21 @@ def check_resume(checkpoint: dict[str, Any], config: FitConfig, path: Path) -> N
         )
 
 
+def check_same_data(checkpoint: dict[str, Any], config: FitConfig, datamodule, path: Path) -> None:
+    """Refuse to resume a checkpoint made on other data than the run's dataset gives now (its files
+    edited since): a resume continues the run on the data it started on, or not at all. A checkpoint
+    written before the data was recorded resumes as it did."""
+    started = checkpoint.get(DATA_KEY)
+    if started is None or started["digest"] == data_digest(datamodule.manifest):
+        return
+    source = config.data.data_dir or config.data.dataset
+    raise RunFolderError(
+        f"{path} was made on other data than {source} gives now: it changed since the run started (the run's "
+        f"prepared data: {started['folder']}; now: {datamodule.data_dir}). Fix: restore {source} as it was to "
+        f"resume, or start afresh on the data as it is now: delete {path}, or choose another --out."
+    )
+
+
 def write_summary(
     folder: RunFolder,
     config: FitConfig,
@@ -166,6 +182,7 @@ def run(config: FitConfig) -> dict[str, Any]:
         config = replace(config, data=data)
         if checkpoint is not None:
             check_resume(checkpoint, config, folder.checkpoint)
+            check_same_data(checkpoint, config, datamodule, folder.checkpoint)
         said = config.warnings()
         for text in said:
             warnings.warn(text, stacklevel=2)
@@ -187,6 +204,7 @@ def run(config: FitConfig) -> dict[str, Any]:
             every=config.run.ckpt_freq or config.run.eval_freq,
             eval_every=config.run.eval_freq,
             config=config.to_dict(),
+            data={"folder": str(datamodule.data_dir), "digest": data_digest(datamodule.manifest)},
         )
         trainer = L.Trainer(
             max_steps=config.optim.iterations,

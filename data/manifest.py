@@ -67,6 +67,13 @@ def read_manifest(folder: Path) -> dict:
         raise ManifestError(f"{path} is not valid JSON ({err}). Fix: delete {folder} and prepare it again.") from err
 
 
+def data_digest(manifest: dict) -> str:
+    """What a prepared dataset holds, as one hash of its token files' sha256: the same tokens give the
+    same digest wherever and whenever they were prepared (a manifest's timings and paths differ)."""
+    files = sorted((rel, entry["sha256"]) for rel, entry in manifest["files"].items())
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
 def verify(folder: Path, manifest: dict, hashes: bool = True) -> None:
     """Check every file the manifest lists: present, of the right size, and (if `hashes`) with
     the right sha256."""

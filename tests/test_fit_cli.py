@@ -6,6 +6,7 @@ import csv
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from tiny_run import TINY_DATA, TINY_RUN, tiny_inputs
 
-from collab import fit
+from collab import checkpoint, fit
 from collab.run_folder import RunFolder
 from lora_gpt.errors import ConfigError
 
@@ -325,6 +326,46 @@ def test_a_run_killed_twice_resumes_exactly(inputs, cache, tmp_path):
             load_file(RunFolder(tmp_path / run).adapters(n) / "clients.safetensors") for run in ("resumed", "straight")
         )
         assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_a_resume_on_data_that_changed_since_the_run_started_is_refused(inputs, cache, tmp_path, capsys, monkeypatch):
+    """Issue 21.1: killed, its dataset edited, the same command resumed on the newly prepared data
+    (exit 0, no warning): metrics.csv held step 0 of the old data and the steps after of the new."""
+    corpus = shutil.copytree(inputs / "corpus", tmp_path / "corpus")
+    out = tmp_path / "run"
+    args = [*argv(inputs, out, "--iterations", "4", "--eval_freq", "2"), "--dataset", str(corpus)]
+    save = checkpoint.RunCheckpoint.save
+
+    def save_then_die(self, trainer):
+        save(self, trainer)
+        raise KeyboardInterrupt  # killed once the checkpoint of step 2 is written
+
+    monkeypatch.setattr(checkpoint.RunCheckpoint, "save", save_then_die)
+    with pytest.raises(SystemExit):
+        fit.main(args)
+    monkeypatch.setattr(checkpoint.RunCheckpoint, "save", save)
+    assert torch.load(RunFolder(out).checkpoint, weights_only=False)["global_step"] == 2
+    originals = {p: p.read_text() for p in (corpus / "red").iterdir()}
+    for p, text in originals.items():
+        p.write_text("a sentence added since, " + text)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(args)
+    assert exit_info.value.code == 2
+    assert (
+        f"error: {RunFolder(out).checkpoint} was made on other data than {corpus} gives now: it changed since the "
+        f"run started (the run's prepared data: "
+    ) in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != ".lock"} == files
+    older = shutil.copytree(out, tmp_path / "older")  # a checkpoint written before the data was recorded
+    state = torch.load(RunFolder(older).checkpoint, weights_only=False)
+    del state[checkpoint.DATA_KEY]
+    torch.save(state, RunFolder(older).checkpoint)
+    assert fit.main([*args, "--out", str(older)]) == 0  # resumes as it did
+    for p, text in originals.items():  # the fix the error names: the data as it was (new file times: prepared anew)
+        p.write_text(text)
+    assert fit.main(args) == 0
+    assert [c["step"] for c in summary(out)["curves"]] == [0, 2, 4]
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.0])
