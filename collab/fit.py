@@ -82,7 +82,12 @@ def prepare_data(config: FitConfig):
 
     data = config.data
     folder = data.data_dir or prepare_recipe(
-        data.recipe, num_clients=data.num_clients, seed=config.run.seed, pairing=data.pairing, **data.budgets()
+        data.recipe,
+        num_clients=data.num_clients,
+        seed=config.run.seed,
+        progress=config.run.progress,
+        pairing=data.pairing,
+        **data.budgets(),
     )
     datamodule = ClientDataModule(folder=folder, config=data, seed=config.run.seed, accumulate=config.optim.acc_steps)
     note = fitted_note(datamodule.manifest)
