@@ -5,6 +5,10 @@ of an evaluation step is written once that evaluation is done: a run resumed fro
 nothing (Lightning's own `ModelCheckpoint` saves before the evaluation, which the resumed run
 then skips). The loggers are flushed first, so the metrics file holds every step the checkpoint
 covers, and the file is written beside its final name and renamed, so it is whole or absent.
+
+On SIGTERM (a scheduler's or `docker stop`'s) Lightning stops the run at the end of the step under
+way; that step is checkpointed first, where the rule above allows (a step whose evaluation is
+still to come is not: the checkpoint before it stays).
 """
 
 from __future__ import annotations
@@ -29,14 +33,23 @@ class RunCheckpoint(L.Callback):
         self, path: Path, every: int, eval_every: int, config: dict[str, Any], data: dict[str, str] | None = None
     ) -> None:
         self.path, self.every, self.eval_every, self.config, self.data = Path(path), every, eval_every, config, data
-        self._saved_step = -1
+        self.saved_step = -1  # the step of the last checkpoint this callback wrote
+        self._step_before = -1  # the optimizer step before the micro-batch under way
 
     def _due(self, trainer: L.Trainer) -> bool:
         step = trainer.global_step
-        return step > 0 and step != self._saved_step and (step % self.every == 0 or step == trainer.max_steps)
+        return (
+            step > 0
+            and step != self.saved_step
+            and (step % self.every == 0 or step == trainer.max_steps or trainer.received_sigterm)
+        )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step_before = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._due(trainer) and trainer.global_step % self.eval_every != 0:
+        stepped = trainer.global_step != self._step_before  # the micro-batch that completes a step
+        if stepped and self._due(trainer) and trainer.global_step % self.eval_every != 0:
             self.save(trainer)
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -56,7 +69,7 @@ class RunCheckpoint(L.Callback):
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
-        self._saved_step = trainer.global_step
+        self.saved_step = trainer.global_step
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

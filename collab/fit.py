@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 import time
 import warnings
@@ -25,6 +26,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data.manifest import data_digest
 from lora_gpt import GPT, save_adapters
@@ -229,11 +231,24 @@ def run(config: FitConfig) -> dict[str, Any]:
             default_root_dir=folder.path,
         )
         start = time.time()
-        if checkpoint is None:  # step 0: every client's model before fine-tuning, the base
-            trainer.validate(module, datamodule=datamodule, verbose=False)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=folder.checkpoint if checkpoint is not None else None)
-        if module.curves[-1]["step"] != trainer.global_step:
-            trainer.validate(module, datamodule=datamodule, verbose=False)
+        try:
+            if checkpoint is None:  # step 0: every client's model before fine-tuning, the base
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=folder.checkpoint if checkpoint is not None else None)
+            if module.curves[-1]["step"] != trainer.global_step:
+                trainer.validate(module, datamodule=datamodule, verbose=False)
+        except SIGTERMException:  # Lightning's own exits 0, as if the run had finished
+            saved = saver.saved_step if saver.saved_step >= 0 else checkpoint["global_step"] if checkpoint else None
+            print(
+                f"stopped by SIGTERM at step {trainer.global_step}; "
+                + (
+                    f"the checkpoint holds step {saved}: run the same command again to resume."
+                    if saved is not None
+                    else "no checkpoint yet: the same command starts the run afresh."
+                ),
+                file=sys.stderr,
+            )
+            raise SystemExit(128 + signal.SIGTERM) from None  # as a shell reports a death by SIGTERM
         for n in range(datamodule.num_clients):
             save_adapters(module.model, folder.adapters(n), adapters=n)
         return write_summary(folder, config, precision, module, aggregation, datamodule, said, time.time() - start)

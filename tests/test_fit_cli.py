@@ -22,7 +22,8 @@ from lora_gpt.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs `python -m collab.fit ARGS` and dies by SIGKILL right after `where` (the checkpoint's save, or
-# the aggregation, with the loggers flushed) at optimizer step STEP: `python -c KILLER WHERE STEP ARGS`.
+# the aggregation, with the loggers flushed) at optimizer step STEP, or is sent SIGTERM right after
+# that step's aggregation (`where` sigterm): `python -c KILLER WHERE STEP ARGS`.
 KILLER = """
 import os, signal, sys
 from collab import aggregation, checkpoint, fit
@@ -30,7 +31,9 @@ where, step = sys.argv[1], int(sys.argv[2])
 def dying(method):
     def wrapped(self, trainer, *args):
         method(self, trainer, *args)
-        if trainer.global_step == step:
+        if trainer.global_step == step and where == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        elif trainer.global_step == step:
             for logger in trainer.loggers:
                 logger.save()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -291,9 +294,11 @@ def test_short_run_end_to_end_writes_summary_adapters_and_trust(inputs, cache, t
 
 def test_a_run_killed_twice_resumes_exactly(inputs, cache, tmp_path):
     """Issue 10.11, with the default dropout: killed (SIGKILL) right after the checkpoint of a step
-    that is also an evaluation and an aggregation step, then after the aggregation of a step past
-    its checkpoint, the run ends as the uninterrupted one does: the same curves, trust matrices,
-    adapters, and every metrics row, step 0 once."""
+    that is also an evaluation and an aggregation step, stopped by SIGTERM (issue 21.2: it exited 0,
+    unfinished, as if it had succeeded) at a step between checkpoints, which it checkpoints before it
+    exits 143, then killed after the aggregation of a step past its checkpoint, the run ends as the
+    uninterrupted one does: the same curves, trust matrices, adapters, and every metrics row, step 0
+    once."""
     schedule = [
         "--iterations",
         "12",
@@ -309,11 +314,16 @@ def test_a_run_killed_twice_resumes_exactly(inputs, cache, tmp_path):
     assert fit.main(argv(inputs, tmp_path / "straight", *schedule)) == 0
     resumed = argv(inputs, tmp_path / "resumed", *schedule)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    for where, step in (("checkpoint", 6), ("aggregation", 9)):
+    for where, step, code in (("checkpoint", 6, -9), ("sigterm", 7, 143), ("aggregation", 9, -9)):
         killed = subprocess.run(
             [sys.executable, "-c", KILLER, where, str(step), *resumed], env=env, capture_output=True, text=True
         )
-        assert killed.returncode == -9, killed.stderr[-3000:]
+        assert killed.returncode == code, killed.stderr[-3000:]
+        if where == "sigterm":
+            assert torch.load(RunFolder(tmp_path / "resumed").checkpoint, weights_only=False)["global_step"] == 7
+            assert killed.stderr.endswith(
+                "stopped by SIGTERM at step 7; the checkpoint holds step 7: run the same command again to resume.\n"
+            )
     assert {r["step"] for r in metrics(tmp_path / "resumed")} >= {"9"}  # rows past the checkpoint (8) reached disk
     assert fit.main(resumed) == 0
     a, b = summary(tmp_path / "straight"), summary(tmp_path / "resumed")
