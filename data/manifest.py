@@ -33,13 +33,19 @@ def sha256(path: Path) -> str:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:  # a file on the way, no permission, a full disk
+        raise ManifestError(
+            f"{path} cannot be written ({err.strerror}). Fix: free space, or prepare the dataset in a folder you can "
+            "write to (python -m data.prepare --out, or another cache: LORA_GPT_CACHE)."
+        ) from None
 
 
 def write_tokens(path: Path, tokens: np.ndarray) -> dict:

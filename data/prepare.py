@@ -47,6 +47,8 @@ def _clear_partial(folder: Path) -> None:
     touch a folder holding anything else."""
     if not folder.exists():
         return
+    if not folder.is_dir():
+        raise ManifestError(f"{folder} is a file, not a folder. Fix: pass a new --out folder.")
     ours = [p for p in folder.iterdir() if p.name.startswith("client_") or p.name.endswith((".bin", ".tmp"))]
     if len(ours) != len(list(folder.iterdir())):
         raise ManifestError(

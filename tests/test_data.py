@@ -318,6 +318,27 @@ def test_out_folder_with_foreign_files_is_refused(corpus, tmp_path):
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+def test_an_out_that_cannot_hold_the_dataset_is_refused_naming_it(corpus, tmp_path, monkeypatch):
+    """A file as --out, a folder below a file, a full disk: each was a traceback."""
+    import data.manifest as manifest_module
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    with pytest.raises(ManifestError, match=re.escape(f"{a_file} is a file, not a folder. Fix: pass a new --out")):
+        prepare_recipe(str(corpus), num_clients=3, out=a_file, progress=False, **SMALL)
+    below = a_file / "ds"
+    with pytest.raises(ManifestError, match=re.escape(f"{below / 'ref.bin'} cannot be written (Not a directory)")):
+        prepare_recipe(str(corpus), num_clients=3, out=below, progress=False, **SMALL)
+    assert a_file.read_text() == "keep me"
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(manifest_module.os, "fsync", full)
+    with pytest.raises(ManifestError, match=r"ref.bin cannot be written \(No space left on device\)\. Fix: free"):
+        prepare_recipe(str(corpus), num_clients=3, out=tmp_path / "ds", progress=False, **SMALL)
+
+
 def test_train_batches_follow_the_seed_client_step_rule(corpus):
     folder = prepare_recipe(str(corpus), num_clients=4, progress=False, **SMALL)
     dm = datamodule(folder, batch_size=3, sequence_length=16, seed=7)
