@@ -69,12 +69,18 @@ def export(run: Path, client: int, fmt: str, out: Path | None = None) -> Path:
         raise ConfigError(f"--format must be one of {FORMATS}, got {fmt!r}.")
     out = out or run / "export" / f"client_{client:02d}_{fmt}"
     model = client_model(run, client)
-    if fmt == "peft":
-        export_peft(model, 0, out)
-    elif fmt == "merged":
-        export_merged(model, 0).save_pretrained(out)
-    else:
-        save_adapters(model, out)
+    try:
+        if fmt == "peft":
+            export_peft(model, 0, out)
+        elif fmt == "merged":
+            export_merged(model, 0).save_pretrained(out)
+        else:
+            save_adapters(model, out)
+    except OSError as err:  # a file on the way, no permission, a full disk
+        raise ConfigError(
+            f"--out {out}: the export cannot be written there ({err.strerror}: {err.filename}). Fix: choose another "
+            "--out, a folder you can write to."
+        ) from None
     return out
 
 

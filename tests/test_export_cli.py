@@ -116,6 +116,17 @@ def test_bad_requests_fail_naming_the_fix(run, argv, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_an_out_that_cannot_hold_the_export_is_refused(run, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep me")
+    for fmt, out in (("peft", a_file), ("merged", a_file / "merged")):
+        with pytest.raises(SystemExit) as exit_info:
+            export.main([str(run[0]), "--client", "0", "--format", fmt, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(f"error: --out {out}: the export cannot be written there")
+    assert a_file.read_text() == "keep me"
+
+
 def test_a_folder_that_is_not_a_run_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export.main([str(tmp_path), "--client", "0", "--format", "merged"])
