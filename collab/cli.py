@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from lora_gpt.errors import ConfigError
-from lora_gpt.options import help_text
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
+from lora_gpt.options import help_text
 
 from .config import PROFILES, FitConfig
 

@@ -86,10 +86,11 @@ def prepare_data(config: FitConfig):
     return datamodule, data.resolved(datamodule.manifest)
 
 
-def default_out(config: FitConfig) -> Path:
+def default_out(config: FitConfig, root: Path = RUNS_ROOT) -> Path:
+    """`ROOT/DATASET[-nCLIENTS]/TRUST/seedSEED`, for a run without `--out`."""
     data = config.data
     dataset = data.dataset or (data.data_dir.name if data.data_dir else data.recipe)
-    return run_dir(RUNS_ROOT, dataset, config.trust.strategy, config.run.seed, data.num_clients)
+    return run_dir(root, dataset, config.trust.strategy, config.run.seed, data.num_clients)
 
 
 def check_resume(checkpoint: dict[str, Any], config: FitConfig, path: Path) -> None:

@@ -277,7 +277,10 @@ def test_token_distances_match_per_client_loops():
             pi, pj = probs[i].gather(-1, top), probs[j].gather(-1, top)
             expected[i, j] = ((pj - pi).abs().sum(-1) / pi.sum(-1)).mean()
     torch.testing.assert_close(
-        ours.scores(BatchedMeasurements(module, dm, chunk=2)), -10 * expected / expected.sum(1, keepdim=True), rtol=1e-4, atol=1e-6
+        ours.scores(BatchedMeasurements(module, dm, chunk=2)),
+        -10 * expected / expected.sum(1, keepdim=True),
+        rtol=1e-4,
+        atol=1e-6,
     )
 
     reference = TokenAgreement(measure=TopLogits(top_k=5))
@@ -286,7 +289,10 @@ def test_token_distances_match_per_client_loops():
     expected = torch.tensor([[(kept[i] - kept[j]).abs().sum(-1).mean().item() for j in range(N)] for i in range(N)])
     assert torch.equal(expected, expected.T) and (expected.diagonal() == 0).all()
     torch.testing.assert_close(
-        reference.scores(BatchedMeasurements(module, dm)), -10 * expected / expected.sum(1, keepdim=True), rtol=1e-4, atol=1e-6
+        reference.scores(BatchedMeasurements(module, dm)),
+        -10 * expected / expected.sum(1, keepdim=True),
+        rtol=1e-4,
+        atol=1e-6,
     )
 
 

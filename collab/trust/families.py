@@ -100,7 +100,10 @@ class TrustFamily(ABC):
 
 def build_family(settings: TrustSettings) -> TrustFamily:
     """The trust family object the settings describe, from the registry."""
-    family = FAMILIES[settings.family].from_settings(settings)
+    cls = FAMILIES[settings.family]
+    if not (isinstance(cls, type) and issubclass(cls, TrustFamily)):
+        raise TypeError(f"{settings.family} is registered as {cls!r}, not a TrustFamily subclass.")
+    family = cls.from_settings(settings)
     if not isinstance(family, TrustFamily):
         raise TypeError(f"{settings.family}'s from_settings returned {type(family).__name__}, not a TrustFamily.")
     return family

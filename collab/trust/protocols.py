@@ -25,7 +25,10 @@ class Measurements(Protocol):
     only for what it reads.
     """
 
-    num_clients: int  # P
+    @property
+    def num_clients(self) -> int:
+        """P, the clients of the round."""
+        ...
 
     def mixture(self) -> torch.Tensor:
         """`[P, C]`: each client's share of tokens from each category (rows sum to 1)."""

@@ -208,7 +208,9 @@ class TopLogits:
 
 
 TokenMeasure = TopProbabilities | TopLogits
-TOKEN_DISTANCES: dict[str, type[TopProbabilities] | type[TopLogits]] = {m.name: m for m in (TopProbabilities, TopLogits)}
+TOKEN_DISTANCES: dict[str, type[TopProbabilities] | type[TopLogits]] = {
+    m.name: m for m in (TopProbabilities, TopLogits)
+}
 
 
 def token_measure(distance: str, top_k: int | None = None) -> TokenMeasure:

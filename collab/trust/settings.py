@@ -148,4 +148,3 @@ class TrustSettings:
     def sampling(self) -> PeerSampling:
         """Which pairs a pair-scored family scores under these settings."""
         return PeerSampling(self.peers, self.explore)
-
