@@ -30,7 +30,7 @@ import torch
 from collab.aggregation import TrustAggregation
 from collab.config import MemoryConfig, OptimConfig
 from collab.module import CollabLoRAModule
-from collab.trust import ClientData, CollaborativeModel, TrustSettings
+from collab.trust import TrustSettings
 from data import ClientDataModule, prepare_recipe
 from data.config import DataConfig
 from data.offline_base import offline_base
@@ -45,27 +45,30 @@ class TimedAggregation(TrustAggregation):
 
     def __init__(self, *, settings: TrustSettings, seed: int) -> None:
         super().__init__(settings=settings, seed=seed)
-        self.rounds: list[dict[str, Any]] = []
+        self.timed: list[dict[str, Any]] = []
 
-    def aggregate_clients(self, model: CollaborativeModel, data: ClientData, step: int) -> dict[str, Any]:
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        due = self.due(step)
         start = time.perf_counter()
-        record = super().aggregate_clients(model, data, step)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not due or self.rounds is None or self.rounds.prior is None:
+            return
         seconds = time.perf_counter() - start
-        trust = torch.tensor(record["trust"])
-        main = torch.as_tensor(data.mixture).argmax(1)
+        record, trust = self.history[-1], self.rounds.prior
+        main = torch.as_tensor(trainer.datamodule.mixture).argmax(1)
         others = trust * (1 - torch.eye(len(trust)))
         same = main[:, None] == main[None, :]
-        self.rounds.append(
+        self.timed.append(
             {
                 "step": step,
                 "seconds": seconds,
                 "same_category": record["quality"]["same_category"],
                 "self": float(trust.diagonal().mean()),
                 "others_same": float((others * same).sum() / others.sum().clamp_min(1e-12)),
-                "scored": record.get("scored", model.num_clients**2),
+                "scored": record.get("scored", pl_module.num_clients**2),
             }
         )
-        return record
 
 
 def run(args: argparse.Namespace, folder: Path, strategy: str, peers: int) -> list[dict[str, Any]]:
@@ -97,7 +100,7 @@ def run(args: argparse.Namespace, folder: Path, strategy: str, peers: int) -> li
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=data)
-    return aggregation.rounds
+    return aggregation.timed
 
 
 def mean(rounds: list[dict[str, Any]], key: str) -> float:

@@ -9,7 +9,7 @@ point runs in a fresh process, so its peak memory (peak RSS, `getrusage`) is its
 
 - `collab`: `collab.fit`'s module under Lightning, a warm-up step then timed steps (tokens/s);
   peak RSS after training; then one validation and one aggregation of each strategy through
-  `TrustAggregation` (`dynamic-ref` and `dynamic-token` also with `--trust_peers 8`), on one
+  the trust round (`dynamic-ref` and `dynamic-token` also with `--trust_peers 8`), on one
   batch of trust data per client and one of shared reference text; peak RSS after all of it.
 - `live`: the same training alone with glibc's mmap threshold fixed at 128 KiB
   (`MALLOC_MMAP_THRESHOLD_`), so that freed blocks go back to the system and peak RSS follows the
@@ -51,10 +51,9 @@ import torch
 from numpy.typing import ArrayLike
 from torch.utils.data import DataLoader, IterableDataset
 
-from collab.aggregation import TrustAggregation
 from collab.config import MemoryConfig, OptimConfig
 from collab.module import CollabLoRAModule
-from collab.trust import TrustSettings
+from collab.trust import BatchedMeasurements, TrustRounds, TrustSettings
 from lora_gpt import GPT, GPTConfig, LoRAConfig, inject_lora, mark_only_lora_as_trainable
 from lora_gpt.cross_entropy import fused_linear_cross_entropy
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
@@ -180,9 +179,10 @@ def time_aggregations(module: CollabLoRAModule, data: RandomClients, max_seconds
         if settings.family == "dynamic-ref" and pairs * per_pair > max_seconds:
             out[column] = {"seconds": pairs * per_pair, "extrapolated": True, "pairs": pairs}
             continue
-        aggregation = TrustAggregation(settings=settings, seed=0)
+        rounds = TrustRounds(settings, n, seed=0)
         start = time.perf_counter()
-        aggregation.aggregate_clients(module, data, step=10)
+        outcome = rounds.run(10, BatchedMeasurements(module, data, settings.eval_chunk))
+        module.replace_adapters(outcome.adapters, reset=~outcome.usable)
         out[column] = {"seconds": time.perf_counter() - start, "extrapolated": False, "pairs": pairs}
     return out
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from lora_gpt.errors import ConfigError
 from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
+from lora_gpt.options import help_text
 
 from .config import PROFILES, FitConfig
 
@@ -97,7 +98,7 @@ def _help(group: str, f: dataclasses.Field) -> str:
     paper = PROFILES["paper"].get(group, {}).get(f.name, f.default)
     said = [f"default {_shown(f.default)}"] if f.default is not None else []
     said += [] if paper == f.default else [f"--profile paper: {_shown(paper)}"]
-    return f.metadata["help"] + (f" ({'; '.join(said)})" if said else "")
+    return help_text(f) + (f" ({'; '.join(said)})" if said else "")
 
 
 def build_parser(prog: str = "python -m collab.fit", description: str | None = None) -> argparse.ArgumentParser:

@@ -14,7 +14,6 @@ a --config file (a run folder's config.yaml is one); options on the command line
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import sys
 import time
@@ -41,6 +40,7 @@ from .config import FitConfig, RunConfig
 from .loggers import make_logger
 from .module import CollabLoRAModule
 from .run_folder import RunFolder, RunFolderError, run_dir
+from .summary import dataset_summary, format_outcome, run_summary
 
 RUNS_ROOT = Path("runs")
 
@@ -98,10 +98,11 @@ def prepare_data(config: FitConfig):
     return datamodule, data.resolved(datamodule.manifest)
 
 
-def default_out(config: FitConfig) -> Path:
+def default_out(config: FitConfig, root: Path = RUNS_ROOT) -> Path:
+    """`ROOT/DATASET[-nCLIENTS]/TRUST/seedSEED`, for a run without `--out`."""
     data = config.data
     dataset = data.dataset or (data.data_dir.name if data.data_dir else data.recipe)
-    return run_dir(RUNS_ROOT, dataset, config.trust.strategy, config.run.seed, data.num_clients)
+    return run_dir(root, dataset, config.trust.strategy, config.run.seed, data.num_clients)
 
 
 def check_resume(checkpoint: dict[str, Any], config: FitConfig, path: Path) -> None:
@@ -133,42 +134,6 @@ def check_same_data(checkpoint: dict[str, Any], config: FitConfig, datamodule, p
         f"prepared data: {started['folder']}; now: {datamodule.data_dir}). Fix: restore {source} as it was to "
         f"resume, or start afresh on the data as it is now: delete {path}, or choose another --out."
     )
-
-
-def write_summary(
-    folder: RunFolder,
-    config: FitConfig,
-    precision: str,
-    module: CollabLoRAModule,
-    aggregation: TrustAggregation,
-    datamodule,
-    said: list[str],
-    seconds: float,
-) -> dict[str, Any]:
-    final = module.curves[-1]
-    manifest = datamodule.manifest
-    summary = {
-        "folder": str(folder.path),
-        "config": config.to_dict(),
-        "precision": precision,
-        "dataset": {
-            "folder": str(datamodule.data_dir),
-            "budget": manifest.get("budget", manifest["options"]["budget"]),
-            "categories": list(datamodule.categories),
-            "mixture": [list(map(float, row)) for row in datamodule.mixture],
-            "client_categories": list(map(int, datamodule.client_categories)),
-        },
-        "final": {"step": final["step"], "clients": final["clients"], "mean": final["mean"]},
-        "curves": module.curves,
-        "train_loss": module.train_curve,
-        "trust": [{k: r[k] for k in ("step", "quality", "excluded") if k in r} for r in aggregation.history],
-        "warnings": said,
-        "seconds": seconds,
-    }
-    tmp = folder.summary.with_name(folder.summary.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(folder.summary)
-    return summary
 
 
 def run(config: FitConfig) -> dict[str, Any]:
@@ -205,7 +170,7 @@ def run(config: FitConfig) -> dict[str, Any]:
             seed=config.run.seed,
             memory=config.memory,
         )
-        aggregation = TrustAggregation(settings=config.trust, out_dir=folder.path, seed=config.run.seed)
+        aggregation = TrustAggregation(settings=config.trust, folder=folder, seed=config.run.seed)
         saver = RunCheckpoint(
             folder.checkpoint,
             every=config.run.ckpt_freq or config.run.eval_freq,
@@ -251,16 +216,20 @@ def run(config: FitConfig) -> dict[str, Any]:
             raise SystemExit(128 + signal.SIGTERM) from None  # as a shell reports a death by SIGTERM
         for n in range(datamodule.num_clients):
             save_adapters(module.model, folder.adapters(n), adapters=n)
-        return write_summary(folder, config, precision, module, aggregation, datamodule, said, time.time() - start)
-
-
-def format_final(summary: dict[str, Any]) -> str:
-    rows = [f"{'client':>8} {'val loss':>9} {'val ppl':>9} {'val acc':>8}"]
-    for n, c in enumerate(summary["final"]["clients"]):
-        rows.append(f"{n:>8} {c['loss']:>9.4f} {c['ppl']:>9.2f} {c['acc']:>8.4f}")
-    m = summary["final"]["mean"]
-    rows.append(f"{'mean':>8} {m['loss']:>9.4f} {m['ppl']:>9.2f} {m['acc']:>8.4f}")
-    return "\n".join(rows)
+        summary = run_summary(
+            folder=folder.path,
+            config=config,
+            runtime="batched",
+            precision=precision,
+            dataset=dataset_summary(datamodule.data_dir, datamodule.manifest),
+            curves=module.curves,
+            train_loss=module.train_curve,
+            rounds=aggregation.history,
+            warnings=said + (aggregation.rounds.warnings() if aggregation.rounds is not None else []),
+            seconds=time.time() - start,
+        )
+        folder.write_summary(summary)
+        return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -270,13 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = run(config)
     except FixableError as err:  # anything else is a bug (or out of memory): its traceback shows
         parser.exit(2, f"error: {err}\n")
-    data: dict[str, Any] = summary["config"]["data"]
-    print(
-        f"\n{summary['config']['trust']['strategy']} on {data['dataset']} ({data['num_clients']} clients), "
-        f"step {summary['final']['step']}:"
-    )
-    print(format_final(summary))
-    print(f"outputs in {summary['folder']}")
+    print(format_outcome(summary))
     return 0
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-SUMMARY_FILE = "summary.json"
+from .run_folder import SUMMARY_FILE
 
 
 def load_summaries(root: Path) -> list[dict[str, Any]]:

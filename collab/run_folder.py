@@ -1,11 +1,15 @@
-"""A run's folder: where each of its files lives, the lock that keeps it to one run at a time,
-and trimming what an interrupted attempt wrote past the checkpoint a resume starts from.
+"""A run's folder, the same for every runtime: where each of its files lives, the lock that keeps
+it to one run at a time, atomic writes, and trimming what an interrupted attempt wrote past the
+checkpoint a resume starts from.
 
     runs/DATASET[-nCLIENTS]/TRUST/seedSEED/
         config.yaml            every option, by group (`--config` reads it back)
-        summary.json           written last: its presence means the run finished
-        metrics.csv            one row per logged step, kept across resumes
-        checkpoints/last.ckpt  what a rerun of the same command resumes from
+        summary.json           written last: its presence means the run finished (`collab.summary`)
+        metrics.csv            one row per logged step, kept across resumes (collab.fit)
+        checkpoints/last.ckpt  what a rerun of the same command resumes from (collab.fit)
+        server_state.pt        the same for a federated server, after every round (collab.flower)
+        rounds.jsonl           one line per finished round of a federated run
+        failed.txt             why a federated run stopped, where its launcher reads it
         trust/step_NNNNNN.json one file per aggregation
         adapters/client_NN/    each client's final adapter
 """
@@ -20,10 +24,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from data.manifest import write_json
 from lora_gpt.errors import FixableError
 
-from .report import SUMMARY_FILE
-
+SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.csv"
 LOCK_FILE = ".lock"
@@ -64,12 +68,36 @@ class RunFolder:
     def trust(self) -> Path:
         return self.path / "trust"
 
+    @property
+    def server_state(self) -> Path:
+        return self.path / "server_state.pt"
+
+    @property
+    def rounds(self) -> Path:
+        return self.path / "rounds.jsonl"
+
+    @property
+    def failure(self) -> Path:
+        return self.path / "failed.txt"
+
     def adapters(self, client: int) -> Path:
         """The folder that holds client `client`'s final adapter (`lora_gpt.save_adapters`' format)."""
         return self.path / "adapters" / f"client_{client:02d}"
 
     def finished(self) -> bool:
         return self.summary.exists()
+
+    def write_summary(self, summary: dict) -> None:
+        """The run's summary, whole or absent: its presence says the run finished."""
+        write_json(self.summary, summary)
+
+    def write_trust(self, record: dict) -> None:
+        """One aggregation's record (`collab.trust.RoundOutcome.record`)."""
+        write_json(self.trust / f"step_{record['step']:06d}.json", record)
+
+    def write_failure(self, text: str) -> None:
+        """Why the run stopped, for the process that started it to say."""
+        self.failure.write_text(text.rstrip() + "\n")
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

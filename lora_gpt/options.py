@@ -8,17 +8,23 @@ CLI built from them (`collab.cli`) and every error about a field use the one def
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import ConfigError
 
 
 def option(
-    default: Any, help: str, *, flag: str | None = None, choices: Iterable[Any] | None = None, resume_free: bool = False
+    default: Any,
+    help: str | Callable[[], str],
+    *,
+    flag: str | None = None,
+    choices: Iterable[Any] | None = None,
+    resume_free: bool = False,
 ) -> Any:
-    """A dataclass field with its `--help` text. `flag`: the option's name where it is not the
-    field's; `choices`: the values it may take; `resume_free`: a resumed run may change it, as
+    """A dataclass field with its `--help` text (or a function that says it when the help is shown,
+    for text that depends on what is registered by then). `flag`: the option's name where it is not
+    the field's; `choices`: the values it may take; `resume_free`: a resumed run may change it, as
     it changes how a run goes (device, memory, output), not what it computes."""
     return dataclasses.field(
         default=default,
@@ -29,6 +35,12 @@ def option(
             "resume_free": resume_free,
         },
     )
+
+
+def help_text(field: dataclasses.Field) -> str:
+    """The help of a field made with `option`."""
+    text = field.metadata["help"]
+    return text() if callable(text) else text
 
 
 def flag_name(config: Any, name: str) -> str:

@@ -11,7 +11,6 @@ from synthetic import VOCAB, SyntheticClients
 
 from collab import evaluation
 from collab import trust as T
-from collab.aggregation import TrustAggregation
 from collab.config import MemoryConfig, OptimConfig
 from collab.metrics import ClientMetrics
 from collab.module import CollabLoRAModule
@@ -87,7 +86,7 @@ def test_bounded_peer_losses_equal_per_client_loops_at_the_scored_pairs():
     family = T.build_family(settings(peers=2, explore=1, ref_score="loss"))
     pairs = family.candidates(None, module.adapters(), (0, 4))
     assert pairs is not None and (pairs.sum(1) == 3).all()
-    scores = family.scores(module, dm, pairs)
+    scores = family.scores(T.BatchedMeasurements(module, dm), pairs)
     assert module.training
     assert scores[~pairs].isnan().all() and scores[pairs].isfinite().all()
     single = copy.deepcopy(module.model).eval()
@@ -108,11 +107,12 @@ def test_pair_losses_of_every_pair_are_the_full_rows():
 def test_bounded_token_scores_are_full_distances_scaled_from_the_scored_peers(measure, monkeypatch):
     monkeypatch.setattr(evaluation, "LOGIT_ELEMENTS", 3 * N * VOCAB)  # blocks of 3 positions
     module, dm = scoring_module(), SyntheticClients(num_clients=N)
-    full = T.TokenAgreement(measure=measure, eval_chunk=4)
-    bounded = T.TokenAgreement(measure=measure, eval_chunk=4, sampling=T.PeerSampling(3, 1))
+    full = T.TokenAgreement(measure=measure)
+    bounded = T.TokenAgreement(measure=measure, sampling=T.PeerSampling(3, 1))
     pairs = bounded.candidates(torch.rand(N, N), module.adapters(), (1, 2))
-    distances = -full.scores(module, dm)  # rows scaled to sum to 10: distances up to a factor per row
-    got = bounded.scores(module, dm, pairs)
+    measured = T.BatchedMeasurements(module, dm, chunk=4)
+    distances = -full.scores(measured)  # rows scaled to sum to 10: distances up to a factor per row
+    got = bounded.scores(measured, pairs)
     assert got[~pairs].isnan().all()
     # closed form: each row divided by N times the mean of its scored distances, times 10
     counted = distances * pairs
@@ -124,10 +124,12 @@ def test_bounded_token_scores_are_full_distances_scaled_from_the_scored_peers(me
 def test_bounded_aggregation_weighs_only_scored_peers(strategy):
     module, dm = scoring_module(), SyntheticClients(num_clients=N)
     m = 2
-    agg = TrustAggregation(settings=settings(strategy, peers=m, explore=1), seed=3)
+    rounds = T.TrustRounds(settings(strategy, peers=m, explore=1), N, seed=3)
     for step in (2, 4):  # the second round ranks candidates by the first round's trust
-        prior = agg.last_trust
-        record = agg.aggregate_clients(module, dm, step)
+        prior = None if rounds.prior is None else rounds.prior.clone()
+        outcome = rounds.run(step, T.BatchedMeasurements(module, dm))
+        module.replace_adapters(outcome.adapters, reset=~outcome.usable)
+        record = outcome.record
         trust = torch.tensor(record["trust"])
         torch.testing.assert_close(trust.sum(1), torch.ones(N))
         assert ((trust > 0).sum(1) <= m + 1).all() and record["scored"] == N * (m + 1)
@@ -143,8 +145,8 @@ def test_m_of_n_minus_one_aggregates_as_full_scoring(strategy):
     records = []
     for peers in (0, N - 1):
         module, dm = scoring_module(), SyntheticClients(num_clients=N)
-        agg = TrustAggregation(settings=settings(strategy, peers=peers), seed=3)
-        records.append(agg.aggregate_clients(module, dm, 2))
+        rounds = T.TrustRounds(settings(strategy, peers=peers), N, seed=3)
+        records.append(rounds.run(2, T.BatchedMeasurements(module, dm)).record)
     assert records[0]["trust"] == records[1]["trust"] and "scored" not in records[1]
 
 

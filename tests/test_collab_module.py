@@ -12,7 +12,8 @@ from synthetic import VOCAB, SyntheticClients
 from collab.aggregation import TrustAggregation
 from collab.config import MemoryConfig, OptimConfig
 from collab.module import CollabLoRAModule
-from collab.trust import PeerLoss, TokenAgreement, TopLogits, TopProbabilities, TrustSettings
+from collab.run_folder import RunFolder
+from collab.trust import BatchedMeasurements, PeerLoss, TokenAgreement, TopLogits, TopProbabilities, TrustSettings
 from lora_gpt import GPT, GPTConfig, LoRAConfig, inject_lora, lora_parameters, mark_only_lora_as_trainable
 from lora_gpt.cross_entropy import token_cross_entropy
 from lora_gpt.training import adamw, one_cycle
@@ -44,7 +45,8 @@ def collab(base=None, lora=None, num_clients=N, client_chunk=None, **optim):
 
 
 def aggregation(strategy, out_dir=None, **settings):
-    return TrustAggregation(settings=TrustSettings(strategy=strategy, **settings), out_dir=out_dir)
+    folder = RunFolder(out_dir) if out_dir is not None else None
+    return TrustAggregation(settings=TrustSettings(strategy=strategy, **settings), folder=folder)
 
 
 def train(module, datamodule, steps, callbacks=(), ckpt_path=None, out=None, ckpt_every=None):
@@ -182,7 +184,7 @@ def test_aggregation_in_the_loop(strategy, options, tmp_path):
     assert [r["step"] for r in agg.history] == [2, 4]
     files = sorted(p.name for p in (tmp_path / "trust").iterdir())
     assert files == ["step_000002.json", "step_000004.json"]
-    trust = agg.last_trust
+    trust = agg.rounds.prior
     torch.testing.assert_close(trust.sum(1), torch.ones(N))
     if strategy == "naive":
         for v in stacked(module).values():
@@ -251,14 +253,14 @@ def client_logits(module, idx, j):
 
 def test_peer_loss_scores_match_per_client_loops():
     module, dm = scoring_module(), SyntheticClients(num_clients=N)
-    got = PeerLoss(score="loss").scores(module, dm)
+    got = PeerLoss(score="loss").scores(BatchedMeasurements(module, dm))
     assert module.training
     batches = dm.trust_batches()
     for i in range(N):
         for j in range(N):
             losses = [token_cross_entropy(client_logits(module, b[i, :, :-1], j), b[i, :, 1:]) for b in batches]
             assert -got[i, j].item() == pytest.approx(torch.cat(losses).mean().item(), rel=1e-5)
-    torch.testing.assert_close(PeerLoss(score="perplexity").scores(module, dm), -(-got).exp())
+    torch.testing.assert_close(PeerLoss(score="perplexity").scores(BatchedMeasurements(module, dm)), -(-got).exp())
 
 
 def test_token_distances_match_per_client_loops():
@@ -266,7 +268,7 @@ def test_token_distances_match_per_client_loops():
     ref = dm.ref_batches()
     logits = [torch.cat([client_logits(module, b[:, :-1], j) for b in ref]) for j in range(N)]  # [S, T, V] each
 
-    ours = TokenAgreement(measure=TopProbabilities(top_k=5), eval_chunk=2)
+    ours = TokenAgreement(measure=TopProbabilities(top_k=5))
     probs = [lg.softmax(-1) for lg in logits]
     expected = torch.zeros(N, N)
     for i in range(N):
@@ -275,7 +277,10 @@ def test_token_distances_match_per_client_loops():
             pi, pj = probs[i].gather(-1, top), probs[j].gather(-1, top)
             expected[i, j] = ((pj - pi).abs().sum(-1) / pi.sum(-1)).mean()
     torch.testing.assert_close(
-        ours.scores(module, dm), -10 * expected / expected.sum(1, keepdim=True), rtol=1e-4, atol=1e-6
+        ours.scores(BatchedMeasurements(module, dm, chunk=2)),
+        -10 * expected / expected.sum(1, keepdim=True),
+        rtol=1e-4,
+        atol=1e-6,
     )
 
     reference = TokenAgreement(measure=TopLogits(top_k=5))
@@ -284,7 +289,10 @@ def test_token_distances_match_per_client_loops():
     expected = torch.tensor([[(kept[i] - kept[j]).abs().sum(-1).mean().item() for j in range(N)] for i in range(N)])
     assert torch.equal(expected, expected.T) and (expected.diagonal() == 0).all()
     torch.testing.assert_close(
-        reference.scores(module, dm), -10 * expected / expected.sum(1, keepdim=True), rtol=1e-4, atol=1e-6
+        reference.scores(BatchedMeasurements(module, dm)),
+        -10 * expected / expected.sum(1, keepdim=True),
+        rtol=1e-4,
+        atol=1e-6,
     )
 
 

@@ -4,11 +4,14 @@ simulation runtime and in its deployment runtime; an absent client is left out a
 server goes on from its last saved round; dynamic-token's compact vocabulary gives the full one's
 distances; what crosses the network is counted."""
 
+import importlib.util
 import io
 import json
+import math
 import shutil
 import signal
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +22,15 @@ from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import fit
 from collab.cli import load_config
-from collab.flower import deploy, traffic
+from collab.flower import launch, traffic
 from collab.flower.client_app import make_client_app
-from collab.flower.launch import parser, prepare
-from collab.flower.server_app import Federation
-from collab.flower.simulate import simulate
+from collab.flower.launch import parser, prepare, run_folder, split_options
+from collab.flower.server_app import serve
 from collab.flower.strategy import PersonalizedTrust
 from collab.flower.token_union import mean_distances, on_union, top_ids, union_ids
-from collab.trust import TopLogits, TopProbabilities
+from collab.run_folder import RunFolder
+from collab.trust import FAMILIES, TopLogits, TopProbabilities
+from collab.trust.registry import load_plugins
 from lora_gpt import GPTConfig
 
 N = 3
@@ -94,14 +98,16 @@ def batched(inputs):
     return get
 
 
-def flower_run(inputs, name, strategy):
-    run, _ = prepare(parser("test", None).parse_args(argv(inputs, inputs / "flower" / name, strategy)))
-    return run
+def flower_run(inputs, name, strategy, *extra):
+    config, flower = split_options(
+        parser("test", None).parse_args([*argv(inputs, inputs / "flower" / name, strategy), *extra])
+    )
+    return prepare(config, flower, run_folder(config))
 
 
 def in_process(run, grid=None):
     grid = grid or InProcessGrid(make_client_app(run.run_config), run.num_clients)
-    return Federation(grid, run.folder, run.run_config).run()
+    return serve(grid, run.run_config)
 
 
 def adapters(folder):
@@ -131,12 +137,12 @@ def assert_same_run(flower_folder, batched_folder):
 def test_flower_ends_where_the_batched_run_ends(strategy, inputs, batched):
     run = flower_run(inputs, strategy, strategy)
     summary = in_process(run)
-    assert_same_run(run.folder, batched(strategy))
-    ours = adapters(run.folder)
+    assert_same_run(run.folder.path, batched(strategy))
+    ours = adapters(run.folder.path)
     assert all(ours[0][k].abs().max() > 0 for k in ours[0] if k.endswith("lora_B"))  # B left zero: trained
     if strategy == "none":  # alone, each client learns from its own data windows
         assert all((ours[0][k] - ours[1][k]).abs().max() > 1e-4 for k in ours[0] if k.endswith("lora_B"))
-    last = trust_matrices(run.folder)["step_000003.json"]
+    last = trust_matrices(run.folder.path)["step_000003.json"]
     assert torch.equal(last, torch.eye(N)) == (strategy == "none")  # trust did something where it should
     assert [r["clients"] for r in summary["trust"]] == [[0, 1, 2], [0, 1, 2]]
 
@@ -148,15 +154,13 @@ def test_bounded_scoring_picks_and_weighs_the_batched_runs_peers(strategy, input
     bounded = ["--trust_peers", "1", "--trust_explore", "0"]
     batched_folder = inputs / "fit" / f"{strategy}-peers"
     assert fit.main([*argv(inputs, batched_folder, strategy), *bounded]) == 0
-    run, _ = prepare(
-        parser("test", None).parse_args([*argv(inputs, inputs / "flower" / f"{strategy}-peers", strategy), *bounded])
-    )
+    run = flower_run(inputs, f"{strategy}-peers", strategy, *bounded)
     summary = in_process(run)
-    assert_same_run(run.folder, batched_folder)
-    for trust in trust_matrices(run.folder).values():
+    assert_same_run(run.folder.path, batched_folder)
+    for trust in trust_matrices(run.folder.path).values():
         assert ((trust > 0).sum(1) <= 2).all()
     if strategy == "dynamic-ref":
-        one = sum(npy_bytes(t[0]) + len(k) for k, t in adapters(run.folder)[0].items())
+        one = sum(npy_bytes(t[0]) + len(k) for k, t in adapters(run.folder.path)[0].items())
         peers = [r for r in summary["messages"] if r["message"] == "query.peer_losses"]
         assert len(peers) == 2 * N and all(0 <= r["down"] - one < 200 for r in peers)
         assert traffic.round_traffic(run.config, GPTConfig.from_name("gpt2-tiny"), N) == round_one(summary)
@@ -173,9 +177,9 @@ def test_bytes_per_message_are_the_records_sent(inputs):
     naive, ref = (json.loads((inputs / "flower" / s / "summary.json").read_text()) for s in ("naive", "dynamic-ref"))
     one = sum(npy_bytes(t[0]) + len(k) for k, t in adapters(inputs / "flower" / "naive")[0].items())
     rows = {(r["round"], r["client"], r["message"]): r for r in naive["messages"]}
-    assert rows[(0, 1, "train")]["down"] < 100  # round 0: every client starts from its own initial adapter
-    assert 0 <= rows[(1, 1, "train")]["down"] - one < 100  # then its own average is sent down
-    assert 0 <= rows[(1, 1, "train")]["up"] - one < 200  # and its trained adapter (and losses) up
+    assert rows[(1, 1, "train")]["down"] < 100  # round 1: every client starts from its own initial adapter
+    assert 0 <= rows[(2, 1, "train")]["down"] - one < 100  # then its own average is sent down
+    assert 0 <= rows[(2, 1, "train")]["up"] - one < 200  # and its trained adapter (and losses) up
     peers = [r for r in ref["messages"] if r["message"] == "query.peer_losses"]
     assert len(peers) == 2 * N  # one per client and aggregation
     assert all(0 <= r["down"] - (N - 1) * one < 200 and r["up"] < 200 for r in peers)
@@ -184,12 +188,17 @@ def test_bytes_per_message_are_the_records_sent(inputs):
         measured = round_one(summary)
         assert traffic.round_traffic(config, GPTConfig.from_name("gpt2-tiny"), N) == measured
     per = {(c["round"], c["client"]): c for c in ref["traffic"]["per_client_round"]}
-    assert per[(1, 2)]["down"] == sum(r["down"] for r in ref["messages"] if (r["round"], r["client"]) == (1, 2))
+    assert per[(2, 2)]["down"] == sum(r["down"] for r in ref["messages"] if (r["round"], r["client"]) == (2, 2))
 
 
 def round_one(summary):
-    """Client 1's messages of the second round, by kind: (down, up) bytes."""
-    return {r["message"]: (r["down"], r["up"]) for r in summary["messages"] if (r["round"], r["client"]) == (1, 1)}
+    """Client 1's messages of the second aggregation round (round 2: round 0 evaluates the base), by
+    kind: (down, up) bytes; the evaluation of the last step aside."""
+    return {
+        r["message"]: (r["down"], r["up"])
+        for r in summary["messages"]
+        if (r["round"], r["client"]) == (2, 1) and r["message"] != "evaluate"
+    }
 
 
 class CrashAfterFirstRound(Exception):
@@ -197,23 +206,27 @@ class CrashAfterFirstRound(Exception):
 
 
 def test_a_restarted_server_goes_on_from_its_last_saved_round(inputs, batched, monkeypatch):
-    """The server dies after saving round 0; a new run on the folder, with new client contexts (a new
-    Flower run: the clients' states come from their folders), ends exactly where an uninterrupted run ends."""
+    """The server dies after saving its first training round; a new run on the folder, with new client
+    contexts (a new Flower run: the clients' states come from their folders), runs only the rounds left
+    and ends exactly where an uninterrupted run ends."""
     run = flower_run(inputs, "restart", "naive")
     save = PersonalizedTrust.save
 
-    def save_then_die(self, folder):
-        save(self, folder)
-        raise CrashAfterFirstRound
+    def save_then_die(self):
+        save(self)
+        if self.rounds_done == 2:  # round 0 evaluated the base, round 1 trained
+            raise CrashAfterFirstRound
 
     monkeypatch.setattr(PersonalizedTrust, "save", save_then_die)
     with pytest.raises(CrashAfterFirstRound):
         in_process(run, InProcessGrid(make_client_app(run.run_config), N))
     monkeypatch.setattr(PersonalizedTrust, "save", save)
-    assert not (run.folder / "summary.json").exists()
+    assert not (run.folder.summary).exists()
     summary = in_process(run, InProcessGrid(make_client_app(run.run_config), N))
-    assert_same_run(run.folder, batched("naive"))
-    assert sorted({r["round"] for r in summary["train_loss"]}) == [0, 1]
+    assert_same_run(run.folder.path, batched("naive"))
+    trained = [(r["round"], r["client"]) for r in summary["messages"] if r["message"] == "train"]
+    assert sorted(trained) == [(r, n) for r in (1, 2) for n in range(N)]  # no round ran twice
+    assert [row["step"] for row in summary["train_loss"]] == [1, 2, 3]
 
 
 class DropClient(InProcessGrid):
@@ -225,7 +238,7 @@ class DropClient(InProcessGrid):
             m
             for m in messages
             if m.metadata.message_type == "train"
-            and m.metadata.group_id == "0"
+            and m.metadata.group_id == "1"
             and self.contexts[m.metadata.dst_node_id].node_config["partition-id"] == 2
         ]
         if dropped:
@@ -239,8 +252,7 @@ def test_a_client_that_dies_mid_round_is_left_out_and_rejoins(inputs):
     assert [r["clients"] for r in summary["trust"]] == [[0, 1], [0, 1, 2]]
     dropped = [r for r in summary["messages"] if r["client"] == 2 and r["message"] == "train"]
     assert [r["up"] for r in dropped][0] == 0
-    rejoined = [r for r in summary["train_loss"] if r["client"] == 2]
-    assert [(r["round"], r["start"], len(r["loss"])) for r in rejoined] == [(1, 0, 3)]  # it caught up its steps
+    assert [row["loss"][2] is not None for row in summary["train_loss"]] == [True] * 3  # it caught up its steps
     assert all(c is not None for c in summary["final"]["clients"])
 
 
@@ -261,11 +273,12 @@ def test_token_distances_on_the_union_equal_the_full_vocabulary(measure):
 def test_simulation_runtime_matches_the_batched_run(inputs, batched):
     """Flower's simulation runtime (Ray actors), as `python -m collab.flower.simulate` runs it, with the
     strategy whose clients measure most: dynamic-token (top ids, then predictions on their union)."""
-    run = flower_run(inputs, "simulation", "dynamic-token-top-k")
-    summary = simulate(run)
-    assert_same_run(run.folder, batched("dynamic-token-top-k"))
+    out = inputs / "flower" / "simulation"
+    assert launch.main("test", None, simulation=True, argv=argv(inputs, out, "dynamic-token-top-k")) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert_same_run(out, batched("dynamic-token-top-k"))
     measured = round_one(summary)
-    expected = traffic.round_traffic(run.config, GPTConfig.from_name("gpt2-tiny"), N)
+    expected = traffic.round_traffic(load_config(out / "config.yaml"), GPTConfig.from_name("gpt2-tiny"), N)
     assert measured.keys() == expected.keys() == {"train", "query.ref_top", "query.ref_values"}
     assert all(measured[k] == expected[k] for k in ("train", "query.ref_top"))
     assert measured["query.ref_values"] <= expected["query.ref_values"]  # the table's union is the widest
@@ -275,24 +288,27 @@ def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):
     """`python -m collab.flower.deploy`'s federation: a SuperLink and a SuperNode per client, as processes.
     Client 2's SuperNode is killed (SIGKILL) while it trains and started again: the round goes on with the
     others after --round_timeout, client 2 rejoins on its new node (and is evaluated), and the run ends."""
-    args = parser("test", None, deploy.DEPLOY_OPTIONS).parse_args(
-        [*argv(inputs, inputs / "flower" / "deployment", "naive"), "--iterations", "2", "--round_timeout", "30"]
-    )
-    run, _ = prepare(args)
+    run = flower_run(inputs, "deployment", "naive", "--iterations", "2", "--round_timeout", "30")
     deadline = time.monotonic() + 240
-    with deploy.federation(run) as (procs, superlink):
-        deploy.submit(run, procs, deadline)
-        log = procs.logs / "supernode_02.log"
+    with launch.federation(run, simulation=False) as fed:
+        run_id = fed.submit(deadline)
+        log = fed.procs.logs / "supernode_02.log"
         while "Receiving: train" not in log.read_text():
             assert time.monotonic() < deadline, "client 2 never got its train message"
             time.sleep(0.2)
-        procs.stop("supernode_02", signal.SIGKILL)
-        procs.start("supernode_02", deploy.supernode_argv(run, 2, superlink))
-        summary = deploy.wait_for_summary(run, procs, deadline)
+        fed.procs.stop("supernode_02", signal.SIGKILL)
+        fed.procs.start("supernode_02", fed.supernode_argv(2))
+        summary = fed.wait(run_id, deadline, say=False)
     assert [r["clients"] for r in summary["trust"]] == [[0, 1]]  # the round went on without client 2
     client_2 = [(r["round"], r["message"], r["up"] > 0) for r in summary["messages"] if r["client"] == 2]
-    assert client_2 == [(0, "query.hello", True), (0, "train", False), (1, "query.hello", True), (1, "evaluate", True)]
-    assert not procs.started  # every process the federation started was stopped
+    assert client_2 == [
+        (0, "query.hello", True),
+        (0, "evaluate", True),
+        (1, "train", False),
+        (1, "query.hello", True),
+        (1, "evaluate", True),
+    ]
+    assert not fed.procs.started  # every process the federation started was stopped
 
 
 def test_a_clients_data_view_reads_only_its_own_files(inputs, tmp_path):
@@ -313,3 +329,100 @@ def test_a_clients_data_view_reads_only_its_own_files(inputs, tmp_path):
     for split in ("val_batches", "trust_batches"):
         assert all(torch.equal(a, b[1:2]) for a, b in zip(getattr(view, split)(), getattr(whole, split)(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(view.ref_batches(), whole.ref_batches(), strict=True))
+
+
+EXAMPLE = Path(__file__).parents[1] / "examples" / "better_than_self.py"
+
+
+def test_a_strategy_of_your_own_runs_alike_in_both_runtimes(inputs):
+    """The example strategy, registered from its file (`--trust_plugins`), in `collab.fit` and through the
+    ServerApp and ClientApps: the same adapters and trust."""
+    options = ["--trust_plugins", str(EXAMPLE), "--trust_temperature", "0.05"]
+    batched_folder = inputs / "fit" / "better-than-self"
+    assert fit.main([*argv(inputs, batched_folder, "better-than-self"), *options]) == 0
+    run = flower_run(inputs, "better-than-self", "better-than-self", *options)
+    in_process(run)
+    assert_same_run(run.folder.path, batched_folder)
+    assert load_config(run.folder.config).trust.plugins == (str(EXAMPLE),)
+
+
+def test_a_second_run_on_a_folder_in_use_stops_at_once(inputs):
+    """Both launchers hold the run folder as collab.fit does: while a run holds it, a second one exits 2
+    at once and writes nothing into it."""
+    out = inputs / "flower" / "busy"
+    with RunFolder(out).locked():
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        started = time.monotonic()
+        with pytest.raises(SystemExit) as stopped:
+            launch.main("test", None, simulation=True, argv=argv(inputs, out, "naive"))
+        assert stopped.value.code == 2 and time.monotonic() - started < 10
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_options_a_client_refuses_stop_the_launcher_before_anything_starts(inputs, capsys):
+    out = inputs / "flower" / "refused"
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as stopped:
+        launch.main("test", None, simulation=False, argv=[*argv(inputs, out, "naive"), "--lora_init", "reference"])
+    assert stopped.value.code == 2 and time.monotonic() - started < 10
+    assert "--lora_init reference" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_client_error_stops_the_run_with_the_clients_message(inputs, tmp_path):
+    """Client 1's token file is damaged after preparation: its app raises at its first message, and the
+    simulation stops within seconds with client 1's error, not at the time limit."""
+    run = flower_run(inputs, "client-error", "naive", "--seed", "7")
+    damaged = run.config.data.data_dir / "client_01" / "train.bin"
+    damaged.write_bytes(bytes(reversed(damaged.read_bytes())))
+    started = time.monotonic()
+    with pytest.raises(launch.FederationError, match=r"client 1 failed in \w+: \S+client_01/train\.bin does not match"):
+        launch.launch(run, simulation=True)
+    assert time.monotonic() - started < 120  # the time limit is an hour
+
+
+def test_a_supernode_that_dies_at_start_is_noticed(inputs):
+    run = flower_run(inputs, "dead-node", "naive")
+    deadline = time.monotonic() + 120
+    with launch.federation(run, simulation=False) as fed:
+        fed.procs.started["supernode_01"].kill()
+        with pytest.raises(launch.FederationError, match="supernode_01"):
+            fed.wait(fed.submit(deadline), deadline, say=False)
+
+
+def test_the_report_reads_a_flower_run(inputs, batched):
+    """A Flower run folder has the summary schema of collab.fit's (curves included), so the report reads it."""
+    run = flower_run(inputs, "report", "naive")
+    in_process(run)
+    flower_folder = run.folder.path
+    spec = importlib.util.spec_from_file_location("scripts_report", Path(__file__).parents[1] / "scripts" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    assert report.main([str(flower_folder)]) == 0
+    summary = json.loads((flower_folder / "summary.json").read_text())
+    reference = json.loads((batched("naive") / "summary.json").read_text())
+    assert summary.keys() - {"traffic", "messages"} == reference.keys()
+    assert [c["step"] for c in summary["curves"]] == [c["step"] for c in reference["curves"]] == [0, 3]
+    for ours, theirs in zip(summary["curves"], reference["curves"], strict=True):
+        assert ours["mean"]["loss"] == pytest.approx(theirs["mean"]["loss"], abs=1e-5)
+
+
+def test_the_example_strategy_by_hand():
+    """`better-than-self` on given losses: only peers whose model beats the client's own get weight, by a
+    softmax of the nats they win."""
+    load_plugins([str(EXAMPLE)])
+    losses = torch.tensor([[2.0, 1.5, 3.0], [1.0, 2.0, 1.0], [4.0, 4.0, 4.0]])
+
+    class Given:
+        num_clients = 3
+
+        def pair_losses(self, pairs=None):
+            return losses
+
+    family = FAMILIES["better-than-self"](temperature=0.5)
+    trust = family.to_trust(family.scores(Given()))
+    gains = torch.tensor([0.0, 0.5]) / 0.5
+    torch.testing.assert_close(trust[0], torch.cat([gains.softmax(0), torch.zeros(1)]))
+    e2 = math.exp(2.0)  # row 1 wins 1 nat from peers 0 and 2, at temperature 0.5
+    torch.testing.assert_close(trust[1], torch.tensor([e2, 1.0, e2]) / (2 * e2 + 1))
+    torch.testing.assert_close(trust[2], torch.full((3,), 1 / 3))  # ties with its own loss are kept

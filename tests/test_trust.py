@@ -19,6 +19,24 @@ def random_adapters(n=4, seed=0, layers=2, d_in=12, d_out=10, r=3):
     return out
 
 
+class Given:
+    """`Measurements` answered from given tensors, so a family's scores can be checked by hand."""
+
+    def __init__(self, num_clients=None, mixture=None, adapters=None, losses=None):
+        self._mixture, self._adapters, self._losses = mixture, adapters, losses
+        given = [t for t in (mixture, losses, *(adapters or {}).values()) if t is not None]
+        self.num_clients = num_clients or given[0].shape[0]
+
+    def mixture(self):
+        return self._mixture
+
+    def adapters(self):
+        return self._adapters
+
+    def pair_losses(self, pairs=None):
+        return self._losses
+
+
 def family(strategy, **options):
     return T.build_family(T.TrustSettings(strategy=strategy, **options))
 
@@ -34,14 +52,15 @@ def test_strategy_names_and_aliases():
     assert T.Strategy.parse("dynamic-token-top-k") == T.Strategy("dynamic-token", "top-k")
     assert T.Strategy.parse("dynamic-thresh-ref").name == "dynamic-ref-thresh"  # the reference code's spelling
     assert T.TrustSettings(strategy="fedavg").strategy == "naive"
-    assert "static-thresh" not in T.STRATEGIES and "dynamic-ref-top-k" in T.STRATEGIES
+    assert "static-thresh" not in T.strategy_names() and "dynamic-ref-top-k" in T.strategy_names()
     with pytest.raises(ValueError, match="dynamic-ref"):
         T.Strategy.parse("dynamik")
 
 
 def test_every_family_is_registered_and_built_from_settings():
-    assert set(T.FAMILIES) == {"none", "naive", "static", "dynamic", "dynamic-ref", "dynamic-token"}
-    for name in T.STRATEGIES:
+    built_in = {"none", "naive", "static", "dynamic", "dynamic-ref", "dynamic-token"}
+    assert built_in <= set(T.FAMILIES)  # with any a test registered from a plugin file
+    for name in (n for n in T.strategy_names() if T.Strategy.parse(n).base in built_in):
         built = family(name)
         assert built.name == T.Strategy.parse(name).base
         if isinstance(built, T.ScoredTrust):
@@ -50,14 +69,14 @@ def test_every_family_is_registered_and_built_from_settings():
 
 def test_naive_aggregation_makes_all_adapters_identical():
     adapters = random_adapters()
-    new = T.aggregate(adapters, T.FedAvg().to_trust(T.FedAvg.scores_from_count(4)))
+    new = T.aggregate(adapters, T.FedAvg().to_trust(T.FedAvg().scores(Given(4))))
     for name, a in new.items():
         torch.testing.assert_close(a, adapters[name].mean(0, keepdim=True).expand_as(a))
 
 
 def test_none_aggregation_is_identity():
     adapters = random_adapters()
-    for name, a in T.aggregate(adapters, T.Local().to_trust(T.Local.scores_from_count(4))).items():
+    for name, a in T.aggregate(adapters, T.Local().to_trust(T.Local().scores(Given(4)))).items():
         torch.testing.assert_close(a, adapters[name])
 
 
@@ -73,25 +92,25 @@ def test_static_overlap_reproduces_hand_computed_matrix():
         ]
     )
     static = T.StaticMixture("overlap")
-    torch.testing.assert_close(static.to_trust(static.scores_from_mixture(P)), expected)
+    torch.testing.assert_close(static.to_trust(static.scores(Given(mixture=P))), expected)
     # the same clients as the reference's AG News mixed: 0.625 self, 0.375 partner
     torch.testing.assert_close(
-        static.to_trust(static.scores_from_mixture(AG_NEWS_MIXED))[0], torch.tensor([0.625, 0.375, 0.0, 0.0])
+        static.to_trust(static.scores(Given(mixture=AG_NEWS_MIXED)))[0], torch.tensor([0.625, 0.375, 0.0, 0.0])
     )
 
 
 def test_static_own_mixture_gives_the_reference_matrices():
     static = T.StaticMixture("own-mixture")
     # the reference's hand-set AG News mixed matrix: 3/4 self, 1/4 partner
-    torch.testing.assert_close(static.to_trust(static.scores_from_mixture(AG_NEWS_MIXED)), AG_NEWS_MIXED)
+    torch.testing.assert_close(static.to_trust(static.scores(Given(mixture=AG_NEWS_MIXED))), AG_NEWS_MIXED)
     # 8 clients, the pairing repeated: the reference tiles its matrix and divides by the repeat,
     # so client 0 gives 3/8 to clients 0 and 4 (category 0) and 1/8 to clients 1 and 5 (category 1)
-    trust = static.to_trust(static.scores_from_mixture(AG_NEWS_MIXED.repeat(2, 1)))
+    trust = static.to_trust(static.scores(Given(mixture=AG_NEWS_MIXED.repeat(2, 1))))
     torch.testing.assert_close(trust[0], torch.tensor([3 / 8, 1 / 8, 0, 0, 3 / 8, 1 / 8, 0, 0]))
     torch.testing.assert_close(trust, AG_NEWS_MIXED.repeat(2, 2) / 2)
     # our ring over 3 categories: client n is 3/4 category n, 1/4 category n+1
     ring = torch.tensor([[0.75, 0.25, 0.0], [0.0, 0.75, 0.25], [0.25, 0.0, 0.75]])
-    torch.testing.assert_close(static.to_trust(static.scores_from_mixture(ring)), ring)
+    torch.testing.assert_close(static.to_trust(static.scores(Given(mixture=ring))), ring)
 
 
 def test_similarity_of_peft_rows_matches_cosine_of_peft_layout_rows():
@@ -152,7 +171,7 @@ def test_dynamic_of_identical_adapters_is_uniform(similarity):
     one = random_adapters(n=1)
     same = {k: v.expand(5, *v.shape[1:]).clone() for k, v in one.items()}
     dynamic = T.AdapterSimilarity(similarity=similarity)
-    torch.testing.assert_close(dynamic.to_trust(dynamic.scores_from_adapters(same)), torch.full((5, 5), 0.2))
+    torch.testing.assert_close(dynamic.to_trust(dynamic.scores(Given(adapters=same))), torch.full((5, 5), 0.2))
 
 
 def test_top_k_keeps_exactly_k_weights_per_row():
@@ -207,17 +226,17 @@ def test_top_k_below_one_is_refused_where_the_strategy_is_built():
 def test_peer_loss_scores_minus_perplexity_or_minus_loss():
     losses = torch.tensor([[math.log(10.0), math.log(20.0)], [math.log(40.0), math.log(5.0)]])
     by_ppl, by_loss = T.PeerLoss(score="perplexity"), T.PeerLoss(score="loss")
-    torch.testing.assert_close(by_ppl.scores_from_losses(losses), torch.tensor([[-10.0, -20.0], [-40.0, -5.0]]))
+    torch.testing.assert_close(by_ppl.scores(Given(losses=losses)), torch.tensor([[-10.0, -20.0], [-40.0, -5.0]]))
     # softmax of minus the loss weighs peers by 1 / perplexity: row 0 (1/10, 1/20) -> (2/3, 1/3)
     torch.testing.assert_close(
-        by_loss.to_trust(by_loss.scores_from_losses(losses)), torch.tensor([[2 / 3, 1 / 3], [1 / 9, 8 / 9]])
+        by_loss.to_trust(by_loss.scores(Given(losses=losses))), torch.tensor([[2 / 3, 1 / 3], [1 / 9, 8 / 9]])
     )
     # level-free: perplexities all 20x higher leave minus-loss trust as it was; minus perplexity's turns one-hot
     shifted = losses + math.log(20.0)
     torch.testing.assert_close(
-        by_loss.to_trust(by_loss.scores_from_losses(shifted)), by_loss.to_trust(by_loss.scores_from_losses(losses))
+        by_loss.to_trust(by_loss.scores(Given(losses=shifted))), by_loss.to_trust(by_loss.scores(Given(losses=losses)))
     )
-    assert by_ppl.to_trust(by_ppl.scores_from_losses(shifted))[0, 0] > 0.999
+    assert by_ppl.to_trust(by_ppl.scores(Given(losses=shifted)))[0, 0] > 0.999
 
 
 def test_peer_loss_threshold_follows_the_score():
@@ -227,7 +246,7 @@ def test_peer_loss_threshold_follows_the_score():
     # -ln 30 on the loss keeps exactly the peers -30 keeps on the perplexity
     losses = torch.log(torch.tensor([[5.0, 29.0, 31.0, 60.0, 12.0], [40.0, 8.0, 35.0, 25.0, 90.0]]))
     keep = [
-        f.selection.keep(f.scores_from_losses(losses))
+        f.selection.keep(f.scores(Given(losses=losses)))
         for f in (family("dynamic-ref-thresh", ref_score=s) for s in ("perplexity", "loss"))
     ]
     assert torch.equal(keep[0], keep[1])
@@ -295,7 +314,50 @@ def test_nonfinite_clients_are_excluded_and_reset():
 def test_trust_quality():
     P = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
     static = T.StaticMixture()
-    perfect = T.trust_quality(static.to_trust(static.scores_from_mixture(P)), P)
+    perfect = T.trust_quality(static.to_trust(static.scores(Given(mixture=P))), P)
     assert perfect["same_category"] == pytest.approx(1.0) and perfect["static_corr"] == pytest.approx(1.0)
     naive = T.trust_quality(T.FedAvg().to_trust(torch.ones(4, 4)), P)
     assert naive["same_category"] == pytest.approx(0.5) and naive["static_corr"] is None
+
+
+def test_collapse_names_local_training_and_plain_averaging():
+    assert T.collapse(torch.eye(3)) == "self"
+    assert T.collapse(torch.full((3, 3), 1 / 3)) == "uniform"
+    assert T.collapse(torch.tensor([[0.36, 0.32, 0.32], [0.32, 0.36, 0.32], [0.32, 0.32, 0.36]])) == "uniform"
+    assert T.collapse(torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0], [0.0, 0.0, 1.0]])) is None
+
+
+def test_rounds_say_a_collapse_that_lasts():
+    """Three rounds in a row one-hot on self (or every round of a shorter run): said, with what changes
+    it; a collapse now and then is not; fixed strategies never are."""
+    adapters = random_adapters(n=3)
+    far = torch.tensor([[1.0, 9.0, 9.0], [9.0, 1.0, 9.0], [9.0, 9.0, 1.0]])  # minus perplexity: one-hot
+    near = torch.tensor([[1.0, 1.1, 5.0], [1.1, 1.0, 5.0], [5.0, 1.1, 1.0]])
+    rounds = T.TrustRounds(T.TrustSettings(strategy="dynamic-ref"), 3)
+    for step, losses in enumerate((far, near, far, far), start=1):
+        rounds.run(step, Given(mixture=torch.eye(3), adapters=adapters, losses=losses))
+        assert rounds.warnings() == []
+    assert [r["collapse"] for r in rounds.history] == ["self", None, "self", "self"]
+    rounds.run(5, Given(mixture=torch.eye(3), adapters=adapters, losses=far))
+    (said,) = rounds.warnings()
+    assert "steps 1-5" in said
+    assert "one-hot on itself" in said and "--trust_temperature" in said and "--ref_score loss" in said
+    short = T.TrustRounds(T.TrustSettings(strategy="dynamic-ref"), 3)
+    for step in (1, 2):
+        short.run(step, Given(mixture=torch.eye(3), adapters=adapters, losses=far))
+    assert len(short.warnings()) == 1
+    local = T.TrustRounds(T.TrustSettings(strategy="none"), 3)
+    for step in (1, 2, 3):
+        local.run(step, Given(mixture=torch.eye(3), adapters=adapters))
+    assert local.warnings() == [] and local.history[-1]["collapse"] is None
+
+
+def test_a_round_averages_with_its_trust_and_records_it():
+    adapters = random_adapters(n=3)
+    rounds = T.TrustRounds(T.TrustSettings(strategy="naive"), 5)
+    outcome = rounds.run(4, Given(mixture=torch.eye(3), adapters=adapters), clients=[0, 2, 4])
+    for name, a in outcome.adapters.items():
+        torch.testing.assert_close(a, adapters[name].mean(0, keepdim=True).expand_as(a))
+    assert outcome.record["clients"] == [0, 2, 4] and outcome.record["step"] == 4
+    assert rounds.prior[[0, 2, 4]][:, [0, 2, 4]].allclose(torch.full((3, 3), 1 / 3))
+    assert rounds.prior[1].sum() == 0  # a client not in the round has no trust yet

@@ -9,9 +9,10 @@ client a node is comes from the node config's `partition-id` (the simulation set
 `flower-supernode --node-config "partition-id=N"` in deployment); the run's options from
 `config.yaml` in the run folder (run config `run-dir`).
 
-Messages: `query.hello` (who are you), `train` (train up to a step), `query.peer_losses` (dynamic-ref:
-score these adapters on your `trust` split), `query.ref_top` and `query.ref_values` (dynamic-token:
-your top tokens on the shared reference text, then your predictions on the union), `evaluate`.
+Messages: `query.hello` (who are you), `train` (train up to a step), `query.peer_losses` (score these
+adapters on your `trust` split), `query.ref_top` and `query.ref_values` (your top tokens on the shared
+reference text, then your predictions on the union), `evaluate` (evaluate your adapter, or the one
+sent, which you keep). The client answers measurements; it never learns which trust family asked.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from ..cli import load_config
-from ..trust import TokenAgreement, TopLogits, TopProbabilities, build_family
 from . import records
-from .local import LocalClient, checkpoint_adapter
+from .local import LocalClient, checkpoint_adapter, with_adapter
 from .token_union import on_union, top_ids
 
 STATE_KEY = "training"  # Context.state record of the client's training checkpoints, keyed by step
@@ -114,7 +114,7 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     def hello(message: Message, context: Context) -> Message:
         client, state = local(context)
         step = state.steps[-1] if state.steps else -1
-        return Message(records.hello_reply(client.client, client.data.mixture[0].tolist(), step), reply_to=message)
+        return Message(records.hello_reply(client.client, client.view.mixture[0].tolist(), step), reply_to=message)
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
@@ -132,19 +132,10 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
         losses = client.peer_losses(own, peers, order)
         return Message(records.losses_reply(losses), reply_to=message)
 
-    def measure(client: LocalClient) -> TopProbabilities | TopLogits:
-        family = build_family(client.config.trust)
-        if not isinstance(family, TokenAgreement):
-            raise ValueError(
-                f"a dynamic-token query in a run of {client.config.trust.strategy}: the server and this "
-                "client read different config.yaml files; start both from the same run folder."
-            )
-        return family.measure
-
     @app.query("ref_top")
     def ref_top(message: Message, context: Context) -> Message:
         client, state = local(context)
-        m = measure(client)
+        m = records.measure(message.content)
         tops = client.ref_outputs(checkpoint_adapter(state.latest()), m, lambda s, outputs: top_ids(outputs, m.top_k))
         return Message(records.ref_reply(records.IDS, tops), reply_to=message)
 
@@ -153,17 +144,25 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
         client, state = local(context)
         union = records.sequences(message.content, records.IDS)
         values = client.ref_outputs(
-            checkpoint_adapter(state.latest()), measure(client), lambda s, outputs: on_union(outputs, union[s])
+            checkpoint_adapter(state.latest()),
+            records.measure(message.content),
+            lambda s, outputs: on_union(outputs, union[s]),
         )
         return Message(records.ref_reply(records.VALUES, values), reply_to=message)
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
+        """Evaluate the adapter sent (the client's average, kept as its own where it has a training
+        state to keep it in), else its own, else the initial one if it never trained."""
         client, state = local(context)
         adapter = records.adapter(message.content)
-        if adapter is None:  # its own, or the initial one if it never finished a round
-            adapter = checkpoint_adapter(state.latest()) if state.steps else None
-        return Message(records.metrics_reply(client.evaluate(adapter)), reply_to=message)
+        kept = False
+        if adapter is not None and state.steps:
+            state.put(state.steps[-1], with_adapter(state.latest(), adapter))
+            kept = True
+        elif adapter is None and state.steps:
+            adapter = checkpoint_adapter(state.latest())
+        return Message(records.metrics_reply(client.evaluate(adapter), kept), reply_to=message)
 
     return app
 

@@ -1,28 +1,44 @@
-"""What both Flower commands do before Flower starts: `collab.fit`'s options, plus the Flower ones, into
-a run folder whose `config.yaml` the ServerApp and every ClientApp read.
+"""What both Flower launchers do: `collab.fit`'s options (plus the Flower ones) into a run folder held
+for this process alone, the federation's processes on this machine (a SuperLink, and in deployment a
+SuperNode per client), `flwr run` of the Flower App, and waiting for the run while saying each round.
 
 The dataset is prepared here, once (each client then reads only its own files of it), and the
-offline base is built here, so that no client builds it. A run folder holding a saved server state
-resumes only with the options it was started with.
+offline base is built here, so that no client builds it; options a client would refuse are refused
+here, before anything starts. The run folder is locked as `collab.fit` locks its own, so a second
+run on it stops at once. Whatever stops the run (a client's error, a process that died, the time
+limit) ends the launcher with the reason on stderr and every process it started stopped.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lora_gpt.errors import FixableError
+
 from ..checkpoint import CONFIG_KEY
 from ..cli import build_parser, dump_config, fit_config, load_config
 from ..config import FitConfig
-from ..fit import RUNS_ROOT, base_source, check_resume, format_final, prepare_data
-from ..report import SUMMARY_FILE
-from ..run_folder import CONFIG_FILE, RunFolderError, run_dir
-from .strategy import STATE_FILE
+from ..fit import RUNS_ROOT, base_source, check_resume, default_out, prepare_data
+from ..run_folder import RunFolder, RunFolderError
+from ..summary import format_outcome
+from .local import check_federated
 
 FLOWER_ROOT = RUNS_ROOT / "flower"
+APP_DIR = Path(__file__).parent / "app"  # the Flower App (pyproject.toml) that `flwr run` sends
+BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr sit beside this Python
+HOST = "127.0.0.1"
 # Flower options: (flag, type, default, help); the run config key is the flag with dashes.
 FLOWER_OPTIONS: list[tuple[str, type, Any, str]] = [
     (
@@ -33,29 +49,34 @@ FLOWER_OPTIONS: list[tuple[str, type, Any, str]] = [
         "answered by then is left out of the round",
     ),
     ("join_timeout", float, 300.0, "seconds the server waits, at the start, for every client to join"),
+    ("time_limit", float, 3600.0, "seconds after which every process is stopped, finished or not"),
 ]
+RUN_CONFIG_KEYS = ("round_timeout", "join_timeout")  # the options the ServerApp reads
+
+
+class FederationError(FixableError):
+    """The federated run stopped: a client's error, a process that died, or the time limit."""
 
 
 @dataclass(frozen=True)
 class FlowerRun:
-    """A prepared run: its configuration (saved in `folder`) and the Flower run config."""
+    """A prepared run: its configuration (saved in `folder`), the Flower run config and options."""
 
     config: FitConfig
-    folder: Path
+    folder: RunFolder
     run_config: dict[str, Any]
+    flower: dict[str, Any]
 
     @property
     def num_clients(self) -> int:
         return self.config.data.prepared_clients
 
 
-def parser(
-    prog: str, description: str | None, extra: Sequence[tuple[str, type, Any, str]] = ()
-) -> argparse.ArgumentParser:
-    """`collab.fit`'s parser with a `flower` group of options (FLOWER_OPTIONS, then `extra`)."""
+def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
+    """`collab.fit`'s parser with a `flower` group of options (FLOWER_OPTIONS)."""
     p = build_parser(prog=prog, description=description)
     group = p.add_argument_group("flower", "the federation (collab.flower)")
-    for flag, kind, default, text in (*FLOWER_OPTIONS, *extra):
+    for flag, kind, default, text in FLOWER_OPTIONS:
         group.add_argument(
             f"--{flag}",
             dest=f"flower.{flag}",
@@ -67,40 +88,274 @@ def parser(
     return p
 
 
-def prepare(namespace: argparse.Namespace) -> tuple[FlowerRun, dict[str, Any]]:
-    """The run folder for parsed options, with `config.yaml` written; returns the run and the Flower options."""
+def split_options(namespace: argparse.Namespace) -> tuple[FitConfig, dict[str, Any]]:
+    """The run's configuration and the Flower options of parsed arguments."""
     given = vars(namespace)
     flower = {k.partition(".")[2]: given.pop(k) for k in list(given) if k.startswith("flower.")}
-    config = fit_config(namespace)
+    return fit_config(namespace), flower
+
+
+def prepare(config: FitConfig, flower: dict[str, Any], folder: RunFolder) -> FlowerRun:
+    """Prepare the data and base and write the run folder's `config.yaml` (the caller holds the folder's
+    lock); a finished folder, or one of a run with other options, is refused."""
+    check_federated(config)
     datamodule, data = prepare_data(config)
     init = str(base_source(config.run.init)) if config.run.init == "offline" else config.run.init
     config = replace(
         config, data=replace(data, data_dir=Path(datamodule.data_dir).resolve()), run=replace(config.run, init=init)
     )
-    folder = Path(
-        config.run.out
-        or run_dir(FLOWER_ROOT, data.dataset or "data", config.trust.strategy, config.run.seed, data.num_clients)
-    ).resolve()
-    if (folder / SUMMARY_FILE).exists():
+    if folder.finished():
         raise RunFolderError(
-            f"{folder} already holds a finished run ({SUMMARY_FILE}); choose another --out, or "
+            f"{folder.path} already holds a finished run ({folder.summary.name}); choose another --out, or "
             "delete the folder to run again."
         )
-    if (folder / STATE_FILE).exists() and (folder / CONFIG_FILE).exists():
-        check_resume({CONFIG_KEY: load_config(folder / CONFIG_FILE).to_dict()}, config, folder / STATE_FILE)
-    config = replace(config, run=replace(config.run, out=folder))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG_FILE).write_text(dump_config(config))
-    run_config = {"run-dir": str(folder), **{k.replace("_", "-"): flower[k] for k, *_ in FLOWER_OPTIONS}}
-    return FlowerRun(config, folder, run_config), flower
+    if folder.server_state.exists() and folder.config.exists():
+        check_resume({CONFIG_KEY: load_config(folder.config).to_dict()}, config, folder.server_state)
+    config = replace(config, run=replace(config.run, out=folder.path))
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.config.write_text(dump_config(config))
+    folder.failure.unlink(missing_ok=True)
+    run_config = {"run-dir": str(folder.path), **{k.replace("_", "-"): flower[k] for k in RUN_CONFIG_KEYS}}
+    return FlowerRun(config, folder, run_config, flower)
 
 
-def print_outcome(run: FlowerRun, summary: dict[str, Any], runtime: str) -> None:
-    """What both launchers print at the end: the strategy, the bytes each client moved, the final table."""
-    print(
-        f"\n{run.config.trust.strategy}, {run.num_clients} Flower clients ({runtime}), step "
-        f"{summary['final']['step']}; bytes per client and round: {summary['traffic']['mean_per_client_round']}"
+def run_folder(config: FitConfig) -> RunFolder:
+    """The run's folder: `--out`, or one under `runs/flower` named as `collab.fit` names its own."""
+    return RunFolder(Path(config.run.out or default_out(config, FLOWER_ROOT)).resolve())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """The processes a federation started, each in its own session so its children stop with it."""
+
+    def __init__(self, logs: Path, env: dict[str, str]) -> None:
+        self.logs, self.env = logs, env
+        self.started: dict[str, subprocess.Popen] = {}
+        logs.mkdir(parents=True, exist_ok=True)
+
+    def start(self, name: str, argv: Sequence[str]) -> subprocess.Popen:
+        with open(self.logs / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                list(argv), stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        self.started[name] = proc
+        return proc
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, wait: float = 10.0) -> None:
+        """Stop one process and its children (its session), by its id; SIGKILL after `wait` seconds."""
+        proc = self.started.pop(name)
+        for s in (sig, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, s)
+            try:
+                proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def stop_all(self) -> None:
+        for name in reversed(list(self.started)):
+            self.stop(name)
+
+    def dead(self) -> list[str]:
+        return [name for name, proc in self.started.items() if proc.poll() is not None]
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        text = (self.logs / f"{name}.log").read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class Federation:
+    """A SuperLink on a free loopback port (in simulation mode, or with a SuperNode per client), the
+    Flower home that points `flwr` at it, and the processes."""
+
+    run: FlowerRun
+    simulation: bool
+    procs: Processes
+    port: int
+
+    def supernode_argv(self, client: int) -> list[str]:
+        return [
+            str(BIN / "flower-supernode"),
+            "--insecure",
+            "--superlink",
+            f"{HOST}:{self.port}",
+            "--host",
+            HOST,
+            "--port",
+            str(free_port()),
+            "--node-config",
+            f"partition-id={client} num-partitions={self.run.num_clients}",
+        ]
+
+    def submit(self, deadline: float) -> int:
+        """`flwr run` the app on the federation, retrying while the SuperLink is still starting; the run's id."""
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in self.run.run_config.items())
+        argv = [str(BIN / "flwr"), "run", str(APP_DIR), "local", "--run-config", overrides, "--format", "json"]
+        if self.simulation:
+            cpus = os.cpu_count() or 1
+            argv += [
+                "--federation-config",
+                f"num-supernodes={self.run.num_clients} client-resources-num-cpus=1 init-args-num-cpus={cpus}",
+            ]
+        while True:
+            done = subprocess.run(argv, env=self.procs.env, capture_output=True, text=True, timeout=120)
+            with open(self.procs.logs / "flwr_run.log", "a") as log:
+                log.write(done.stdout + done.stderr)
+            with contextlib.suppress(ValueError):
+                said = json.loads(done.stdout)
+                if done.returncode == 0 and said.get("success") and "run-id" in said:
+                    return int(said["run-id"])
+            self.check_alive(started=False)
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"`flwr run` failed until the time limit; see {self.procs.logs / 'flwr_run.log'}."
+                )
+            time.sleep(1.0)
+
+    def check_alive(self, started: bool) -> None:
+        """Refuse to go on after the SuperLink died, or a SuperNode before the run's first round ended
+        (`started`: it had; later, the server leaves a dead node's client out)."""
+        for name in self.procs.dead():
+            if name == "superlink" or not started:
+                raise FederationError(
+                    f"the {name} process stopped (exit {self.procs.started[name].returncode}); the end of "
+                    f"{self.procs.logs / (name + '.log')}:\n{self.procs.tail(name)}"
+                )
+
+    def run_status(self, run_id: int) -> str:
+        """The run's status as the SuperLink reports it (e.g. `running`, `finished:failed`)."""
+        done = subprocess.run(
+            [str(BIN / "flwr"), "ls", "local", "--run-id", str(run_id), "--format", "json"],
+            env=self.procs.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            return "unknown"
+        runs = json.loads(done.stdout).get("runs", [])
+        return str(runs[0].get("status", "unknown")) if runs else "unknown"
+
+    def wait(self, run_id: int, deadline: float, say: bool = True) -> dict[str, Any]:
+        """The run's summary once it is written, saying each finished round on the way; a run that
+        failed, a process that died or the time limit ends the wait with the reason."""
+        folder = self.run.folder
+        seen = folder.rounds.stat().st_size if folder.rounds.exists() else 0
+        status_checked = time.monotonic()
+        while not folder.summary.exists():
+            if folder.failure.exists():
+                raise FederationError(f"the federated run stopped: {folder.failure.read_text().strip()}")
+            if folder.rounds.exists() and folder.rounds.stat().st_size > seen:
+                with open(folder.rounds) as f:
+                    f.seek(seen)
+                    new = f.read()
+                seen += len(new.encode())
+                if say:
+                    for line in new.splitlines():
+                        print(round_line(json.loads(line)), flush=True)
+            self.check_alive(started=folder.rounds.exists())
+            if time.monotonic() - status_checked > 10:
+                status_checked = time.monotonic()
+                status = self.run_status(run_id)
+                if status.startswith("finished") and not folder.summary.exists() and not folder.failure.exists():
+                    time.sleep(1.0)  # the summary may be on its way
+                    if not folder.summary.exists():
+                        raise FederationError(
+                            f"the ServerApp ended ({status}) without a summary; its logs: `flwr log {run_id}` "
+                            f"(FLWR_HOME={self.procs.env['FLWR_HOME']}) and {self.procs.logs}."
+                        )
+            if time.monotonic() > deadline:
+                raise FederationError(
+                    f"no {folder.summary.name} within --time_limit; the logs are in {self.procs.logs}, and a "
+                    "rerun of the same command goes on from the last saved round."
+                )
+            time.sleep(0.5)
+        return json.loads(folder.summary.read_text())
+
+
+def round_line(row: dict[str, Any]) -> str:
+    """One line per finished round: its step, who answered, the bytes it moved, its losses."""
+    said = (
+        f"round {row['round'] + 1}/{row['rounds']}, step {row['step']}: {row['clients']}/{row['of']} clients, "
+        f"{megabytes(row['down'])} down, {megabytes(row['up'])} up"
     )
-    if all(c is not None for c in summary["final"]["clients"]):
-        print(format_final(summary))
-    print(f"outputs in {run.folder}")
+    if row.get("train_loss"):
+        said += f", train loss {row['train_loss']['loss']:.4f}"
+    if row.get("val"):
+        said += f", val ppl {row['val']['ppl']:.2f}"
+    return said
+
+
+def megabytes(n: float) -> str:
+    return f"{n / 1e6:,.2f} MB" if n >= 10_000 else f"{n:,.0f} B"
+
+
+@contextlib.contextmanager
+def federation(run: FlowerRun, simulation: bool) -> Iterator[Federation]:
+    """The federation's processes, stopped on the way out, whatever happens."""
+    port = free_port()
+    home = run.folder.path / "flwr"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{HOST}:{port}"\ninsecure = true\n'
+    )
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PYTHONUNBUFFERED": "1",
+        "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
+    }  # the SuperLink starts flower-superexec and the apps' processes
+    procs = Processes(run.folder.path / "logs", env)
+    fed = Federation(run, simulation, procs, port)
+    try:
+        procs.start(
+            "superlink",
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                *(["--simulation"] if simulation else []),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
+        if not simulation:
+            for n in range(run.num_clients):
+                procs.start(f"supernode_{n:02d}", fed.supernode_argv(n))
+        yield fed
+    finally:
+        procs.stop_all()
+
+
+def launch(run: FlowerRun, simulation: bool) -> dict[str, Any]:
+    """Start the federation, run the app on it, wait for it, stop everything; returns the summary."""
+    deadline = time.monotonic() + run.flower["time_limit"]
+    with federation(run, simulation) as fed:
+        return fed.wait(fed.submit(deadline), deadline)
+
+
+def main(prog: str, description: str | None, simulation: bool, argv: Sequence[str] | None = None) -> int:
+    """A launcher's command line: parse, hold the run folder, prepare, run, print the outcome."""
+    p = parser(prog, description)
+    try:
+        config, flower = split_options(p.parse_args(argv))
+        folder = run_folder(config)
+        with folder.locked():
+            run = prepare(config, flower, folder)
+            print(
+                f"{'simulation' if simulation else 'deployment'} of {run.num_clients} Flower clients in {folder.path}"
+            )
+            summary = launch(run, simulation)
+    except FixableError as err:
+        p.exit(2, f"error: {err}\n")
+    print(format_outcome(summary))
+    return 0

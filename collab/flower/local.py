@@ -31,7 +31,7 @@ from ..config import FitConfig
 from ..evaluation import mean_losses
 from ..fit import device_type, load_base
 from ..module import CollabLoRAModule
-from ..trust import TopLogits, TopProbabilities
+from ..trust import TokenMeasure
 
 Adapter = dict[str, torch.Tensor]  # one client's adapter: parameter name -> tensor without the client dim
 
@@ -61,8 +61,28 @@ def checkpoint_adapter(state: bytes) -> Adapter:
     return {k.removeprefix("model."): v[0] for k, v in weights.items() if is_lora_name(k)}
 
 
+def with_adapter(state: bytes, adapter: Mapping[str, torch.Tensor]) -> bytes:
+    """The training state with `adapter` in place of the client's own (optimizer state kept)."""
+    checkpoint = _load(state)
+    weights = checkpoint["state_dict"]
+    for name, tensor in adapter.items():
+        weights[f"model.{name}"] = tensor[None].to(weights[f"model.{name}"].dtype).clone()
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    return buffer.getvalue()
+
+
 def _load(state: bytes) -> dict[str, Any]:
     return torch.load(io.BytesIO(state), map_location="cpu", weights_only=False)  # our own checkpoint
+
+
+def check_federated(config: FitConfig) -> None:
+    """Refuse, before anything starts, options a federated client cannot run with."""
+    if config.lora.init == "reference":
+        raise ConfigError(
+            "--lora_init reference draws every client's A from one stacked stream, which one "
+            "client alone cannot reproduce. Fix: --lora_init peft (the default) for Flower runs."
+        )
 
 
 @dataclass
@@ -74,25 +94,26 @@ class LocalClient:
     client: int
 
     def __post_init__(self) -> None:
+        check_federated(self.config)
         if self.config.data.data_dir is None:
             raise ConfigError(
                 "a federated client reads a prepared dataset: the run's config needs data.data_dir "
                 "(python -m collab.flower.simulate and .deploy set it)."
             )
-        if self.config.lora.init == "reference":
-            raise ConfigError(
-                "--lora_init reference draws every client's A from one stacked stream, which one "
-                "client alone cannot reproduce. Fix: --lora_init peft (the default) for Flower runs."
-            )
+
+    @cached_property
+    def view(self) -> ClientDataModule:
+        """This client's view of the prepared dataset, its files not read yet."""
+        c = self.config
+        return ClientDataModule(
+            folder=c.data.data_dir, config=c.data, seed=c.run.seed, accumulate=c.optim.acc_steps, client=self.client
+        )
 
     @cached_property
     def data(self) -> ClientDataModule:
-        c = self.config
-        data = ClientDataModule(
-            folder=c.data.data_dir, config=c.data, seed=c.run.seed, accumulate=c.optim.acc_steps, client=self.client
-        )
-        data.setup()
-        return data
+        """The view with its files checked against the manifest, ready to read."""
+        self.view.setup()
+        return self.view
 
     def module(self, adapter: Mapping[str, torch.Tensor] | None = None) -> CollabLoRAModule:
         """A fresh N=1 module over the base, holding `adapter` if given (else the initial one)."""
@@ -162,11 +183,11 @@ class LocalClient:
     def ref_outputs(
         self,
         adapter: Mapping[str, torch.Tensor],
-        measure: TopProbabilities | TopLogits,
+        measure: TokenMeasure,
         keep: Callable[[int, torch.Tensor], torch.Tensor],
     ) -> list[torch.Tensor]:
-        """`keep(s, outputs)` for every shared reference sequence s, in the order `TokenAgreement.scores`
-        visits them, where `outputs` `[T', V]` is `measure.predict` of this client's model at
+        """`keep(s, outputs)` for every shared reference sequence s, in the order the batched run's
+        `token_distances` visits them, where `outputs` `[T', V]` is `measure.predict` of this client's model at
         `measure.positions`: what is kept of each (a few tokens per position) is what is sent."""
         module = self.module(adapter)
         sequences = [s for batch in self.data.ref_batches(measure.num_batches) for s in batch]

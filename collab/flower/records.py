@@ -11,7 +11,9 @@ from collections.abc import Mapping, Sequence
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-ADAPTER, PEERS, LOSSES, IDS, VALUES = "adapter", "peers", "losses", "ids", "values"
+from ..trust import TokenMeasure, token_measure
+
+ADAPTER, PEERS, LOSSES, IDS, VALUES, MEASURE = "adapter", "peers", "losses", "ids", "values", "measure"
 
 
 def content_bytes(content: RecordDict) -> int:
@@ -88,9 +90,18 @@ def losses_reply(losses: torch.Tensor) -> RecordDict:
     return RecordDict({LOSSES: arrays({LOSSES: losses.float()})})
 
 
-def ref_union_content(union: Sequence[torch.Tensor]) -> RecordDict:
-    """dynamic-token, second exchange: each reference sequence's union of top token ids."""
-    return RecordDict({IDS: sequence_arrays(union)})
+def measure_record(measure: TokenMeasure) -> ConfigRecord:
+    return ConfigRecord({"distance": measure.name, "top_k": measure.top_k})
+
+
+def ref_top_content(measure: TokenMeasure) -> RecordDict:
+    """Reference predictions, first exchange: the `measure` to predict with; the client sends its top ids."""
+    return RecordDict({MEASURE: measure_record(measure)})
+
+
+def ref_union_content(union: Sequence[torch.Tensor], measure: TokenMeasure) -> RecordDict:
+    """Reference predictions, second exchange: each reference sequence's union of top token ids."""
+    return RecordDict({IDS: sequence_arrays(union), MEASURE: measure_record(measure)})
 
 
 def ref_reply(key: str, parts: Sequence[torch.Tensor]) -> RecordDict:
@@ -99,12 +110,18 @@ def ref_reply(key: str, parts: Sequence[torch.Tensor]) -> RecordDict:
 
 
 def evaluate_content(adapter: Mapping[str, torch.Tensor] | None) -> RecordDict:
-    """Evaluate the client's final adapter (sent where it does not hold it yet)."""
+    """Evaluate the client's adapter: `adapter`, its average, where it does not hold it yet (it keeps it)."""
     return RecordDict({ADAPTER: arrays(adapter)} if adapter is not None else {})
 
 
-def metrics_reply(metrics: Mapping[str, float]) -> RecordDict:
-    return RecordDict({"metrics": MetricRecord({k: float(v) for k, v in metrics.items()})})
+def metrics_reply(metrics: Mapping[str, float], kept: bool) -> RecordDict:
+    """Validation metrics, and whether the client kept the adapter it was sent as its own."""
+    return RecordDict(
+        {
+            "metrics": MetricRecord({k: float(v) for k, v in metrics.items()}),
+            "kept": ConfigRecord({"kept": kept}),
+        }
+    )
 
 
 # --- reading the contents back, each value as the type its writer above puts in (Flower types a
@@ -172,6 +189,14 @@ def sequences(content: RecordDict, key: str) -> list[torch.Tensor]:
     return sequence_tensors(content.array_records[key])
 
 
-def metrics(content: RecordDict) -> dict[str, float]:
-    """`metrics_reply`'s metrics."""
-    return {k: _float(v) for k, v in content.metric_records["metrics"].items()}
+def measure(content: RecordDict) -> TokenMeasure:
+    """The measure a `ref_top_content` or `ref_union_content` asks for."""
+    record = content.config_records[MEASURE]
+    return token_measure(str(record["distance"]), _int(record["top_k"]))
+
+
+def metrics(content: RecordDict) -> tuple[dict[str, float], bool]:
+    """`metrics_reply`'s metrics and whether the client kept its adapter."""
+    return {k: _float(v) for k, v in content.metric_records["metrics"].items()}, bool(
+        content.config_records["kept"]["kept"]
+    )

@@ -1,58 +1,19 @@
 """`python -m collab.flower.simulate`: the federated run in Flower's simulation runtime, on this machine.
 
-Takes `collab.fit`'s options (and the Flower ones below them); the ServerApp runs in this process and
-one ClientApp per client in Flower's simulation runtime (Ray actors, one CPU each). Writes the run
-folder (default runs/flower/DATASET-nCLIENTS/TRUST/seedSEED): config.yaml, server_state.pt after every
-round, trust/, adapters/, summary.json with the bytes every message carried. Rerun on an interrupted
-folder, it goes on from the last saved round.
+Takes `collab.fit`'s options (and the Flower ones below them). Starts a Flower SuperLink in simulation
+mode on a free loopback port and runs the Flower App on it with `flwr run`, the way Flower's current
+release runs simulations: the ServerApp in its own process and one ClientApp per client in the
+simulation runtime (Ray actors, one CPU each). Writes the run folder (default
+runs/flower/DATASET[-nCLIENTS]/TRUST/seedSEED) with the same files as `collab.fit` (config.yaml, trust/,
+adapters/, summary.json) and server_state.pt after every round; prints a line per round. Rerun on an
+interrupted folder, it goes on from the last saved round.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-from lora_gpt.errors import FixableError
-
-from ..report import SUMMARY_FILE
-from .client_app import make_client_app
-from .launch import FlowerRun, parser, prepare, print_outcome
-from .server_app import make_server_app
-
-
-def simulate(run: FlowerRun) -> dict[str, Any]:
-    """Run the federation in Flower's simulation runtime; returns the summary."""
-    from flwr.simulation import run_simulation
-
-    cpus = os.cpu_count() or 1
-    run_simulation(
-        server_app=make_server_app(run.run_config),
-        client_app=make_client_app(run.run_config),
-        num_supernodes=run.num_clients,
-        backend_config={
-            "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": cpus, "include_dashboard": False},
-        },
-    )
-    path = run.folder / SUMMARY_FILE
-    if not path.exists():
-        raise RuntimeError(f"the simulation ended without {path}: the ServerApp failed (see the log above).")
-    return json.loads(path.read_text())
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("python -m collab.flower.simulate", __doc__)
-    try:
-        run, _ = prepare(p.parse_args(argv))
-        summary = simulate(run)
-    except FixableError as err:
-        p.exit(2, f"error: {err}\n")
-    print_outcome(run, summary, "simulation")
-    return 0
-
+from .launch import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main("python -m collab.flower.simulate", __doc__, simulation=True))

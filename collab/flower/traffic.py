@@ -8,15 +8,17 @@ average (nothing under `none`, which averages nothing) and sends its adapter and
 losses; dynamic-ref adds its peers' adapters down (its `--trust_peers` candidates only, where set)
 and one loss per scored client up; dynamic-token its top token ids at every reference position up,
 their union down, and its predictions on the union up. The union holds between k (every client
-agrees) and N*k ids (none does) per position: the table counts N*k, an upper bound. The same protocol
-is what the run summaries measure (tests/test_flower.py).
+agrees) and N*k ids (none does) per position: the table counts N*k, an upper bound. The bytes come
+from running one trust round whose measurements go to clients that answer with zeros of the right
+shapes (`DryClients`), so every strategy, a user's own included, is counted by what it asks; the same
+protocol is what the run summaries measure (tests/test_flower.py).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -27,8 +29,9 @@ from lora_gpt.config import PRESETS
 
 from ..cli import build_parser, fit_config
 from ..config import FitConfig
-from ..trust import PeerLoss, TokenAgreement, build_family
+from ..trust import TokenMeasure, TrustRounds
 from . import records
+from .measure import FederatedMeasurements
 
 Traffic = dict[str, tuple[int, int]]  # message kind -> (down, up) bytes
 
@@ -40,40 +43,56 @@ def zero_adapter(model: GPTConfig, config: FitConfig) -> dict[str, torch.Tensor]
     return {name: torch.zeros(p.shape[1:]) for name, p in lora_parameters(net).items()}
 
 
-def round_traffic(config: FitConfig, model: GPTConfig, num_clients: int, union_width: int | None = None) -> Traffic:
-    """Bytes of one client's messages in an aggregation round after the first, by message kind."""
-    settings, data = config.trust, config.data
-    family, adapter = build_family(settings), zero_adapter(model, config)
-    size = records.content_bytes
+@dataclass
+class DryClients:
+    """Clients that answer every measurement request with zeros of the shapes real clients send (their
+    top token ids all different, so that the union is the widest, N * k), counting one client's bytes."""
+
+    config: FitConfig
+    client: int = 1
+    traffic: Traffic = field(default_factory=dict)
+
+    def sequences(self, measure: TokenMeasure) -> tuple[int, int]:
+        """(reference sequences, positions per sequence) a client predicts on with `measure`."""
+        data = self.config.data
+        positions = len(range(data.sequence_length)[measure.positions])
+        return (measure.num_batches or data.eval_batches) * data.batch_size, positions
+
+    def answer(self, n: int, kind: str, content: RecordDict) -> RecordDict:
+        if kind == "query.peer_losses":
+            return records.losses_reply(torch.zeros(len(records.peer_losses_request(content)[1])))
+        measure = records.measure(content)
+        sequences, positions = self.sequences(measure)
+        if kind == "query.ref_top":
+            ids = torch.arange(n * measure.top_k, (n + 1) * measure.top_k, dtype=torch.int32)
+            return records.ref_reply(records.IDS, [ids.expand(positions, -1)] * sequences)
+        union = records.sequences(content, records.IDS)
+        return records.ref_reply(records.VALUES, [torch.zeros(u.shape) for u in union])
+
+    def exchange(self, contents: Mapping[int, RecordDict], kind: str) -> dict[int, RecordDict]:
+        replies = {n: self.answer(n, kind, c) for n, c in contents.items()}
+        self.traffic[kind] = (records.content_bytes(contents[self.client]), records.content_bytes(replies[self.client]))
+        return replies
+
+
+def round_traffic(config: FitConfig, model: GPTConfig, num_clients: int) -> Traffic:
+    """Bytes of one client's messages in an aggregation round after the first, by message kind: what
+    the trust family's measurements ask of the clients (`collab.flower.measure`), answered by
+    `DryClients`."""
+    settings, adapter = config.trust, zero_adapter(model, config)
     owed = None if settings.family == "none" else adapter
     losses = [0.0] * settings.trust_freq
-    traffic = {
-        "train": (
-            size(records.train_content(0, settings.trust_freq, owed, False)),
-            size(records.train_reply(adapter, 0, losses)),
-        )
-    }
-    if isinstance(family, PeerLoss):
-        scored = settings.peers + 1 if family.sampling.bounded(num_clients) else num_clients  # itself and its peers
-        peers = {n: adapter for n in range(1, scored)}
-        traffic["query.peer_losses"] = (
-            size(records.peer_losses_content(peers, range(scored))),
-            size(records.losses_reply(torch.zeros(scored))),
-        )
-    if isinstance(family, TokenAgreement):
-        m = family.measure
-        sequences = (m.num_batches or data.eval_batches) * data.batch_size
-        positions = len(range(data.sequence_length)[m.positions])
-        width = union_width or num_clients * m.top_k
-        tops = [torch.zeros(positions, m.top_k, dtype=torch.int32)] * sequences
-        union = [torch.zeros(positions, width, dtype=torch.int32)] * sequences
-        values = [torch.zeros(positions, width)] * sequences
-        traffic["query.ref_top"] = (size(RecordDict()), size(records.ref_reply(records.IDS, tops)))
-        traffic["query.ref_values"] = (
-            size(records.ref_union_content(union)),
-            size(records.ref_reply(records.VALUES, values)),
-        )
-    return traffic
+    dry = DryClients(config)
+    dry.traffic["train"] = (
+        records.content_bytes(records.train_content(0, settings.trust_freq, owed, False)),
+        records.content_bytes(records.train_reply(adapter, 0, losses)),
+    )
+    clients = list(range(num_clients))
+    measured = FederatedMeasurements(
+        clients, dict.fromkeys(clients, adapter), dict.fromkeys(clients, [1.0]), dry.exchange
+    )
+    TrustRounds(settings, num_clients, config.run.seed).run(settings.trust_freq, measured)
+    return dry.traffic
 
 
 STRATEGY_ROWS: dict[str, dict[str, Any]] = {  # table row -> trust options

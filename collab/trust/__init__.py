@@ -1,14 +1,17 @@
 """Trust strategies: which share of each peer's adapter every client takes when it aggregates.
 
-Each family (`families`) is a small object with `scores` (how much client i should trust client
-j) and `to_trust` (scores -> row-stochastic `[N, N]` trust), registered by name. What a family
-reads of the model and the data is written down in `protocols`; the steps from measurements to
-scores (`scores`) and from scores to trust and new adapters (`matrices`) are pure functions, so
-the Lightning callback (`collab.aggregation`) and a federated server run the same method.
+Each family (`families`) says what it needs measured about a round's clients (`protocols.
+Measurements`: nothing, their category mixture, their adapters, losses of chosen (data, adapter)
+pairs, predictions on the shared reference text), turns the measurements into `scores`, and
+scores into row-stochastic `[N, N]` trust; families are registered by name (`registry`), a user's
+own through `register_family` in a `--trust_plugins` file. One round (`round.TrustRounds`) runs
+them in every runtime: the batched run answers the measurements in process (`batched`), a
+federated server with messages. The steps from measurements to scores (`scores`) and from scores
+to trust and new adapters (`matrices`) are pure functions.
 """
 
+from .batched import BatchedMeasurements
 from .families import (
-    FAMILIES,
     AdapterSimilarity,
     FedAvg,
     FixedTrust,
@@ -19,10 +22,12 @@ from .families import (
     StaticMixture,
     TokenAgreement,
     TrustFamily,
+    build_family,
 )
 from .matrices import (
     Selection,
     aggregate,
+    collapse,
     exclude_nonfinite,
     finite_clients,
     overlap,
@@ -31,20 +36,24 @@ from .matrices import (
     usable_clients,
 )
 from .peers import PeerSampling
-from .protocols import ClientData, CollaborativeModel
+from .protocols import ClientData, CollaborativeModel, Measurements
+from .registry import ALIASES, FAMILIES, Strategy, register_family, strategy_names
+from .round import RoundOutcome, TrustRounds
 from .scores import (
     PEER_LOSS_SCORES,
     SIMILARITIES,
     STATIC_RULES,
     TOKEN_DISTANCES,
+    TokenMeasure,
     TopLogits,
     TopProbabilities,
     own_mixture,
     row_cosine,
+    token_measure,
     token_scores,
     update_cosine,
 )
-from .settings import ALIASES, STRATEGIES, Strategy, TrustSettings, build_family
+from .settings import TrustSettings
 
 __all__ = [
     "ALIASES",
@@ -52,34 +61,42 @@ __all__ = [
     "PEER_LOSS_SCORES",
     "SIMILARITIES",
     "STATIC_RULES",
-    "STRATEGIES",
     "TOKEN_DISTANCES",
     "AdapterSimilarity",
+    "BatchedMeasurements",
     "ClientData",
     "CollaborativeModel",
     "FedAvg",
     "FixedTrust",
     "Local",
+    "Measurements",
     "PairScoredTrust",
     "PeerLoss",
     "PeerSampling",
+    "RoundOutcome",
     "ScoredTrust",
     "Selection",
     "StaticMixture",
     "Strategy",
     "TokenAgreement",
+    "TokenMeasure",
     "TopLogits",
     "TopProbabilities",
     "TrustFamily",
+    "TrustRounds",
     "TrustSettings",
     "aggregate",
     "build_family",
+    "collapse",
     "exclude_nonfinite",
     "finite_clients",
     "overlap",
     "own_mixture",
+    "register_family",
     "row_cosine",
     "row_normalize",
+    "strategy_names",
+    "token_measure",
     "token_scores",
     "trust_quality",
     "update_cosine",

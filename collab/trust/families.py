@@ -1,13 +1,14 @@
-"""The trust families: small objects that `scores` the clients (higher = more trust) and turn
-scores `to_trust`, a row-stochastic `[N, N]` matrix. Registered by name.
+"""The trust families: small objects that say what they need measured about a round's clients
+(`needs`, from `protocols.Measurements`), turn it into `scores` (higher = more trust), and turn
+scores into trust (`to_trust`: a row-stochastic `[N, N]` matrix). Registered by name.
 
-`scores(model, data, pairs)` gathers what the family measures through the protocols of
-`.protocols` (the batched simulation); each family's `scores_from_*` is the pure step from what was
-measured to scores, so a federated server that assembles the measurements from its clients (row i
-of the peer losses from client i; every client's predictions on the shared reference text) calls
-the same code. `to_trust` is pure too. The families that score pairs of clients by evaluating
-models (`PairScoredTrust`) can score only the `candidates` pairs (`.peers`): unscored pairs are NaN
-and get no weight.
+A family never learns who measured: the batched run answers its requests in this process, a
+federated server with messages to the clients, and both run the same round (`collab.trust.round`).
+The families that score pairs of clients by evaluating models (`PairScoredTrust`) can score only
+the `candidates` pairs (`.peers`): unscored pairs are NaN and get no weight.
+
+A family of your own is a subclass registered with `register_family` in a file passed as
+`--trust_plugins FILE.py` (docs: Writing a trust strategy; examples/ holds one).
 """
 
 from __future__ import annotations
@@ -15,34 +16,36 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, ClassVar, TypeVar
+from typing import ClassVar
 
 import torch
 
-from .matrices import Selection, exclude_nonfinite, row_normalize, usable_clients
+from .matrices import COLLAPSE_SHARE, VARIANTS, Selection, exclude_nonfinite, row_normalize, usable_clients
 from .peers import PeerSampling
-from .protocols import ClientData, CollaborativeModel
+from .protocols import Measurements
+from .registry import FAMILIES, register_family
 from .scores import (
     PEER_LOSS_SCORES,
     SIMILARITIES,
     STATIC_RULES,
-    TOKEN_DISTANCES,
-    TopLogits,
+    TokenMeasure,
     TopProbabilities,
     check_choice,
     row_cosine,
+    token_measure,
     token_scores,
 )
-
-if TYPE_CHECKING:
-    from .settings import TrustSettings
+from .settings import TrustSettings
 
 
 class TrustFamily(ABC):
     """One family of trust strategies."""
 
     name: ClassVar[str]
-    needs: ClassVar[tuple[str, ...]] = ()  # the `ClientData` members `scores` reads
+    needs: ClassVar[tuple[str, ...]] = ()  # the `Measurements` members `scores` calls
+    variants: ClassVar[tuple[str, ...]] = ("",)  # the name suffixes it takes (`collab.trust.VARIANTS`)
+    scores_pairs: ClassVar[bool] = False  # whether --trust_peers can bound what it measures
+    fixed: ClassVar[bool] = False  # trust set by design (none, naive, static), never learned from scores
 
     @classmethod
     @abstractmethod
@@ -50,14 +53,14 @@ class TrustFamily(ABC):
         """The family a run's trust settings describe."""
 
     @abstractmethod
-    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        """`[N, N]`: how much client i should trust client j, on this family's own scale; only the
-        pairs set in `pairs` (`[N, N]` bool, from `candidates`) where it is given, NaN elsewhere."""
+    def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """`[P, P]`: how much client i should trust client j, on this family's own scale; only the
+        pairs set in `pairs` (`[P, P]` bool, from `candidates`) where it is given, NaN elsewhere."""
 
     def candidates(
         self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
     ) -> torch.Tensor | None:
-        """`[N, N]` bool: the pairs to score this aggregation (None: every pair). `prior` is the
+        """`[P, P]` bool: the pairs to score this aggregation (None: every pair). `prior` is the
         previous aggregation's trust (None before the first), `seed` fixes any random choice."""
         return None
 
@@ -69,7 +72,7 @@ class TrustFamily(ABC):
     def to_trust(
         self, scores: torch.Tensor, finite: torch.Tensor | None = None, scored: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Row-stochastic `[N, N]` trust from scores. Clients whose adapter is not `finite`, or whose
+        """Row-stochastic `[P, P]` trust from scores. Clients whose adapter is not `finite`, or whose
         model scores non-finite on a usable client's data, get no weight in anyone's average and
         restart from the mean of the others (`usable_clients`, `exclude_nonfinite`); pairs outside
         `scored` (the `candidates`, where not every pair was scored) get no weight."""
@@ -77,9 +80,39 @@ class TrustFamily(ABC):
         usable = usable_clients(scores, finite, scored)
         return exclude_nonfinite(self.weigh(scores, usable, scored), usable)
 
+    def collapse_advice(self, kind: str, settings: TrustSettings, steps: Sequence[int]) -> str:
+        """What to say when the trust rows stayed `self` (local training) or `uniform` (plain
+        averaging) at aggregation `steps`, and what changes it."""
+        t = settings.temperature
+        where = f"at the aggregations of steps {steps[0]}-{steps[-1]} ({len(steps)} of them)"
+        if kind == "self":
+            return (
+                f"{settings.strategy}: every client's trust row was one-hot on itself {where}, so the clients "
+                f"trained alone, as with --trust none: the scores differ by more than the softmax at "
+                f"--trust_temperature {t:g} lets through. Raise --trust_temperature (e.g. {10 * t:g})."
+            )
+        return (
+            f"{settings.strategy}: every client's trust row was within {COLLAPSE_SHARE:.0%} of uniform {where}, "
+            f"so the clients averaged as with --trust naive: the scores differ too little for the softmax at "
+            f"--trust_temperature {t:g}. Lower --trust_temperature (e.g. {t / 10:g})."
+        )
+
+
+def build_family(settings: TrustSettings) -> TrustFamily:
+    """The trust family object the settings describe, from the registry."""
+    cls = FAMILIES[settings.family]
+    if not (isinstance(cls, type) and issubclass(cls, TrustFamily)):
+        raise TypeError(f"{settings.family} is registered as {cls!r}, not a TrustFamily subclass.")
+    family = cls.from_settings(settings)
+    if not isinstance(family, TrustFamily):
+        raise TypeError(f"{settings.family}'s from_settings returned {type(family).__name__}, not a TrustFamily.")
+    return family
+
 
 class FixedTrust(TrustFamily):
     """Trust from fixed non-negative affinities, rows normalised: no evaluation, no softmax."""
+
+    fixed: ClassVar[bool] = True
 
     def weigh(self, scores: torch.Tensor, usable: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
         return row_normalize(scores.nan_to_num(0.0) * usable[None, :])
@@ -89,6 +122,7 @@ class FixedTrust(TrustFamily):
 class ScoredTrust(TrustFamily):
     """Trust from measured scores through a `Selection` (filter, then softmax with temperature)."""
 
+    variants: ClassVar[tuple[str, ...]] = VARIANTS
     selection: Selection = field(default_factory=Selection)
 
     def __post_init__(self) -> None:
@@ -110,6 +144,7 @@ class PairScoredTrust(ScoredTrust):
     """A scored family that measures every pair (i, j) by evaluating models, N² measurements per
     aggregation: `sampling` can bound it to N * (m + 1) (`.peers.PeerSampling`)."""
 
+    scores_pairs: ClassVar[bool] = True
     sampling: PeerSampling = field(default_factory=PeerSampling)
 
     def candidates(
@@ -123,16 +158,7 @@ class PairScoredTrust(ScoredTrust):
         return self.sampling.choose(prior if prior is not None else row_cosine(adapters, dim=-2), seed)
 
 
-FAMILIES: dict[str, type[TrustFamily]] = {}
-Family = TypeVar("Family", bound=type[TrustFamily])
-
-
-def register(cls: Family) -> Family:
-    FAMILIES[cls.name] = cls
-    return cls
-
-
-@register
+@register_family
 @dataclass(frozen=True)
 class Local(FixedTrust):
     """`none`: every client keeps its own adapter (local training)."""
@@ -143,15 +169,11 @@ class Local(FixedTrust):
     def from_settings(cls, settings: TrustSettings) -> Local:
         return cls()
 
-    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        return self.scores_from_count(model.num_clients)
-
-    @staticmethod
-    def scores_from_count(n: int) -> torch.Tensor:
-        return torch.eye(n)
+    def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.eye(measured.num_clients)
 
 
-@register
+@register_family
 @dataclass(frozen=True)
 class FedAvg(FixedTrust):
     """`naive`: every client takes the plain mean of all adapters."""
@@ -162,15 +184,11 @@ class FedAvg(FixedTrust):
     def from_settings(cls, settings: TrustSettings) -> FedAvg:
         return cls()
 
-    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        return self.scores_from_count(model.num_clients)
-
-    @staticmethod
-    def scores_from_count(n: int) -> torch.Tensor:
-        return torch.ones(n, n)
+    def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.ones(measured.num_clients, measured.num_clients)
 
 
-@register
+@register_family
 @dataclass(frozen=True)
 class StaticMixture(FixedTrust):
     """`static`: from the known client x category mixture, by `rule` (`scores.STATIC_RULES`)."""
@@ -186,19 +204,17 @@ class StaticMixture(FixedTrust):
     def from_settings(cls, settings: TrustSettings) -> StaticMixture:
         return cls(settings.static_rule)
 
-    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        return self.scores_from_mixture(torch.as_tensor(data.mixture))
-
-    def scores_from_mixture(self, mixture: torch.Tensor) -> torch.Tensor:
-        return STATIC_RULES[self.rule](mixture).float()
+    def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        return STATIC_RULES[self.rule](measured.mixture().double()).float()
 
 
-@register
+@register_family
 @dataclass(frozen=True)
 class AdapterSimilarity(ScoredTrust):
     """`dynamic`: softmax of how alike the clients' adapters are (`scores.SIMILARITIES`)."""
 
     name: ClassVar[str] = "dynamic"
+    needs: ClassVar[tuple[str, ...]] = ("adapters",)
     similarity: str = "peft-rows"
 
     def __post_init__(self) -> None:
@@ -213,23 +229,19 @@ class AdapterSimilarity(ScoredTrust):
     def from_settings(cls, settings: TrustSettings) -> AdapterSimilarity:
         return cls(settings.selection(), settings.similarity)
 
-    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        return self.scores_from_adapters(model.adapters())
-
-    def scores_from_adapters(self, adapters: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return SIMILARITIES[self.similarity].score(adapters)
+    def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        return SIMILARITIES[self.similarity].score(measured.adapters())
 
 
-@register
+@register_family
 @dataclass(frozen=True)
 class PeerLoss(PairScoredTrust):
     """`dynamic-ref`: softmax of how well client j's model predicts client i's `trust` split
     (`scores.PEER_LOSS_SCORES`: minus perplexity, the paper's, or minus the loss)."""
 
     name: ClassVar[str] = "dynamic-ref"
-    needs: ClassVar[tuple[str, ...]] = ("trust_batches",)
+    needs: ClassVar[tuple[str, ...]] = ("pair_losses",)
     score: str = "perplexity"
-    eval_chunk: int | None = None  # pairs per evaluation pass (None: the model's client chunk)
 
     def __post_init__(self) -> None:
         check_choice("dynamic-ref score", self.score, PEER_LOSS_SCORES)
@@ -241,32 +253,27 @@ class PeerLoss(PairScoredTrust):
 
     @classmethod
     def from_settings(cls, settings: TrustSettings) -> PeerLoss:
-        return cls(
-            selection=settings.selection(),
-            sampling=settings.sampling(),
-            score=settings.ref_score,
-            eval_chunk=settings.eval_chunk,
-        )
+        return cls(selection=settings.selection(), sampling=settings.sampling(), score=settings.ref_score)
 
-    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        return self.scores_from_losses(model.pair_losses(data.trust_batches(), pairs, self.eval_chunk).cpu())
+    def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        return PEER_LOSS_SCORES[self.score].score(measured.pair_losses(pairs).cpu())
 
-    def scores_from_losses(self, losses: torch.Tensor) -> torch.Tensor:
-        """Scores from `[N, N]` mean losses, row i = every client's model on client i's data (NaN:
-        not measured)."""
-        return PEER_LOSS_SCORES[self.score].score(losses)
+    def collapse_advice(self, kind: str, settings: TrustSettings, steps: Sequence[int]) -> str:
+        said = super().collapse_advice(kind, settings, steps)
+        if kind == "self" and self.score == "perplexity":
+            said += " Or --ref_score loss, whose softmax depends on perplexity ratios, not their level."
+        return said
 
 
-@register
+@register_family
 @dataclass(frozen=True)
 class TokenAgreement(PairScoredTrust):
     """`dynamic-token`: softmax of minus how far apart the clients' predictions on the shared
     reference text are (`scores.TOKEN_DISTANCES`), rows scaled by `scores.token_scores`."""
 
     name: ClassVar[str] = "dynamic-token"
-    needs: ClassVar[tuple[str, ...]] = ("ref_batches",)
-    measure: TopProbabilities | TopLogits = field(default_factory=TopProbabilities)
-    eval_chunk: int | None = None  # clients per evaluation pass (None: the model's own)
+    needs: ClassVar[tuple[str, ...]] = ("token_distances",)
+    measure: TokenMeasure = field(default_factory=TopProbabilities)
 
     @property
     def default_threshold(self) -> float:
@@ -274,28 +281,11 @@ class TokenAgreement(PairScoredTrust):
 
     @classmethod
     def from_settings(cls, settings: TrustSettings) -> TokenAgreement:
-        kind = TOKEN_DISTANCES[settings.token_distance]
-        measure = kind() if settings.token_top_k is None else kind(settings.token_top_k)
         return cls(
             selection=settings.selection(),
             sampling=settings.sampling(),
-            measure=measure,
-            eval_chunk=settings.eval_chunk,
+            measure=token_measure(settings.token_distance, settings.token_top_k),
         )
 
-    def scores(self, model: CollaborativeModel, data: ClientData, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        n = model.num_clients
-        total, positions = torch.zeros(n, n, dtype=torch.float64), 0
-        for seq in (s for batch in data.ref_batches(self.measure.num_batches) for s in batch):
-            # every client's logits, a few positions at a time: never every client's whole vocabulary at once
-            for logits in model.client_logits(seq[None, :-1], self.measure.positions, self.eval_chunk):
-                outputs = self.measure.predict(logits)
-                total += self.measure.distance_sum(outputs, pairs)
-                positions += outputs[0, ..., 0].numel()
-        return self.scores_from_distances(total / positions, pairs)
-
-    @staticmethod
-    def scores_from_distances(distances: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores from `[N, N]` mean distances (`measure.distance_sum` over positions / positions),
-        measured at the pairs in `scored` (None: every pair)."""
-        return token_scores(distances, scored)
+    def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        return token_scores(measured.token_distances(self.measure, pairs).cpu(), pairs)

@@ -15,6 +15,10 @@ import torch
 from lora_gpt.errors import ConfigError
 
 VARIANTS = ("", "thresh", "top-k")
+# A trust matrix whose diagonal is at least 1 - SELF_SHARE is local training; one whose every entry
+# is within COLLAPSE_SHARE (relative) of 1/N is plain averaging.
+SELF_SHARE = 0.01
+COLLAPSE_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -118,6 +122,19 @@ def aggregate(
             a = torch.where(keep, a, torch.zeros_like(a))
         out[name] = torch.einsum("ij,j...->i...", trust.to(a.device, a.dtype), a)
     return out
+
+
+def collapse(trust: torch.Tensor) -> str | None:
+    """`self` where every row is (within `SELF_SHARE`) one-hot on its own client: local training;
+    `uniform` where every row is (within `COLLAPSE_SHARE`) plain averaging; else None."""
+    n = trust.shape[0]
+    if n < 2:
+        return None
+    if bool((trust.diagonal() >= 1 - SELF_SHARE).all()):
+        return "self"
+    if bool(((trust * n - 1).abs() <= COLLAPSE_SHARE).all()):
+        return "uniform"
+    return None
 
 
 def overlap(mixture: torch.Tensor) -> torch.Tensor:

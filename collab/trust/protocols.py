@@ -1,9 +1,10 @@
-"""What a trust family reads, written down: the clients' data and the collaborative model.
+"""What a trust round reads, written down as structural types (`typing.Protocol`).
 
-Structural types (`typing.Protocol`): `data.ClientDataModule` and `collab.module.CollabLoRAModule`
-satisfy them without naming them, and so can any other data source or model, e.g. one client's
-side of a federated run, without Lightning. A family reads only the `ClientData` members it names
-in its `needs`.
+`Measurements` is all a trust family may ask about the clients of a round; it never learns who
+answers. The batched run answers in this process (`collab.trust.batched`, from a
+`CollaborativeModel` and its `ClientData`: `collab.module.CollabLoRAModule` and
+`data.ClientDataModule` satisfy them without naming them); a federated server answers with messages
+to the clients that hold the data (`collab.flower`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,44 @@ from typing import Protocol
 import torch
 from numpy.typing import ArrayLike
 
+from .scores import TokenMeasure
+
+
+class Measurements(Protocol):
+    """What a trust family may measure about the P clients of a round, in the round's order.
+
+    A family names the members it calls in its `needs`; each costs what it says, so a family pays
+    only for what it reads.
+    """
+
+    @property
+    def num_clients(self) -> int:
+        """P, the clients of the round."""
+        ...
+
+    def mixture(self) -> torch.Tensor:
+        """`[P, C]`: each client's share of tokens from each category (rows sum to 1)."""
+        ...
+
+    def adapters(self) -> Mapping[str, torch.Tensor]:
+        """The stacked adapters `[P, ...]` the clients hold (in a federation: the ones they sent)."""
+        ...
+
+    def pair_losses(self, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """`[P, P]`: the mean next-token loss (nats) of client j's model on client i's `trust` split at
+        the pairs set in `pairs` (`[P, P]` bool, the diagonal among them; None: every pair), NaN
+        elsewhere. Cost: one evaluation per pair."""
+        ...
+
+    def token_distances(self, measure: TokenMeasure, pairs: torch.Tensor | None = None) -> torch.Tensor:
+        """`[P, P]`: `measure`'s mean distance between client i's and client j's predictions on the
+        shared reference text, at the pairs set in `pairs` (None: every pair), zero elsewhere. Cost: one
+        evaluation per client."""
+        ...
+
 
 class ClientData(Protocol):
-    """The clients' data as trust scoring sees it."""
+    """The clients' data as the batched run's measurements read it."""
 
     # `[N, C]`: each client's share of tokens from each category (rows sum to 1)
     mixture: ArrayLike
@@ -31,7 +67,7 @@ class ClientData(Protocol):
 
 
 class CollaborativeModel(Protocol):
-    """N clients' models over one base, as trust scoring and aggregation use them."""
+    """N clients' models over one base, as the batched run's measurements and aggregation use them."""
 
     num_clients: int
 

@@ -152,6 +152,7 @@ class TopProbabilities:
     every client's top tokens (what a federated client can upload instead of the whole vocabulary).
     """
 
+    name: ClassVar[str] = "top-probs"
     top_k: int = 10
     positions: ClassVar[slice] = slice(None)  # every position
     num_batches: ClassVar[int | None] = None  # the data source's evaluation batches
@@ -184,6 +185,7 @@ class TopLogits:
     zero; the symmetric L1 distance of two clients' vectors. Its threshold -50 keeps every peer
     (token scores lie in [-10, 0]); it is kept as the reference has it."""
 
+    name: ClassVar[str] = "reference-logits"
     top_k: int = 100
     positions: ClassVar[slice] = slice(-1, None)  # the last position only
     num_batches: ClassVar[int | None] = 4
@@ -205,10 +207,17 @@ class TopLogits:
         return pair_sums(values.shape[0], pairs, part, max(1, PAIR_ELEMENTS // values[0].numel()))
 
 
+TokenMeasure = TopProbabilities | TopLogits
 TOKEN_DISTANCES: dict[str, type[TopProbabilities] | type[TopLogits]] = {
-    "top-probs": TopProbabilities,
-    "reference-logits": TopLogits,
+    m.name: m for m in (TopProbabilities, TopLogits)
 }
+
+
+def token_measure(distance: str, top_k: int | None = None) -> TokenMeasure:
+    """The measure named `distance` (`TOKEN_DISTANCES`) comparing `top_k` tokens (None: its default)."""
+    check_choice("token distance", distance, TOKEN_DISTANCES)
+    kind = TOKEN_DISTANCES[distance]
+    return kind() if top_k is None else kind(top_k)
 
 
 # --- static: from the known client x category mixture P `[N, C]` (affinities, rows normalised later)

@@ -1,56 +1,25 @@
-"""Strategy names and the trust settings of a run (one frozen, validated dataclass)."""
+"""The trust settings of a run: one frozen, validated dataclass."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from lora_gpt.errors import ConfigError
 from lora_gpt.options import option, require, require_choice
 
-from .families import FAMILIES, PairScoredTrust, ScoredTrust, TrustFamily
-from .matrices import VARIANTS, Selection
+from .matrices import Selection
 from .peers import PeerSampling
+from .registry import ALIASES, FAMILIES, Strategy, load_plugins, strategy_names
 from .scores import PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES
 
-STRATEGIES = tuple(
-    name + (f"-{v}" if v else "")
-    for name, family in FAMILIES.items()
-    for v in (VARIANTS if issubclass(family, ScoredTrust) else ("",))
-)
-ALIASES = {
-    "ref": "dynamic-ref",
-    "token": "dynamic-token",
-    "local": "none",
-    "fedavg": "naive",
-    # the reference code's spellings
-    "dynamic-thresh-ref": "dynamic-ref-thresh",
-    "dynamic-top-k-ref": "dynamic-ref-top-k",
-    "dynamic-thresh-token": "dynamic-token-thresh",
-    "dynamic-top-k-token": "dynamic-token-top-k",
-}
 
-
-@dataclass(frozen=True)
-class Strategy:
-    """A parsed strategy name: the family `base`, filtered by `variant` before the softmax."""
-
-    base: str
-    variant: str = ""  # "", "thresh" or "top-k"
-
-    @classmethod
-    def parse(cls, name: str) -> Strategy:
-        name = ALIASES.get(name, name)
-        if name not in STRATEGIES:
-            raise ValueError(
-                f"unknown trust strategy {name!r}; choose one of {', '.join(STRATEGIES)} "
-                f"(other names: {', '.join(f'{k}={v}' for k, v in ALIASES.items())})."
-            )
-        base = max((b for b in FAMILIES if name.startswith(b)), key=len)
-        return cls(base, name[len(base) :].lstrip("-"))
-
-    @property
-    def name(self) -> str:
-        return self.base + (f"-{self.variant}" if self.variant else "")
+def _strategy_help() -> str:
+    """The `--trust` help, listing the strategies registered when the help is shown."""
+    return (
+        f"trust strategy: {', '.join(strategy_names())}; other names: "
+        f"{', '.join(f'{k}={v}' for k, v in ALIASES.items())}"
+    )
 
 
 @dataclass(frozen=True)
@@ -61,11 +30,7 @@ class TrustSettings:
     the reference's are one option away (README.md, Differences from the reference code).
     """
 
-    strategy: str = option(
-        "dynamic",
-        f"trust strategy: {', '.join(STRATEGIES)}; other names: {', '.join(f'{k}={v}' for k, v in ALIASES.items())}",
-        flag="trust",
-    )
+    strategy: str = option("dynamic", _strategy_help, flag="trust")
     trust_freq: int = option(10, "aggregate every this many steps")
     pretraining_rounds: int = option(
         20,
@@ -126,8 +91,18 @@ class TrustSettings:
     eval_chunk: int | None = option(
         None, "clients (dynamic-ref: pairs) per pass when scoring trust (default: --client_chunk)", resume_free=True
     )
+    plugins: tuple[str, ...] = option(
+        (),
+        "Python files (.py) or modules that register trust strategies of your own (collab.trust."
+        "register_family); --trust then takes their names",
+        flag="trust_plugins",
+    )
 
     def __post_init__(self) -> None:
+        # absolute, so that a federation's processes started elsewhere find the same files
+        plugins = tuple(str(Path(p).expanduser().resolve()) if p.endswith(".py") else p for p in self.plugins)
+        object.__setattr__(self, "plugins", plugins)
+        load_plugins(self.plugins)
         try:
             object.__setattr__(self, "strategy", Strategy.parse(self.strategy).name)
         except ValueError as err:
@@ -140,7 +115,7 @@ class TrustSettings:
             )
         self.selection()  # checks k and the temperature
         self.sampling()  # checks the peers and the random share
-        if self.peers and not issubclass(FAMILIES[self.family], PairScoredTrust):
+        if self.peers and not getattr(FAMILIES[self.family], "scores_pairs", False):
             raise ConfigError(
                 f"--trust_peers bounds the pairs that dynamic-ref and dynamic-token score; "
                 f"{self.strategy} scores no pairs. Fix: drop --trust_peers, or --trust dynamic-ref or "
@@ -173,8 +148,3 @@ class TrustSettings:
     def sampling(self) -> PeerSampling:
         """Which pairs a pair-scored family scores under these settings."""
         return PeerSampling(self.peers, self.explore)
-
-
-def build_family(settings: TrustSettings) -> TrustFamily:
-    """The trust family object the settings describe, from the registry."""
-    return FAMILIES[settings.family].from_settings(settings)
