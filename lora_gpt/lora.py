@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import torch
 import torch.nn as nn
@@ -57,32 +57,33 @@ MATH_FIELDS = ("rank", "alpha", "targets")
 class LoRAConfig:
     """Which linears get adapters and how they are shaped; the defaults are the paper's runs'."""
 
-    rank: int = option(4, "r: the inner dimension of each adapter", flag="lora_rank")
-    alpha: float = option(32.0, "the adapter's update is scaled by alpha / r", flag="lora_alpha")
-    dropout: float = option(0.1, "dropout on the adapter's input only", flag="lora_dropout")
+    GROUP: ClassVar[str] = "lora"
+
+    rank: int = option(4, "r: the inner dimension of each adapter", alias="lora_rank")
+    alpha: float = option(32.0, "the adapter's update is scaled by alpha / r", alias="lora_alpha")
+    dropout: float = option(0.1, "dropout on the adapter's input only", alias="lora_dropout")
     targets: tuple[str, ...] = option(
         ATTENTION_TARGETS + MLP_TARGETS,
         "suffixes of the linear layers to adapt (GPT-2's: attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)",
-        flag="lora_targets",
+        alias="lora_targets",
     )
     kernel: str = option(
         "auto",
         "LoRA matmul: auto (the fused Triton kernel on CUDA, else PyTorch), triton or torch",
-        flag="kernel",
         choices=KERNELS,
     )
     init_seed: int | None = option(
         None,
         "seed of A's initialisation, one A shared by every adapter (None: torch's "
         "global generator; python -m collab.fit: the run's --seed)",
-        flag="lora_init_seed",
+        alias="lora_init_seed",
     )
     init: str = option(
         "peft",
         "A's initialisation (B starts at zero): LoRA's and PEFT's U(+-1/sqrt(d_in)), one draw "
         "shared by all clients (peft), or the reference code's U(+-1/sqrt(r)), drawn per "
         "client (reference)",
-        flag="lora_init",
+        alias="lora_init",
         choices=INITS,
     )
 

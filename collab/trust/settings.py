@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from lora_gpt.errors import ConfigError
 from lora_gpt.options import option, require, require_choice
@@ -61,10 +62,12 @@ class TrustSettings:
     the reference's are one option away (README.md, Differences from the reference code).
     """
 
+    GROUP: ClassVar[str] = "trust"
+
     strategy: str = option(
         "dynamic",
         f"trust strategy: {', '.join(STRATEGIES)}; other names: {', '.join(f'{k}={v}' for k, v in ALIASES.items())}",
-        flag="trust",
+        alias="trust",
     )
     trust_freq: int = option(10, "aggregate every this many steps")
     pretraining_rounds: int = option(
@@ -75,12 +78,12 @@ class TrustSettings:
     )
     k: int = option(3, "peers kept by the -top-k variants")
     threshold: float | None = option(
-        None, "score threshold of the -thresh variants (default: the one tuned to the chosen score)", flag="thresh"
+        None, "score threshold of the -thresh variants (default: the one tuned to the chosen score)", alias="thresh"
     )
     temperature: float = option(
         1.0,
         "dynamic strategies: softmax of scores / temperature (1: the paper's; lower sharpens the rows)",
-        flag="trust_temperature",
+        alias="trust_temperature",
     )
     similarity: str = option(
         "peft-rows",
@@ -115,13 +118,13 @@ class TrustSettings:
         0,
         "dynamic-ref, dynamic-token: score each client against this many candidate peers per "
         "aggregation instead of all (0, or N-1 and more: all); unscored peers get no weight",
-        flag="trust_peers",
+        alias="trust_peers",
     )
     explore: int = option(
         2,
         "of the --trust_peers candidates, how many are drawn at random each aggregation; the "
         "rest are the best of the previous trust row",
-        flag="trust_explore",
+        alias="trust_explore",
     )
     eval_chunk: int | None = option(
         None, "clients (dynamic-ref: pairs) per pass when scoring trust (default: --client_chunk)", resume_free=True
