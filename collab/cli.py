@@ -52,7 +52,7 @@ def fit_part(groups: Mapping[str, Any]) -> FitConfig:
     return FitConfig(**{name: groups[name] for name in FitConfig.groups()})
 
 
-def command(
+def command_with_fit_options(
     prog: str,
     description: str | None,
     build: Callable[[dict[str, Any]], T],
@@ -73,7 +73,7 @@ def command(
 
 def fit_command(description: str | None = None) -> Command[FitConfig]:
     """`python -m collab.fit`'s command."""
-    return command("python -m collab.fit", description, fit_part)
+    return command_with_fit_options("python -m collab.fit", description, fit_part)
 
 
 def profile_names() -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 import textwrap
 import types
@@ -29,48 +30,52 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, NoReturn, TypeVar
 
-from .errors import ConfigError, FixableError
+from .errors import ConfigError
 from .options import group_name, short_name
 
 T = TypeVar("T")
 Values = dict[str, dict[str, Any]]  # group -> field -> value
-BUILT_IN = ("h", "help", "config", "profile", "print_config")
+BUILT_IN = ("h", "help", "config", "print_config")  # and "profile" where a command has profiles
 
 
 class HelpFormatter(argparse.HelpFormatter):
     """Wraps text at spaces only, so a name such as `dynamic-top-k` stays whole and can be copied,
-    keeps paragraphs (of a description or an option's help) apart, and writes an option's names once before its value
-    (`--lora.rank, --lora_rank RANK`, `--[no-]run.progress, --[no-]progress`)."""
+    keeps paragraphs (of a description or an option's help) apart, and writes an option's names once
+    before its value (`--lora.rank, --lora_rank RANK`)."""
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         paragraphs = [textwrap.wrap(" ".join(p.split()), width, break_on_hyphens=False) for p in text.split("\n\n")]
         return [line for i, lines in enumerate(paragraphs) for line in ([""] if i else []) + lines]
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """Paragraphs filled to the width; an indented one (commands to copy) kept as it is."""
         return "\n\n".join(
-            textwrap.fill(
+            textwrap.indent(paragraph, indent)
+            if paragraph.startswith("    ")
+            else textwrap.fill(
                 " ".join(paragraph.split()),
                 width,
                 initial_indent=indent,
                 subsequent_indent=indent,
                 break_on_hyphens=False,
             )
-            for paragraph in text.strip().split("\n\n")
+            for paragraph in textwrap.dedent(text).strip().split("\n\n")
         )
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if not action.option_strings:
             return super()._format_action_invocation(action)
-        if isinstance(action, argparse.BooleanOptionalAction):
-            return ", ".join(s.replace("--", "--[no-]", 1) for s in action.option_strings if not s.startswith("--no-"))
+        if isinstance(action, argparse.BooleanOptionalAction):  # the names, then their --no- forms
+            return ", ".join(sorted(action.option_strings, key=lambda s: s.startswith("--no-")))
         names = ", ".join(action.option_strings)
         if action.nargs == 0:
             return names
         return f"{names} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
 
 
-def fail(err: FixableError) -> NoReturn:
-    """What every entry point does with a problem the user can fix: one line, exit status 2."""
+def fail(err: Exception) -> NoReturn:
+    """What every entry point does with a problem the user can fix (a `FixableError`): one line,
+    exit status 2."""
     sys.stderr.write(f"error: {err}\n")
     raise SystemExit(2)
 
@@ -119,8 +124,8 @@ def plain(value: Any) -> Any:
 
 
 def shown(value: Any) -> str:
-    """A value as it is written on the command line."""
-    return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+    """A value as it is written on the command line (quoted where it holds a space)."""
+    return " ".join(shlex.quote(str(v)) for v in (value if isinstance(value, (tuple, list)) else [value]))
 
 
 def to_yaml(values: Mapping[str, Any]) -> str:
@@ -218,7 +223,8 @@ class Command(Generic[T]):
         self.positional, self.switches = positional, tuple(switches)
         short = [short_name(f) for fields in self.options.values() for f, _ in fields]
         short += [name for s in self.switches for name in s.helps]
-        clash = sorted({n for n in short if short.count(n) > 1 or n in BUILT_IN})
+        taken = BUILT_IN + (("profile",) if self.profiles else ())
+        clash = sorted({n for n in short if short.count(n) > 1 or n in taken})
         if clash:
             raise ValueError(f"{prog}: options share the short names {clash}; give the fields distinct aliases.")
 
@@ -295,12 +301,14 @@ class Command(Generic[T]):
             usage=usage + " [--print_config] [--OPTION VALUE ...]",
             argument_default=argparse.SUPPRESS,
         )
+        group, fields = next(iter(self.options.items()))
         p.add_argument(
             "--config",
             type=Path,
             metavar="FILE",
-            help="a YAML or JSON file of options, grouped as a run folder's config.yaml "
-            "(lora: {rank: 8}); options on the command line override it",
+            help=f"a YAML or JSON file of options by group ({group}: {{{fields[0][0].name}: ...}}), as "
+            "--print_config writes them (and a run folder's config.yaml holds them); options on the command "
+            "line override it",
         )
         if self.profiles:
             p.add_argument("--profile", choices=profiles, help=self._profile_help())
@@ -317,9 +325,7 @@ class Command(Generic[T]):
             doc = (self.groups[group].__doc__ or "").strip().split("\n\n")[0]
             g = p.add_argument_group(group, doc)
             for f, tp in fields:
-                g.add_argument(
-                    f"--{group}.{f.name}", f"--{short_name(f)}", **self._argument(group, f, tp, annotations)
-                )
+                g.add_argument(f"--{group}.{f.name}", f"--{short_name(f)}", **self._argument(group, f, tp, annotations))
             for s in self.switches:
                 if s.group == group:
                     for name, text in s.helps.items():

@@ -84,19 +84,19 @@ def summary(folder):
     "argv, message",
     [
         (["--trust", "dynamik"], "unknown trust strategy"),
-        (["--lora_rank", "0"], "--lora_rank must be >= 1, got 0"),
-        (["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
-        (["--lr", "0"], "--lr must be > 0"),
+        (["--lora_rank", "0"], "--lora.rank must be >= 1, got 0"),
+        (["--lora_dropout", "1.5"], "--lora.dropout must be in [0, 1), got 1.5"),
+        (["--lr", "0"], "--optim.lr must be > 0"),
         (["--trust", "dynamic-top-k", "--num_clients", "4", "--k", "5"], "--k 5 exceeds the 4 clients"),
         (["--no-lora_mlp", "--no-lora_causal_self_attention"], "no LoRA targets"),
-        (["--pretraining_rounds", "-1"], "--pretraining_rounds must be >= 0"),
+        (["--pretraining_rounds", "-1"], "--trust.pretraining_rounds must be >= 0"),
         (["--trust", "dynamic-top-k", "--k", "0"], "--k must be >= 1"),
         (["--trust_temperature", "0"], "--trust_temperature must be > 0"),
-        (["--token_top_k", "0"], "--token_top_k must be >= 1"),
-        (["--sequence_length", "1"], "--sequence_length must be >= 2"),
+        (["--token_top_k", "0"], "--trust.token_top_k must be >= 1"),
+        (["--sequence_length", "1"], "--data.sequence_length must be >= 2"),
         (["--precision", "16-mixed", "--accelerator", "cpu"], "16-mixed needs a CUDA GPU"),
-        (["--seed", "-1"], "--seed must be >= 0, got -1"),
-        (["--accelerator", "tpu"], "argument --accelerator: invalid choice: 'tpu'"),
+        (["--seed", "-1"], "--run.seed must be >= 0, got -1"),
+        (["--accelerator", "tpu"], "argument --run.accelerator/--accelerator: invalid choice: 'tpu'"),
         pytest.param(
             ["--accelerator", "gpu"],
             "--accelerator gpu: no CUDA device is visible here. Fix: --accelerator cpu",
@@ -322,9 +322,9 @@ def test_data_dir_refuses_contradicting_options_and_records_what_ran(inputs, cac
     )
     base = ["--data_dir", str(folder), "--init", str(inputs / "base"), *TINY_RUN]
     for extra, said in (
-        (["--num_clients", "3"], "--num_clients 3 (the folder: 4)"),
-        (["--train_tokens", "500"], "--train_tokens 500 (the folder: 400)"),
-        (["--dataset", "offline_multi_specific"], "--dataset offline_multi_specific (the folder: "),
+        (["--num_clients", "3"], "--data.num_clients 3 (the folder: 4)"),
+        (["--train_tokens", "500"], "--data.train_tokens 500 (the folder: 400)"),
+        (["--dataset", "offline_multi_specific"], "--data.dataset offline_multi_specific (the folder: "),
     ):
         with pytest.raises(SystemExit):
             fit.main([*base, *extra, "--out", str(tmp_path / "refused")])

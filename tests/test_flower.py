@@ -21,7 +21,7 @@ from collab import fit
 from collab.cli import load_config
 from collab.flower import deploy, traffic
 from collab.flower.client_app import make_client_app
-from collab.flower.launch import parser, prepare
+from collab.flower.launch import command, prepare
 from collab.flower.server_app import Federation
 from collab.flower.simulate import simulate
 from collab.flower.strategy import PersonalizedTrust
@@ -95,8 +95,7 @@ def batched(inputs):
 
 
 def flower_run(inputs, name, strategy):
-    run, _ = prepare(parser("test", None).parse_args(argv(inputs, inputs / "flower" / name, strategy)))
-    return run
+    return prepare(*command("test", None).parse(argv(inputs, inputs / "flower" / name, strategy)))
 
 
 def in_process(run, grid=None):
@@ -148,8 +147,8 @@ def test_bounded_scoring_picks_and_weighs_the_batched_runs_peers(strategy, input
     bounded = ["--trust_peers", "1", "--trust_explore", "0"]
     batched_folder = inputs / "fit" / f"{strategy}-peers"
     assert fit.main([*argv(inputs, batched_folder, strategy), *bounded]) == 0
-    run, _ = prepare(
-        parser("test", None).parse_args([*argv(inputs, inputs / "flower" / f"{strategy}-peers", strategy), *bounded])
+    run = prepare(
+        *command("test", None).parse([*argv(inputs, inputs / "flower" / f"{strategy}-peers", strategy), *bounded])
     )
     summary = in_process(run)
     assert_same_run(run.folder, batched_folder)
@@ -275,10 +274,11 @@ def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):
     """`python -m collab.flower.deploy`'s federation: a SuperLink and a SuperNode per client, as processes.
     Client 2's SuperNode is killed (SIGKILL) while it trains and started again: the round goes on with the
     others after --round_timeout, client 2 rejoins on its new node (and is evaluated), and the run ends."""
-    args = parser("test", None, deploy.DEPLOY_OPTIONS).parse_args(
-        [*argv(inputs, inputs / "flower" / "deployment", "naive"), "--iterations", "2", "--round_timeout", "30"]
+    run = prepare(
+        *command("test", None).parse(
+            [*argv(inputs, inputs / "flower" / "deployment", "naive"), "--iterations", "2", "--round_timeout", "30"]
+        )
     )
-    run, _ = prepare(args)
     deadline = time.monotonic() + 240
     with deploy.federation(run) as (procs, superlink):
         deploy.submit(run, procs, deadline)

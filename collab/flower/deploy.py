@@ -24,15 +24,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lora_gpt.cli import fail
 from lora_gpt.errors import FixableError
 
 from ..report import SUMMARY_FILE
-from .launch import FlowerRun, parser, prepare, print_outcome
+from .config import DEPLOYMENT_FIELDS
+from .launch import FlowerRun, command, prepare, print_outcome
 
 APP_DIR = Path(__file__).parent / "app"  # the Flower App (pyproject.toml) that `flwr run` sends
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr sit beside this Python
 HOST = "127.0.0.1"
-DEPLOY_OPTIONS = [("time_limit", float, 3600.0, "seconds after which every process is stopped, finished or not")]
 
 
 def free_port() -> int:
@@ -173,12 +174,12 @@ def deploy(run: FlowerRun, time_limit: float) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("python -m collab.flower.deploy", __doc__, DEPLOY_OPTIONS)
     try:
-        run, flower = prepare(p.parse_args(argv))
-        summary = deploy(run, flower["time_limit"])
+        config, flower = command("python -m collab.flower.deploy", __doc__, DEPLOYMENT_FIELDS).parse(argv)
+        run = prepare(config, flower)
+        summary = deploy(run, flower.time_limit)
     except (FixableError, TimeoutError) as err:
-        p.exit(2, f"error: {err}\n")
+        fail(err)
     print_outcome(run, summary, "deployment")
     return 0
 

@@ -8,32 +8,23 @@ resumes only with the options it was started with.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lora_gpt.cli import Command
+
 from ..checkpoint import CONFIG_KEY
-from ..cli import build_parser, dump_config, fit_config, load_config
+from ..cli import command_with_fit_options, dump_config, fit_part, load_config
 from ..config import FitConfig
 from ..fit import RUNS_ROOT, base_source, check_resume, format_final, prepare_data
 from ..report import SUMMARY_FILE
 from ..run_folder import CONFIG_FILE, RunFolderError, run_dir
+from .config import SIMULATION_FIELDS, FlowerConfig
 from .strategy import STATE_FILE
 
 FLOWER_ROOT = RUNS_ROOT / "flower"
-# Flower options: (flag, type, default, help); the run config key is the flag with dashes.
-FLOWER_OPTIONS: list[tuple[str, type, Any, str]] = [
-    (
-        "round_timeout",
-        float,
-        600.0,
-        "seconds the server waits for a round's replies; a client that has not "
-        "answered by then is left out of the round",
-    ),
-    ("join_timeout", float, 300.0, "seconds the server waits, at the start, for every client to join"),
-]
 
 
 @dataclass(frozen=True)
@@ -49,29 +40,17 @@ class FlowerRun:
         return self.config.data.prepared_clients
 
 
-def parser(
-    prog: str, description: str | None, extra: Sequence[tuple[str, type, Any, str]] = ()
-) -> argparse.ArgumentParser:
-    """`collab.fit`'s parser with a `flower` group of options (FLOWER_OPTIONS, then `extra`)."""
-    p = build_parser(prog=prog, description=description)
-    group = p.add_argument_group("flower", "the federation (collab.flower)")
-    for flag, kind, default, text in (*FLOWER_OPTIONS, *extra):
-        group.add_argument(
-            f"--{flag}",
-            dest=f"flower.{flag}",
-            type=kind,
-            default=default,
-            metavar=flag.upper(),
-            help=f"{text} (default {default})",
-        )
-    return p
+def command(
+    prog: str, description: str | None, fields: Sequence[str] = SIMULATION_FIELDS
+) -> Command[tuple[FitConfig, FlowerConfig]]:
+    """`collab.fit`'s command with the `flower` group's `fields`."""
+    return command_with_fit_options(
+        prog, description, lambda groups: (fit_part(groups), groups["flower"]), [FlowerConfig], {"flower": fields}
+    )
 
 
-def prepare(namespace: argparse.Namespace) -> tuple[FlowerRun, dict[str, Any]]:
-    """The run folder for parsed options, with `config.yaml` written; returns the run and the Flower options."""
-    given = vars(namespace)
-    flower = {k.partition(".")[2]: given.pop(k) for k in list(given) if k.startswith("flower.")}
-    config = fit_config(namespace)
+def prepare(config: FitConfig, flower: FlowerConfig) -> FlowerRun:
+    """The run folder for the options, with `config.yaml` written."""
     datamodule, data = prepare_data(config)
     init = str(base_source(config.run.init)) if config.run.init == "offline" else config.run.init
     config = replace(
@@ -91,8 +70,7 @@ def prepare(namespace: argparse.Namespace) -> tuple[FlowerRun, dict[str, Any]]:
     config = replace(config, run=replace(config.run, out=folder))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_FILE).write_text(dump_config(config))
-    run_config = {"run-dir": str(folder), **{k.replace("_", "-"): flower[k] for k, *_ in FLOWER_OPTIONS}}
-    return FlowerRun(config, folder, run_config), flower
+    return FlowerRun(config, folder, {"run-dir": str(folder), **flower.run_config()})
 
 
 def print_outcome(run: FlowerRun, summary: dict[str, Any], runtime: str) -> None:

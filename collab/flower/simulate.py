@@ -15,11 +15,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from lora_gpt.cli import fail
 from lora_gpt.errors import FixableError
 
 from ..report import SUMMARY_FILE
 from .client_app import make_client_app
-from .launch import FlowerRun, parser, prepare, print_outcome
+from .launch import FlowerRun, command, prepare, print_outcome
 from .server_app import make_server_app
 
 
@@ -44,12 +45,11 @@ def simulate(run: FlowerRun) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("python -m collab.flower.simulate", __doc__)
     try:
-        run, _ = prepare(p.parse_args(argv))
+        run = prepare(*command("python -m collab.flower.simulate", __doc__).parse(argv))
         summary = simulate(run)
     except FixableError as err:
-        p.exit(2, f"error: {err}\n")
+        fail(err)
     print_outcome(run, summary, "simulation")
     return 0
 

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import torch
 from flwr.app import RecordDict
 
 from lora_gpt import GPT, GPTConfig, inject_lora, lora_parameters
+from lora_gpt.cli import Command, fail
 from lora_gpt.config import PRESETS
+from lora_gpt.errors import FixableError
+from lora_gpt.options import option, require_choice
 
-from ..cli import build_parser, fit_config
+from ..cli import command_with_fit_options, fit_part
 from ..config import FitConfig
 from ..trust import PeerLoss, TokenAgreement, build_family
 from . import records
@@ -102,12 +105,34 @@ def table(config: FitConfig, model: GPTConfig, num_clients: int) -> str:
     return "\n".join(rows)
 
 
+@dataclass(frozen=True)
+class TrafficConfig:
+    """The model whose adapters' shapes are counted."""
+
+    GROUP: ClassVar[str] = "traffic"
+
+    model: str = option("gpt2", "the GPT-2 shape (gpt2: 124M); its shape only, no weights", choices=PRESETS)
+
+    def __post_init__(self) -> None:
+        require_choice(self, "model")
+
+
+def command() -> Command[tuple[FitConfig, TrafficConfig]]:
+    """`collab.fit`'s command with the model shape."""
+    return command_with_fit_options(
+        "python -m collab.flower.traffic",
+        __doc__,
+        lambda groups: (fit_part(groups), groups["traffic"]),
+        [TrafficConfig],
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = build_parser("python -m collab.flower.traffic", __doc__)
-    p.add_argument("--model", choices=tuple(PRESETS), default="gpt2", help="the GPT-2 shape (default gpt2: 124M)")
-    args = p.parse_args(argv)
-    model = GPTConfig.from_name(vars(args).pop("model"))
-    config = fit_config(args)
+    try:
+        config, traffic = command().parse(argv)
+    except FixableError as err:
+        fail(err)
+    model = GPTConfig.from_name(traffic.model)
     clients = config.data.num_clients or 8
     lora = config.lora
     print(
