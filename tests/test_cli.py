@@ -30,11 +30,17 @@ ENTRY_POINTS = [
     "collab.flower.simulate",
     "collab.flower.deploy",
     "collab.flower.traffic",
+    "collab.export",
     "scripts/reproduce.py",
     "scripts/demo.py",
+    "scripts/report.py",
 ]
 # Options each entry point needs (to print its configuration), and one it is given in a round trip.
-NEEDS = {"lora_gpt.pretrain": ["--corpus", "some/folder"]}
+NEEDS = {
+    "lora_gpt.pretrain": ["--corpus", "some/folder"],
+    "collab.export": ["some/run", "--client", "0", "--format", "peft"],
+    "scripts/report.py": ["some/runs"],
+}
 CHANGE = {
     "collab.fit": (["--lora_rank", "8"], ("lora", "rank", 8)),
     "data.prepare": (["--num_clients", "3"], ("data", "num_clients", 3)),
@@ -45,6 +51,8 @@ CHANGE = {
     "collab.flower.traffic": (["--model", "gpt2-tiny"], ("traffic", "model", "gpt2-tiny")),
     "scripts/reproduce.py": (["--seeds", "3", "4"], ("grid", "seeds", [3, 4])),
     "scripts/demo.py": (["--runs", "none"], ("demo", "runs", ["none"])),
+    "collab.export": (["--out", "elsewhere"], ("export", "out", "elsewhere")),
+    "scripts/report.py": (["--strategies", "none", "naive"], ("report", "strategies", ["none", "naive"])),
 }
 # Fields an entry point leaves out on purpose: data.prepare takes only the data options that decide
 # what is prepared; the simulation has no time limit of its own.
@@ -87,6 +95,10 @@ def entry(name):
         if name.endswith("deploy"):
             return deploy.main, launch.command("", None, config.DEPLOYMENT_FIELDS)
         return simulate.main, launch.command("", None)
+    if name == "collab.export":
+        from collab import export
+
+        return export.main, export.command()
     module = script(Path(name).stem)
     return module.main, module.command()
 
