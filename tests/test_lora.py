@@ -276,15 +276,15 @@ def test_loading_into_a_merged_slot_is_refused(tmp_path):
 
 
 def test_lora_config_validation_names_the_option():
-    with pytest.raises(ConfigError, match="--lora_rank must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="--lora.rank must be >= 1, got 0"):
         LoRAConfig(rank=0)
-    with pytest.raises(ConfigError, match=r"--lora_dropout must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ConfigError, match=r"--lora.dropout must be in \[0, 1\), got 1.0"):
         LoRAConfig(dropout=1.0)
-    with pytest.raises(ConfigError, match="--kernel must be one of auto, triton, torch, got 'cuda'"):
+    with pytest.raises(ConfigError, match="--lora.kernel must be one of auto, triton, torch, got 'cuda'"):
         LoRAConfig(kernel="cuda")
-    with pytest.raises(ConfigError, match="--lora_init must be one of peft, reference, got 'kaiming'"):
+    with pytest.raises(ConfigError, match="--lora.init must be one of peft, reference, got 'kaiming'"):
         LoRAConfig(init="kaiming")
-    with pytest.raises(ConfigError, match="--lora_targets must be at least one layer"):
+    with pytest.raises(ConfigError, match="--lora.targets must be at least one layer"):
         LoRAConfig(targets=())
     with pytest.raises(ValueError, match="no nn.Linear matches"):
         inject_lora(GPT(CFG), LoRAConfig(targets=("nothing",)))
