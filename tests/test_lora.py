@@ -106,11 +106,11 @@ def test_only_adapters_get_gradients():
             assert not p.requires_grad and p.grad is None, name
 
 
-def test_targets_follow_paper_flags():
-    attn_only = inject_lora(GPT(CFG), LoRAConfig.for_paper(attention=True, mlp=False))
+def test_targets_choose_the_adapted_layers():
+    attn_only = inject_lora(GPT(CFG), LoRAConfig(targets=ATTENTION_TARGETS))
     names = {n.rsplit(".", 1)[0] for n in lora_parameters(attn_only)}
     assert names == {f"transformer.h.{i}.{t}" for i in range(2) for t in ATTENTION_TARGETS}
-    mlp_only = inject_lora(GPT(CFG), LoRAConfig.for_paper(attention=False, mlp=True))
+    mlp_only = inject_lora(GPT(CFG), LoRAConfig(targets=MLP_TARGETS))
     assert all(".mlp." in n for n in lora_parameters(mlp_only))
 
 
