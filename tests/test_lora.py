@@ -23,7 +23,8 @@ from lora_gpt import (
     unmerge_lora,
 )
 from lora_gpt.errors import ConfigError
-from lora_gpt.lora import ATTENTION_TARGETS, LEGACY_CONFIG, LEGACY_WEIGHTS, MLP_TARGETS, lora_layers
+from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS, lora_layers
+from lora_gpt.lora.files import LEGACY_CONFIG, LEGACY_WEIGHTS
 
 CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=97)
 ALL_TARGETS = ATTENTION_TARGETS + MLP_TARGETS

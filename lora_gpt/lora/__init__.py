@@ -3,7 +3,7 @@ adapter is (`config`), the layer (`layer`), putting adapters into a model and me
 them (`inject`), and this project's adapter files (`files`)."""
 
 from .config import ATTENTION_TARGETS, INITS, MLP_TARGETS, LoRAConfig
-from .files import LEGACY_CONFIG, LEGACY_WEIGHTS, load_adapters, save_adapters, saved_lora_config, write_adapters
+from .files import load_adapters, save_adapters, saved_lora_config, write_adapters
 from .inject import (
     export_base,
     export_merged,
@@ -15,13 +15,11 @@ from .inject import (
     model_lora_config,
     unmerge_lora,
 )
-from .layer import LoRALinear, lora_linear
+from .layer import LoRALinear
 
 __all__ = [
     "ATTENTION_TARGETS",
     "INITS",
-    "LEGACY_CONFIG",
-    "LEGACY_WEIGHTS",
     "MLP_TARGETS",
     "LoRAConfig",
     "LoRALinear",
@@ -30,7 +28,6 @@ __all__ = [
     "inject_lora",
     "load_adapters",
     "lora_layers",
-    "lora_linear",
     "lora_parameters",
     "mark_only_lora_as_trainable",
     "merge_lora",
