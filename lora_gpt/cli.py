@@ -39,12 +39,16 @@ BUILT_IN = ("h", "help", "config", "print_config")  # and "profile" where a comm
 
 
 class HelpFormatter(argparse.HelpFormatter):
-    """Wraps text at spaces only, so a name such as `dynamic-top-k` stays whole and can be copied,
+    """Wraps text at spaces only, so a name such as `dynamic-top-k` stays whole and can be copied
+    (a word longer than the line, too),
     keeps paragraphs (of a description or an option's help) apart, and writes an option's names once
     before its value (`--lora.rank, --lora_rank RANK`)."""
 
     def _split_lines(self, text: str, width: int) -> list[str]:
-        paragraphs = [textwrap.wrap(" ".join(p.split()), width, break_on_hyphens=False) for p in text.split("\n\n")]
+        paragraphs = [
+            textwrap.wrap(" ".join(p.split()), width, break_on_hyphens=False, break_long_words=False)
+            for p in text.split("\n\n")
+        ]
         return [line for i, lines in enumerate(paragraphs) for line in ([""] if i else []) + lines]
 
     def _fill_text(self, text: str, width: int, indent: str) -> str:
@@ -58,6 +62,7 @@ class HelpFormatter(argparse.HelpFormatter):
                 initial_indent=indent,
                 subsequent_indent=indent,
                 break_on_hyphens=False,
+                break_long_words=False,
             )
             for paragraph in textwrap.dedent(text).strip().split("\n\n")
         )
@@ -141,9 +146,13 @@ def read_config_file(path: Path, where: str | None = None) -> dict[str, Any]:
 
     where = where or f"--config {path}"
     try:
-        values = yaml.safe_load(Path(path).read_text())
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigError(f"{where}: {err.strerror}. Fix: give an existing YAML or JSON file.") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{where} is not UTF-8 text (byte {err.start}: {err.reason}). Fix: give a YAML or JSON file saved as UTF-8."
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{where} is not valid YAML: {err}") from None
     if not isinstance(values, dict):

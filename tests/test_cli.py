@@ -332,3 +332,17 @@ def test_a_command_refuses_two_options_of_one_short_name():
 
     with pytest.raises(ValueError, match=r"share the short names \['seed'\]"):
         Command("x", None, [A, B], dict)
+
+
+def test_narrow_help_keeps_every_word_whole(capsys, monkeypatch):
+    """A word longer than the help's column (a path, a strategy name) is kept whole, not cut."""
+    monkeypatch.setenv("COLUMNS", "40")
+    code, text, _ = run_main(fit.main, ["--help"], capsys)
+    assert code == 0 and "collab/configs/NAME.yaml" in text.split()
+    assert {"dynamic-token-thresh,", "dynamic-thresh-token=dynamic-token-thresh,"} <= set(text.split())
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_naming_it(tmp_path, capsys):
+    (tmp_path / "latin1.yaml").write_bytes("run: {out: caf\xe9}\n".encode("latin-1"))
+    code, _, err = run_main(fit.main, ["--config", str(tmp_path / "latin1.yaml")], capsys)
+    assert code == 2 and err.startswith(f"error: --config {tmp_path / 'latin1.yaml'} is not UTF-8 text (byte 14")
