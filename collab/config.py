@@ -5,9 +5,9 @@ and command-line name (`lora_gpt.options.option`), validated where it is built.
 `lora_gpt.LoRAConfig`, the data group `data.DataConfig`); `python -m collab.fit`'s options are
 generated from them (`collab.cli`), the run folder keeps them whole (`config.yaml`), and the
 module, the aggregation callback and the data module take their groups as they are. A new option
-is a new field of its group: its flag, its help, its default and its check are written once.
-`PROFILES` are named sets of defaults (the paper's runs: `--profile paper`); options given
-explicitly override them.
+is a new field of its group: its names, its help, its default and its check are written once.
+Profiles, named sets of options (the paper's runs: `--profile paper`), are YAML files in
+`collab/configs/`; options given explicitly override them.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 from data.config import DataConfig
 from lora_gpt import LoRAConfig
+from lora_gpt.cli import plain
 from lora_gpt.errors import ConfigError
-from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS
 from lora_gpt.options import option, require, require_choice
 from lora_gpt.precision import PRECISIONS
 
@@ -34,6 +34,8 @@ LOGGERS = ("csv", "tensorboard", "wandb")
 @dataclass(frozen=True)
 class OptimConfig:
     """The optimizer and its schedule: AdamW over the stacked adapters, OneCycle learning rate."""
+
+    GROUP: ClassVar[str] = "optim"
 
     iterations: int = option(100, "optimizer steps")
     acc_steps: int = option(1, "micro-steps accumulated per optimizer step")
@@ -60,6 +62,8 @@ class OptimConfig:
 class MemoryConfig:
     """How much goes through the model at once: exact either way, only memory and speed change."""
 
+    GROUP: ClassVar[str] = "memory"
+
     client_chunk: int | None = option(
         None, "clients per forward/backward pass (default all): lower it to cap memory", resume_free=True
     )
@@ -75,6 +79,8 @@ class MemoryConfig:
 @dataclass(frozen=True)
 class RunConfig:
     """The base model, the seed, when to evaluate and checkpoint, where and on what it runs."""
+
+    GROUP: ClassVar[str] = "run"
 
     seed: int = option(0, "seed of the data split, the batches, the adapters' initialisation and every dropout stream")
     init: str = option(
@@ -159,10 +165,6 @@ class FitConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """Plain values by group, as `config.yaml` holds them (paths as text, tuples as lists)."""
-
-        def plain(value: Any) -> Any:
-            return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
-
         return {
             g.name: {
                 f.name: plain(getattr(getattr(self, g.name), f.name)) for f in dataclasses.fields(getattr(self, g.name))
@@ -175,25 +177,3 @@ class FitConfig:
         """Group name -> its dataclass, in the order the help lists them."""
         hints = get_type_hints(cls)
         return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-# Named sets of defaults, by group and field. `cpu` is the dataclasses' own defaults: small and
-# quick on a CPU. `paper` is what the paper's runs used (the reference code's settings).
-PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "cpu": {},
-    "paper": {
-        "trust": {"trust_freq": 25, "pretraining_rounds": 100},
-        "data": {"batch_size": 50, "sequence_length": 512, "eval_batches": 12},
-        "lora": {"rank": 4, "alpha": 32.0, "dropout": 0.1, "targets": ATTENTION_TARGETS + MLP_TARGETS},
-        "optim": {
-            "iterations": 500,
-            "acc_steps": 4,
-            "lr": 2e-3,
-            "betas": (0.9, 0.95),
-            "weight_decay": 1e-3,
-            "warmup_percent": 0.02,
-            "final_div": 5.0,
-        },
-        "run": {"init": "gpt2", "dropout": 0.2, "eval_freq": 25},
-    },
-}

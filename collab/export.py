@@ -8,14 +8,17 @@ with that base model in `OUT/base`. merged: client n's whole model in Hugging Fa
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from lora_gpt import GPT, export_merged, export_peft, inject_lora, load_adapters, save_adapters, saved_lora_config
+from lora_gpt.cli import Command, fail
 from lora_gpt.errors import ConfigError, FixableError
 from lora_gpt.lora import AdapterFileError, AdapterNotFoundError
+from lora_gpt.options import option, require, require_choice
 
 from .cli import load_config
 from .fit import base_source
@@ -84,21 +87,48 @@ def export(run: Path, client: int, fmt: str, out: Path | None = None) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class ExportConfig:
+    """Which client's model leaves which run, in which format, and where it goes."""
+
+    GROUP: ClassVar[str] = "export"
+
+    run: Path | None = option(None, "a run folder written by python -m collab.fit")
+    client: int | None = option(None, "which client's model to export")
+    format: str | None = option(None, "peft, merged or stacked (see above)", choices=FORMATS)
+    out: Path | None = option(None, "output folder (default RUN/export/client_NN_FORMAT)")
+
+    def __post_init__(self) -> None:
+        for name in ("run", "out"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+        require(self, "client", self.client is None or self.client >= 0, ">= 0")
+        if self.format is not None:
+            require_choice(self, "format")
+
+
+def _request(groups: dict) -> tuple[Path, int, str, Path | None]:
+    """`(run, client, format, out)`, refusing a request that leaves one of the first three out."""
+    config: ExportConfig = groups["export"]
+    if config.run is None or config.client is None or config.format is None:
+        missing = [name for name in ("run", "client", "format") if getattr(config, name) is None]
+        raise ConfigError(f"give {', '.join(f'--export.{name}' for name in missing)} (the run as RUN works too).")
+    return config.run, config.client, config.format, config.out
+
+
+def command() -> Command[tuple[Path, int, str, Path | None]]:
+    """`python -m collab.export`'s command."""
+    return Command("python -m collab.export", __doc__, [ExportConfig], _request, positional=("export.run", "RUN"))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m collab.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("run", type=Path, help="a run folder written by python -m collab.fit")
-    parser.add_argument("--client", type=int, required=True, help="which client's model to export")
-    parser.add_argument("--format", choices=FORMATS, required=True)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default RUN/export/client_NN_FORMAT)")
-    args = parser.parse_args(argv)
     try:
-        out = export(args.run, args.client, args.format, args.out)
+        run, client, fmt, out = command().parse(argv)
+        out = export(run, client, fmt, out)
     except FixableError as err:
-        parser.exit(2, f"error: {err}\n")
-    print(f"client {args.client} of {args.run} written to {out} ({args.format})")
-    if args.format == "peft":
+        fail(err)
+    print(f"client {client} of {run} written to {out} ({fmt})")
+    if fmt == "peft":
         print(PEFT_USAGE.format(out=out))
     return 0
 

@@ -2,13 +2,13 @@
 
 Every client fine-tunes its own adapter on its own data over one shared frozen base, and every
 --trust_freq steps (after --pretraining_rounds local steps) each client's adapter becomes a
-trust-weighted average of all adapters. Option names follow the paper's code.
+trust-weighted average of all adapters.
 
-The defaults (--profile cpu) suit the embedded offline data on a CPU. --profile paper sets
-everything the paper's runs used: GPT-2, 500 steps of 50 x 4 sequences of 512 tokens per client,
-aggregation every 25 steps from step 100, AdamW at 2e-3 with OneCycle down to lr/5, dropout 0.2 in
-the base, LoRA r=4, alpha=32 on attention and MLP; it wants a GPU. Any option can also come from
-a --config file (a run folder's config.yaml is one); options on the command line win.
+Every option is named as a config file names it (--lora.rank is lora: {rank: ...}); the names of
+the paper's code (--lora_rank, --trust, --thresh, ...) work too. The defaults suit the embedded
+offline data on a CPU; --profile paper gives the paper's run settings (each profile's are listed
+under --profile). Any option can also come from a --config file (a run folder's config.yaml is
+one, and --print_config writes one); options on the command line win.
 """
 
 from __future__ import annotations
@@ -29,13 +29,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from data.manifest import data_digest
 from lora_gpt import GPT, save_adapters
+from lora_gpt.cli import fail
 from lora_gpt.errors import ConfigError, FixableError
 from lora_gpt.options import flag_name
 from lora_gpt.precision import resolve_precision
 
 from .aggregation import TrustAggregation
 from .checkpoint import CONFIG_KEY, DATA_KEY, RunCheckpoint, read_checkpoint
-from .cli import build_parser, dump_config, fit_config
+from .cli import dump_config, fit_command
 from .config import FitConfig, RunConfig
 from .loggers import make_logger
 from .module import CollabLoRAModule
@@ -233,12 +234,10 @@ def run(config: FitConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(description=__doc__)
     try:
-        config = fit_config(parser.parse_args(argv))
-        summary = run(config)
+        summary = run(fit_command(__doc__).parse(argv))
     except FixableError as err:  # anything else is a bug (or out of memory): its traceback shows
-        parser.exit(2, f"error: {err}\n")
+        fail(err)
     print(format_outcome(summary))
     return 0
 

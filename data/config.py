@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from lora_gpt.errors import ConfigError
 from lora_gpt.options import flag_name, option, require, require_choice
@@ -18,6 +18,8 @@ BUDGETS = ("train", "val", "trust", "ref")
 @dataclass(frozen=True)
 class DataConfig:
     """The dataset (a recipe, your own files, or a prepared folder) and the batches drawn from it."""
+
+    GROUP: ClassVar[str] = "data"
 
     dataset: str | None = option(
         None,

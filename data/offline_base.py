@@ -7,13 +7,14 @@ cached, so `collab.fit --init offline` builds them on first use and reuses them 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from lora_gpt.pretrain import REPORT_NAME, PretrainConfig, add_config_arguments, ensure_base, format_report
+from lora_gpt.cli import Command, fail
+from lora_gpt.errors import FixableError
+from lora_gpt.pretrain import REPORT_NAME, PretrainConfig, ensure_base, format_report
 
 from .pretraining import pretraining_corpus
 
@@ -23,15 +24,16 @@ def offline_base(config: PretrainConfig | None = None, progress: bool = True) ->
     return ensure_base(config or PretrainConfig(), pretraining_corpus(progress=progress), progress)
 
 
+def command() -> Command[PretrainConfig]:
+    """`python -m data.offline_base`'s command: the pretraining options (the corpus is the offline one)."""
+    return Command("python -m data.offline_base", __doc__, [PretrainConfig], lambda groups: groups["pretrain"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m data.offline_base", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_config_arguments(p)
     try:
-        folder = offline_base(PretrainConfig(**vars(p.parse_args(argv))))
-    except ValueError as err:
-        p.exit(2, f"error: {err}\n")
+        folder = offline_base(command().parse(argv))
+    except FixableError as err:
+        fail(err)
     print(format_report(json.loads((folder / REPORT_NAME).read_text())))
     print(f"base model: {folder}  (collab.fit uses it with --init offline, the default)")
     return 0

@@ -10,7 +10,6 @@ that holds another configuration is refused, never overwritten.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import hashlib
 import json
@@ -19,18 +18,22 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from tqdm.auto import tqdm
 
 from lora_gpt.cache import cache_dir
+from lora_gpt.cli import Command, fail
 from lora_gpt.errors import ConfigError, FixableError
+from lora_gpt.options import option, require
 
+from .config import BUDGETS, DataConfig
 from .errors import ManifestError
 from .manifest import MANIFEST, client_file, read_manifest, verify, write_json, write_tokens
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
-from .split import PAIRINGS, SPLITS, Budget, Layout, category_needs, fitted_budget, resolve_pairing, split_clients
+from .split import SPLITS, Budget, Layout, category_needs, fitted_budget, resolve_pairing, split_clients
 from .tokenize import TokenizedDocuments
 
 FORMAT_VERSION = 2
@@ -196,64 +199,57 @@ def summary(folder: Path) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Where the token files go, and which documents go where."""
+
+    GROUP: ClassVar[str] = "prepare"
+
+    seed: int = option(0, "which documents go to which client and split")
+    out: Path | None = option(None, "output folder (default: under the cache, keyed by the options)")
+    progress: bool = option(True, "progress bar")
+
+    def __post_init__(self) -> None:
+        if self.out is not None:
+            object.__setattr__(self, "out", Path(self.out))
+        require(self, "seed", self.seed >= 0, ">= 0")
+
+
+# The data options that decide what is prepared (the others say how a run batches it).
+PREPARED = ("dataset", "num_clients", "pairing", *(f"{b}_tokens" for b in BUDGETS))
+
+
+def command() -> Command[tuple[DataConfig, PrepareConfig]]:
+    """`python -m data.prepare`'s command: the data options that decide what is prepared, and where."""
+    return Command(
+        "python -m data.prepare",
+        __doc__,
+        [DataConfig, PrepareConfig],
+        lambda groups: (groups["data"], groups["prepare"]),
+        only={"data": PREPARED},
+        positional=("data.dataset", "RECIPE"),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m data.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "recipe",
-        nargs="?",
-        help="a recipe name (see --list), or a folder / .csv / .jsonl of your own (append :mixed for the mixed split)",
-    )
-    p.add_argument("--list", action="store_true", help="list the recipes and exit")
-    p.add_argument(
-        "--num_clients",
-        type=int,
-        default=None,
-        help="clients (default: the recipe's own count, one per category of your own data); with no "
-        "--*_tokens, your own data, or more clients than a recipe's count, shrink the per-client budgets until "
-        "the text suffices",
-    )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: under the cache, keyed by options)")
-    p.add_argument("--seed", type=int, default=0, help="which documents go to which client and split")
-    p.add_argument(
-        "--pairing",
-        choices=PAIRINGS,
-        default=None,
-        help="mixed split: whose main category a client takes as its minor 1/4: ring (default: client "
-        "n+1's) or pairs (the reference code's AG News: clients 2k and 2k+1 swap)",
-    )
-    for name in ("train", "val", "trust", "ref"):
-        p.add_argument(
-            f"--{name}_tokens",
-            type=int,
-            default=None,
-            help=f"{name} tokens {'per category' if name == 'ref' else 'per client'} (default: the recipe's)",
-        )
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
-    args = p.parse_args(argv)
-    if args.list:
-        for name in list_recipes():
-            r = RECIPES[name]
-            print(f"{name:28s} {r.num_clients:2d} clients, train {r.budget.train:>7,} tokens/client: {r.description}")
-        return 0
-    if args.recipe is None:
-        p.error("give a RECIPE (see --list)")
+    cli = command()
+    parser = cli.parser()
+    parser.add_argument("--list", action="store_true", default=False, help="list the recipes and exit")
     try:
+        args = parser.parse_args(argv)
+        if args.list:
+            for name in list_recipes():
+                r = RECIPES[name]
+                print(
+                    f"{name:28s} {r.num_clients:2d} clients, train {r.budget.train:>7,} tokens/client: {r.description}"
+                )
+            return 0
+        data, prepare = cli.resolve(args)
         folder = prepare_recipe(
-            args.recipe,
-            args.num_clients,
-            args.out,
-            args.seed,
-            args.progress,
-            args.pairing,
-            train=args.train_tokens,
-            val=args.val_tokens,
-            trust=args.trust_tokens,
-            ref=args.ref_tokens,
+            data.recipe, data.num_clients, prepare.out, prepare.seed, prepare.progress, data.pairing, **data.budgets()
         )
     except FixableError as err:
-        p.exit(2, f"error: {err}\n")
+        fail(err)
     print(summary(folder))
     return 0
 

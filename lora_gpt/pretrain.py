@@ -9,7 +9,6 @@ keyed by the configuration and the corpus's manifest, and reused after.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -20,6 +19,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import lightning as L
 import numpy as np
@@ -27,8 +27,11 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .cache import cache_dir
-from .config import GPTConfig
+from .cli import Command, fail
+from .config import PRESETS, GPTConfig
+from .errors import ConfigError, FixableError
 from .lightning import LitGPT
+from .options import option, require, require_choice
 from .precision import PRECISIONS, resolve_precision
 from .training import random_windows
 
@@ -37,26 +40,33 @@ REPORT_NAME = "pretrain_report.json"
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    preset: str = "gpt2-micro"  # model shape (lora_gpt.config.PRESETS)
-    steps: int = 400  # optimizer steps
-    batch_size: int = 16  # sequences per step
-    sequence_length: int = 128
-    lr: float = 3e-3  # peak of the OneCycle schedule
-    weight_decay: float = 0.1
-    warmup: float = 0.02  # share of the steps spent warming up
-    seed: int = 0
-    eval_batches: int = 16
-    precision: str = "auto"  # bf16-mixed where bfloat16 is native (lora_gpt.precision)
+    """The base model's shape and how it is pretrained; the cache key of the result."""
+
+    GROUP: ClassVar[str] = "pretrain"
+
+    preset: str = option("gpt2-micro", "model shape", choices=PRESETS)
+    steps: int = option(400, "optimizer steps")
+    batch_size: int = option(16, "sequences per step")
+    sequence_length: int = option(128, "tokens per sequence")
+    lr: float = option(3e-3, "peak learning rate of the OneCycle schedule")
+    weight_decay: float = option(0.1, "AdamW's weight decay")
+    warmup: float = option(0.02, "share of the steps spent warming up")
+    seed: int = option(0, "seed of the initialisation and the batches")
+    eval_batches: int = option(16, "validation batches at the end")
+    precision: str = option(
+        "auto",
+        "auto: bf16-mixed where bfloat16 is native (GPUs, CPUs with avx512_bf16/amx), else 32-true",
+        choices=PRECISIONS,
+    )
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "sequence_length", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}.")
-        if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.warmup < 1:
-            raise ValueError("--lr must be > 0, --weight_decay >= 0 and --warmup in [0, 1).")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
-        GPTConfig.from_name(self.preset)  # an unknown preset fails here, naming the known ones
+            require(self, name, getattr(self, name) >= 1, ">= 1")
+        require(self, "lr", self.lr > 0, "> 0")
+        require(self, "weight_decay", self.weight_decay >= 0, ">= 0")
+        require(self, "warmup", 0 <= self.warmup < 1, "in [0, 1)")
+        require_choice(self, "precision")
+        require_choice(self, "preset")
 
     def key(self, corpus_id: str) -> str:
         blob = json.dumps({"config": dataclasses.asdict(self), "corpus": corpus_id}, sort_keys=True)
@@ -86,7 +96,10 @@ def fixed_windows(path: Path, batch_size: int, sequence_length: int, num_batches
     span = sequence_length + 1
     count = min(num_batches * batch_size, len(tokens) // span)
     if count < 1:
-        raise ValueError(f"{path} holds {len(tokens)} tokens, fewer than one window of {span}.")
+        raise ConfigError(
+            f"{path} holds {len(tokens)} tokens, fewer than one window of {span}. Fix: a smaller "
+            "--pretrain.sequence_length, or a corpus with more validation text."
+        )
     windows = np.asarray(tokens[: count * span], dtype=np.int64).reshape(count, span)
     return list(torch.from_numpy(windows).split(batch_size))
 
@@ -105,12 +118,13 @@ def pretrain(config: PretrainConfig, corpus: Path, out: Path, progress: bool = T
     L.seed_everything(config.seed, verbose=False)
     model_config = GPTConfig.from_name(config.preset)
     if config.sequence_length > model_config.block_size:
-        raise ValueError(
-            f"sequence_length {config.sequence_length} exceeds {config.preset}'s block_size {model_config.block_size}."
+        raise ConfigError(
+            f"--pretrain.sequence_length {config.sequence_length} exceeds {config.preset}'s block_size "
+            f"{model_config.block_size}. Fix: --pretrain.sequence_length {model_config.block_size} or less."
         )
     for name in ("train.bin", "val.bin"):
         if not (corpus / name).is_file():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"{corpus / name} not found: a pretraining corpus folder holds train.bin and "
                 "val.bin (uint16 GPT-2 tokens); `python -m data.offline_base` builds the offline one."
             )
@@ -194,27 +208,37 @@ def format_report(report: dict) -> str:
     )
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One `--field` per PretrainConfig field, with its default."""
-    defaults = PretrainConfig()
-    for field in dataclasses.fields(PretrainConfig):
-        parser.add_argument(
-            f"--{field.name}", type=type(getattr(defaults, field.name)), default=getattr(defaults, field.name)
-        )
+@dataclass(frozen=True)
+class CorpusConfig:
+    """The text to pretrain on."""
+
+    GROUP: ClassVar[str] = "corpus"
+
+    folder: Path | None = option(None, "folder holding train.bin and val.bin (uint16 GPT-2 tokens)", alias="corpus")
+
+    def __post_init__(self) -> None:
+        if self.folder is not None:
+            object.__setattr__(self, "folder", Path(self.folder))
+
+
+def command() -> Command[tuple[PretrainConfig, Path]]:
+    """`python -m lora_gpt.pretrain`'s command: the pretraining options and the corpus."""
+
+    def build(groups: dict) -> tuple[PretrainConfig, Path]:
+        corpus = groups["corpus"].folder
+        if corpus is None:
+            raise ConfigError("give the corpus: --corpus.folder FOLDER (or --corpus FOLDER).")
+        return groups["pretrain"], corpus
+
+    return Command("python -m lora_gpt.pretrain", __doc__, [PretrainConfig, CorpusConfig], build)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m lora_gpt.pretrain", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    p.add_argument("--corpus", type=Path, required=True, help="folder with train.bin and val.bin")
-    add_config_arguments(p)
-    args = vars(p.parse_args(argv))
-    corpus = args.pop("corpus")
     try:
-        folder = ensure_base(PretrainConfig(**args), corpus)
-    except (ValueError, FileNotFoundError) as err:
-        p.exit(2, f"error: {err}\n")
+        config, corpus = command().parse(argv)
+        folder = ensure_base(config, corpus)
+    except FixableError as err:
+        fail(err)
     print(format_report(json.loads((folder / REPORT_NAME).read_text())))
     print(f"base model: {folder}  (use it with: python -m collab.fit --init {folder})")
     return 0

@@ -14,66 +14,65 @@ against step, one panel per run) and `trust_heatmaps.png` (each dynamic run's la
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from collab.cli import build_parser, fit_config
+from collab.cli import fit_command
 from collab.fit import run
 from collab.report import client_table, last_trust, load_summaries, plot_client_curves, plot_trust_heatmaps
 from collab.run_folder import RunFolder
-from lora_gpt.errors import FixableError
+from lora_gpt.cli import Command, fail
+from lora_gpt.errors import ConfigError, FixableError
+from lora_gpt.options import flag_name, option, require
 
-# The clients: six (two per language), each with a small train split that local training
-# sees many times over, the regime where learning from similar peers can pay.
-DATA = [
-    "--dataset",
-    "offline_multi_specific",
-    "--num_clients",
-    "6",
-    "--train_tokens",
-    "4000",
-    "--val_tokens",
-    "4000",
-    "--trust_tokens",
-    "2100",
-    "--ref_tokens",
-    "4000",
-    "--eval_batches",
-    "8",
-]
-TRAINING = [
-    "--iterations",
-    "100",
-    "--batch_size",
-    "2",
-    "--sequence_length",
-    "128",
-    "--lr",
-    "1e-2",
-    "--eval_freq",
-    "20",
-    "--trust_freq",
-    "10",
-    "--pretraining_rounds",
-    "20",
-]
+# The clients and the training (collab/configs/demo.yaml: six data-poor clients, two per language)
+# come from collab.fit's demo profile; each row adds its own options.
+PROFILE = "demo"
 
 
 @dataclass(frozen=True)
 class Run:
     name: str  # the row's label and its folder
-    options: tuple[str, ...]  # collab.fit options beyond DATA and TRAINING
+    options: tuple[str, ...]  # collab.fit options beyond the profile
 
 
-RUNS = [Run(s, ("--trust", s)) for s in ("none", "naive", "static", "dynamic", "dynamic-ref", "dynamic-token")] + [
+RUNS = [
+    Run(s, ("--trust.strategy", s)) for s in ("none", "naive", "static", "dynamic", "dynamic-ref", "dynamic-token")
+] + [
     # An extra row, not the paper's setting: its softmax of cosine similarities (temperature 1) is
     # nearly uniform here; a lower temperature lets the same similarities discriminate.
-    Run("dynamic, temperature 0.05", ("--trust", "dynamic", "--trust_temperature", "0.05")),
+    Run("dynamic, temperature 0.05", ("--trust.strategy", "dynamic", "--trust.temperature", "0.05")),
 ]
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Which rows run, on which draw of documents and batches, and where they go; any other option
+    goes to every row's collab.fit."""
+
+    GROUP: ClassVar[str] = "demo"
+
+    runs: tuple[str, ...] = option(tuple(r.name for r in RUNS), "which rows to run: " + "; ".join(r.name for r in RUNS))
+    seed: int = option(0, "collab.fit's --run.seed for every row")
+    out: Path = option(Path("runs/demo"), "the rows' folders go here, with the table and plots")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))
+        unknown = sorted(set(self.runs) - {r.name for r in RUNS})
+        if unknown:
+            raise ConfigError(
+                f"{flag_name(self, 'runs')}: unknown row {', '.join(unknown)}; choose from: "
+                f"{'; '.join(r.name for r in RUNS)}"
+            )
+        require(self, "seed", self.seed >= 0, ">= 0")
+
+
+def command() -> Command[DemoConfig]:
+    return Command("python scripts/demo.py", __doc__, [DemoConfig], lambda groups: groups["demo"])
 
 
 def folder_name(name: str) -> str:
@@ -111,40 +110,27 @@ def improvement(base: list[dict], final: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--runs",
-        nargs="+",
-        default=[r.name for r in RUNS],
-        metavar="NAME",
-        help="which rows to run: " + "; ".join(r.name for r in RUNS),
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    args, fit_extra = p.parse_known_args(argv)
-    chosen = [r for r in RUNS if r.name in args.runs]
-    unknown = sorted(set(args.runs) - {r.name for r in RUNS})
-    if unknown:
-        p.exit(2, f"error: unknown run {', '.join(unknown)}; choose from: {'; '.join(r.name for r in RUNS)}\n")
     start = time.time()
     reused = 0
-    folders = [RunFolder(args.out / folder_name(r.name)) for r in chosen]
-    try:
-        for r, folder in zip(chosen, folders, strict=True):
+    try:  # every row's options are checked before the first row runs
+        args, fit_extra = command().parse_known(argv)
+        chosen = [r for r in RUNS if r.name in args.runs]
+        folders = [RunFolder(args.out / folder_name(r.name)) for r in chosen]
+        configs = [
+            fit_command().parse(
+                ["--profile", PROFILE, "--run.seed", str(args.seed), "--run.out", str(f.path), *r.options, *fit_extra]
+            )
+            for r, f in zip(chosen, folders, strict=True)
+        ]
+        for r, folder, config in zip(chosen, folders, configs, strict=True):
             if folder.finished():
                 print(f"{r.name}: finished earlier, reusing {folder.path}")
                 reused += 1
                 continue
             print(f"\n=== {r.name} ===", flush=True)
-            run(
-                fit_config(
-                    build_parser().parse_args(
-                        [*DATA, *TRAINING, "--seed", str(args.seed), "--out", str(folder.path), *r.options, *fit_extra]
-                    )
-                )
-            )
+            run(config)
     except FixableError as err:
-        p.exit(2, f"error: {err}\n")
+        fail(err)
     runs = [load_summaries(folder.path)[0] for folder in folders]
     labels = [r.name for r in chosen]
     print(f"\n{describe(runs[0], (time.time() - start) / 60, reused)}.\n")

@@ -88,19 +88,19 @@ def summary(folder):
     "argv, message",
     [
         (["--trust", "dynamik"], "unknown trust strategy"),
-        (["--lora_rank", "0"], "--lora_rank must be >= 1, got 0"),
-        (["--lora_dropout", "1.5"], "--lora_dropout must be in [0, 1), got 1.5"),
-        (["--lr", "0"], "--lr must be > 0"),
+        (["--lora_rank", "0"], "--lora.rank must be >= 1, got 0"),
+        (["--lora_dropout", "1.5"], "--lora.dropout must be in [0, 1), got 1.5"),
+        (["--lr", "0"], "--optim.lr must be > 0"),
         (["--trust", "dynamic-top-k", "--num_clients", "4", "--k", "5"], "--k 5 exceeds the 4 clients"),
         (["--no-lora_mlp", "--no-lora_causal_self_attention"], "no LoRA targets"),
-        (["--pretraining_rounds", "-1"], "--pretraining_rounds must be >= 0"),
+        (["--pretraining_rounds", "-1"], "--trust.pretraining_rounds must be >= 0"),
         (["--trust", "dynamic-top-k", "--k", "0"], "--k must be >= 1"),
         (["--trust_temperature", "0"], "--trust_temperature must be > 0"),
-        (["--token_top_k", "0"], "--token_top_k must be >= 1"),
-        (["--sequence_length", "1"], "--sequence_length must be >= 2"),
+        (["--token_top_k", "0"], "--trust.token_top_k must be >= 1"),
+        (["--sequence_length", "1"], "--data.sequence_length must be >= 2"),
         (["--precision", "16-mixed", "--accelerator", "cpu"], "16-mixed needs a CUDA GPU"),
-        (["--seed", "-1"], "--seed must be >= 0, got -1"),
-        (["--accelerator", "tpu"], "argument --accelerator: invalid choice: 'tpu'"),
+        (["--seed", "-1"], "--run.seed must be >= 0, got -1"),
+        (["--accelerator", "tpu"], "argument --run.accelerator/--accelerator: invalid choice: 'tpu'"),
         pytest.param(
             ["--accelerator", "gpu"],
             "--accelerator gpu: no CUDA device is visible here. Fix: --accelerator cpu",
@@ -108,11 +108,11 @@ def summary(folder):
         ),
         (["--config", "no-such.yaml"], "--config no-such.yaml: No such file or directory"),
         (["--lora_targets", "attn.c_attn", "attn.c_atn"], "Fix: correct or drop 'attn.c_atn'."),  # issue 21.3
-        (["--lora_targets", "lm_head"], "--lora_targets must be names of GPT-2's linear layers that LoRA adapts"),
-        (["--lr", "inf"], "--lr must be a finite number, got inf"),  # issue 21.6: then a traceback
-        (["--lora_alpha", "inf"], "--lora_alpha must be a finite number > 0, got inf"),
-        (["--thresh", "nan"], "--thresh must be a finite number, got nan"),  # it was taken silently
-        (["--betas", "0.9", "nan"], "--betas must be two numbers in [0, 1), got (0.9, nan)"),
+        (["--lora_targets", "lm_head"], "--lora.targets must be names of GPT-2's linear layers that LoRA adapts"),
+        (["--lr", "inf"], "--optim.lr must be a finite number, got inf"),  # issue 21.6: then a traceback
+        (["--lora_alpha", "inf"], "--lora.alpha must be a finite number > 0, got inf"),
+        (["--thresh", "nan"], "--trust.threshold must be a finite number, got nan"),  # it was taken silently
+        (["--betas", "0.9", "nan"], "--optim.betas must be two numbers in [0, 1), got (0.9, nan)"),
     ],
 )
 def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monkeypatch):
@@ -426,9 +426,9 @@ def test_data_dir_refuses_contradicting_options_and_records_what_ran(inputs, cac
     )
     base = ["--data_dir", str(folder), "--init", str(inputs / "base"), *TINY_RUN]
     for extra, said in (
-        (["--num_clients", "3"], "--num_clients 3 (the folder: 4)"),
-        (["--train_tokens", "500"], "--train_tokens 500 (the folder: 400)"),
-        (["--dataset", "offline_multi_specific"], "--dataset offline_multi_specific (the folder: "),
+        (["--num_clients", "3"], "--data.num_clients 3 (the folder: 4)"),
+        (["--train_tokens", "500"], "--data.train_tokens 500 (the folder: 400)"),
+        (["--dataset", "offline_multi_specific"], "--data.dataset offline_multi_specific (the folder: "),
     ):
         with pytest.raises(SystemExit):
             fit.main([*base, *extra, "--out", str(tmp_path / "refused")])

@@ -24,7 +24,7 @@ from collab import fit
 from collab.cli import load_config
 from collab.flower import launch, traffic
 from collab.flower.client_app import make_client_app
-from collab.flower.launch import parser, prepare, run_folder, split_options
+from collab.flower.launch import command, prepare, run_folder
 from collab.flower.server_app import serve
 from collab.flower.strategy import PersonalizedTrust
 from collab.flower.token_union import mean_distances, on_union, top_ids, union_ids
@@ -99,9 +99,7 @@ def batched(inputs):
 
 
 def flower_run(inputs, name, strategy, *extra):
-    config, flower = split_options(
-        parser("test", None).parse_args([*argv(inputs, inputs / "flower" / name, strategy), *extra])
-    )
+    config, flower = command("test", None).parse([*argv(inputs, inputs / "flower" / name, strategy), *extra])
     return prepare(config, flower, run_folder(config))
 
 

@@ -24,7 +24,8 @@ from lora_gpt import (
     unmerge_lora,
 )
 from lora_gpt.errors import ConfigError
-from lora_gpt.lora import ATTENTION_TARGETS, LEGACY_CONFIG, LEGACY_WEIGHTS, MLP_TARGETS, lora_layers
+from lora_gpt.lora import ATTENTION_TARGETS, MLP_TARGETS, lora_layers
+from lora_gpt.lora.files import LEGACY_CONFIG, LEGACY_WEIGHTS
 
 CFG = GPTConfig.from_name("gpt2-tiny", vocab_size=97)
 ALL_TARGETS = ATTENTION_TARGETS + MLP_TARGETS
@@ -107,11 +108,11 @@ def test_only_adapters_get_gradients():
             assert not p.requires_grad and p.grad is None, name
 
 
-def test_targets_follow_paper_flags():
-    attn_only = inject_lora(GPT(CFG), LoRAConfig.for_paper(attention=True, mlp=False))
+def test_targets_choose_the_adapted_layers():
+    attn_only = inject_lora(GPT(CFG), LoRAConfig(targets=ATTENTION_TARGETS))
     names = {n.rsplit(".", 1)[0] for n in lora_parameters(attn_only)}
     assert names == {f"transformer.h.{i}.{t}" for i in range(2) for t in ATTENTION_TARGETS}
-    mlp_only = inject_lora(GPT(CFG), LoRAConfig.for_paper(attention=False, mlp=True))
+    mlp_only = inject_lora(GPT(CFG), LoRAConfig(targets=MLP_TARGETS))
     assert all(".mlp." in n for n in lora_parameters(mlp_only))
 
 
@@ -277,15 +278,15 @@ def test_loading_into_a_merged_slot_is_refused(tmp_path):
 
 
 def test_lora_config_validation_names_the_option():
-    with pytest.raises(ConfigError, match="--lora_rank must be >= 1, got 0"):
+    with pytest.raises(ConfigError, match="--lora.rank must be >= 1, got 0"):
         LoRAConfig(rank=0)
-    with pytest.raises(ConfigError, match=r"--lora_dropout must be in \[0, 1\), got 1.0"):
+    with pytest.raises(ConfigError, match=r"--lora.dropout must be in \[0, 1\), got 1.0"):
         LoRAConfig(dropout=1.0)
-    with pytest.raises(ConfigError, match="--kernel must be one of auto, triton, torch, got 'cuda'"):
+    with pytest.raises(ConfigError, match="--lora.kernel must be one of auto, triton, torch, got 'cuda'"):
         LoRAConfig(kernel="cuda")
-    with pytest.raises(ConfigError, match="--lora_init must be one of peft, reference, got 'kaiming'"):
+    with pytest.raises(ConfigError, match="--lora.init must be one of peft, reference, got 'kaiming'"):
         LoRAConfig(init="kaiming")
-    with pytest.raises(ConfigError, match="--lora_targets must be at least one layer"):
+    with pytest.raises(ConfigError, match="--lora.targets must be at least one layer"):
         LoRAConfig(targets=())
     with pytest.raises(ConfigError, match="Fix: correct or drop 'nothing'"):
         LoRAConfig(targets=("nothing",))
@@ -300,7 +301,7 @@ def test_every_lora_target_must_name_a_linear_lora_adapts(targets, wrong):
     with pytest.raises(
         ConfigError,
         match=re.escape(
-            "--lora_targets must be names of GPT-2's linear layers that LoRA adapts: attn.c_attn, attn.c_proj, "
+            "--lora.targets must be names of GPT-2's linear layers that LoRA adapts: attn.c_attn, attn.c_proj, "
             f"mlp.c_fc, mlp.c_proj (or c_attn, c_proj, c_fc alone), got {targets!r}. Fix: correct or drop {wrong}."
         ),
     ):

@@ -259,10 +259,10 @@ def fresh_dispatch():
 def test_kernel_dispatch(fresh_dispatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto on the CPU is silent
-        assert resolve_kernel("auto", torch.device("cpu")) == "torch"
-    assert resolve_kernel("torch", torch.device("cpu")) == "torch"
+        assert resolve_kernel("auto", torch.device("cpu"), 4) == "torch"
+    assert resolve_kernel("torch", torch.device("cpu"), 4) == "torch"
     with pytest.raises(ValueError, match=r"kernel must be one of \('auto', 'triton', 'torch'\)"):
-        resolve_kernel("cuda", torch.device("cpu"))
+        resolve_kernel("cuda", torch.device("cpu"), 4)
 
 
 def test_triton_on_cpu_needs_the_interpreter(fresh_dispatch, monkeypatch):
@@ -270,19 +270,42 @@ def test_triton_on_cpu_needs_the_interpreter(fresh_dispatch, monkeypatch):
     reason = triton_unavailable_reason(torch.device("cpu"))
     assert "needs a CUDA device" in reason and "TRITON_INTERPRET=1" in reason
     with pytest.raises(RuntimeError, match="cannot run: the fused kernel needs a CUDA device"):
-        resolve_kernel("triton", torch.device("cpu"))
+        resolve_kernel("triton", torch.device("cpu"), 4)
     if KERNELS_HERE and not CUDA:  # in the interpreter child: with the variable set, it runs
         monkeypatch.setenv("TRITON_INTERPRET", "1")
         kernels._resolve.cache_clear()
-        assert resolve_kernel("triton", torch.device("cpu")) == "triton"
+        assert resolve_kernel("triton", torch.device("cpu"), 4) == "triton"
+
+
+def test_the_fused_kernels_rank_limit_is_checked_where_the_configuration_is_made(fresh_dispatch):
+    """kernel='triton' above the kernel's largest rank is refused by LoRAConfig (and so by the command
+    line, before any work), naming the fix; kernel='auto' runs PyTorch's matmuls there, saying so once."""
+    from collab import cli
+    from lora_gpt import LoRAConfig
+    from lora_gpt.errors import ConfigError
+
+    assert LoRAConfig(kernel="triton", rank=kernels.MAX_RANK).rank == 64
+    said = r"--lora.rank must be <= 64 with --lora.kernel triton .*, got 65. Fix: --lora.kernel auto or torch"
+    with pytest.raises(ConfigError, match=said):
+        LoRAConfig(kernel="triton", rank=65)
+    with pytest.raises(ConfigError, match=said.replace("65", "128")):
+        cli.parse(["--lora.kernel", "triton", "--lora_rank", "128"])
+    with pytest.warns(
+        UserWarning, match="'auto' runs PyTorch's matmuls on CUDA: the fused kernel takes ranks up to 64"
+    ):
+        assert resolve_kernel("auto", torch.device("cuda"), 65) == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert resolve_kernel("auto", torch.device("cuda"), 128) == "torch"
+        assert resolve_kernel("auto", torch.device("cpu"), 128) == "torch"
 
 
 def test_auto_on_cuda_without_triton_warns_once(fresh_dispatch, monkeypatch):
     monkeypatch.setattr(kernels, "_triton_importable", lambda: False)
     with pytest.warns(UserWarning, match="falls back to PyTorch on CUDA: Triton is not installed"):
-        assert resolve_kernel("auto", torch.device("cuda")) == "torch"
+        assert resolve_kernel("auto", torch.device("cuda"), 4) == "torch"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert resolve_kernel("auto", torch.device("cuda")) == "torch"
+        assert resolve_kernel("auto", torch.device("cuda"), 4) == "torch"
     with pytest.raises(RuntimeError, match="Triton is not installed"):
-        resolve_kernel("triton", torch.device("cuda"))
+        resolve_kernel("triton", torch.device("cuda"), 4)

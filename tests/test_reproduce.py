@@ -2,6 +2,7 @@
 runs of different client counts apart."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 from collab.report import SUMMARY_FILE, seed_table
@@ -13,6 +14,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 def script(name):
     spec = importlib.util.spec_from_file_location(f"scripts_{name}", SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as `import` would: its dataclasses look their types up there
     spec.loader.exec_module(module)
     return module
 

@@ -14,8 +14,14 @@ states.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
-from .launch import main
+from . import launch
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return launch.main("python -m collab.flower.deploy", __doc__, simulation=False, argv=argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main("python -m collab.flower.deploy", __doc__, simulation=False))
+    sys.exit(main())

@@ -11,7 +11,6 @@ limit) ends the launcher with the reason on stderr and every process it started 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -25,33 +24,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from lora_gpt.cli import Command, fail
 from lora_gpt.errors import FixableError
 
 from ..checkpoint import CONFIG_KEY
-from ..cli import build_parser, dump_config, fit_config, load_config
+from ..cli import command_with_fit_options, dump_config, fit_part, load_config
 from ..config import FitConfig
 from ..fit import RUNS_ROOT, base_source, check_resume, default_out, prepare_data
 from ..run_folder import RunFolder, RunFolderError
 from ..summary import format_outcome
+from . import records
+from .config import FlowerConfig
 from .local import check_federated
 
 FLOWER_ROOT = RUNS_ROOT / "flower"
 APP_DIR = Path(__file__).parent / "app"  # the Flower App (pyproject.toml) that `flwr run` sends
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr sit beside this Python
 HOST = "127.0.0.1"
-# Flower options: (flag, type, default, help); the run config key is the flag with dashes.
-FLOWER_OPTIONS: list[tuple[str, type, Any, str]] = [
-    (
-        "round_timeout",
-        float,
-        600.0,
-        "seconds the server waits for a round's replies; a client that has not "
-        "answered by then is left out of the round",
-    ),
-    ("join_timeout", float, 300.0, "seconds the server waits, at the start, for every client to join"),
-    ("time_limit", float, 3600.0, "seconds after which every process is stopped, finished or not"),
-]
-RUN_CONFIG_KEYS = ("round_timeout", "join_timeout")  # the options the ServerApp reads
 
 
 class FederationError(FixableError):
@@ -65,37 +54,21 @@ class FlowerRun:
     config: FitConfig
     folder: RunFolder
     run_config: dict[str, Any]
-    flower: dict[str, Any]
+    flower: FlowerConfig
 
     @property
     def num_clients(self) -> int:
         return self.config.data.prepared_clients
 
 
-def parser(prog: str, description: str | None) -> argparse.ArgumentParser:
-    """`collab.fit`'s parser with a `flower` group of options (FLOWER_OPTIONS)."""
-    p = build_parser(prog=prog, description=description)
-    group = p.add_argument_group("flower", "the federation (collab.flower)")
-    for flag, kind, default, text in FLOWER_OPTIONS:
-        group.add_argument(
-            f"--{flag}",
-            dest=f"flower.{flag}",
-            type=kind,
-            default=default,
-            metavar=flag.upper(),
-            help=f"{text} (default {default})",
-        )
-    return p
+def command(prog: str, description: str | None) -> Command[tuple[FitConfig, FlowerConfig]]:
+    """`collab.fit`'s command with the `flower` group."""
+    return command_with_fit_options(
+        prog, description, lambda groups: (fit_part(groups), groups["flower"]), [FlowerConfig]
+    )
 
 
-def split_options(namespace: argparse.Namespace) -> tuple[FitConfig, dict[str, Any]]:
-    """The run's configuration and the Flower options of parsed arguments."""
-    given = vars(namespace)
-    flower = {k.partition(".")[2]: given.pop(k) for k in list(given) if k.startswith("flower.")}
-    return fit_config(namespace), flower
-
-
-def prepare(config: FitConfig, flower: dict[str, Any], folder: RunFolder) -> FlowerRun:
+def prepare(config: FitConfig, flower: FlowerConfig, folder: RunFolder) -> FlowerRun:
     """Prepare the data and base and write the run folder's `config.yaml` (the caller holds the folder's
     lock); a finished folder, or one of a run with other options, is refused."""
     check_federated(config)
@@ -115,8 +88,7 @@ def prepare(config: FitConfig, flower: dict[str, Any], folder: RunFolder) -> Flo
     folder.path.mkdir(parents=True, exist_ok=True)
     folder.config.write_text(dump_config(config))
     folder.failure.unlink(missing_ok=True)
-    run_config = {"run-dir": str(folder.path), **{k.replace("_", "-"): flower[k] for k in RUN_CONFIG_KEYS}}
-    return FlowerRun(config, folder, run_config, flower)
+    return FlowerRun(config, folder, {"run-dir": str(folder.path), **flower.run_config()}, flower)
 
 
 def run_folder(config: FitConfig) -> RunFolder:
@@ -284,17 +256,13 @@ def round_line(row: dict[str, Any]) -> str:
     """One line per finished round: its step, who answered, the bytes it moved, its losses."""
     said = (
         f"round {row['round'] + 1}/{row['rounds']}, step {row['step']}: {row['clients']}/{row['of']} clients, "
-        f"{megabytes(row['down'])} down, {megabytes(row['up'])} up"
+        f"{records.megabytes(row['down'])} down, {records.megabytes(row['up'])} up"
     )
     if row.get("train_loss"):
         said += f", train loss {row['train_loss']['loss']:.4f}"
     if row.get("val"):
         said += f", val ppl {row['val']['ppl']:.2f}"
     return said
-
-
-def megabytes(n: float) -> str:
-    return f"{n / 1e6:,.2f} MB" if n >= 10_000 else f"{n:,.0f} B"
 
 
 @contextlib.contextmanager
@@ -338,16 +306,15 @@ def federation(run: FlowerRun, simulation: bool) -> Iterator[Federation]:
 
 def launch(run: FlowerRun, simulation: bool) -> dict[str, Any]:
     """Start the federation, run the app on it, wait for it, stop everything; returns the summary."""
-    deadline = time.monotonic() + run.flower["time_limit"]
+    deadline = time.monotonic() + run.flower.time_limit
     with federation(run, simulation) as fed:
         return fed.wait(fed.submit(deadline), deadline)
 
 
 def main(prog: str, description: str | None, simulation: bool, argv: Sequence[str] | None = None) -> int:
     """A launcher's command line: parse, hold the run folder, prepare, run, print the outcome."""
-    p = parser(prog, description)
     try:
-        config, flower = split_options(p.parse_args(argv))
+        config, flower = command(prog, description).parse(argv)
         folder = run_folder(config)
         with folder.locked():
             run = prepare(config, flower, folder)
@@ -356,6 +323,6 @@ def main(prog: str, description: str | None, simulation: bool, argv: Sequence[st
             )
             summary = launch(run, simulation)
     except FixableError as err:
-        p.exit(2, f"error: {err}\n")
+        fail(err)
     print(format_outcome(summary))
     return 0

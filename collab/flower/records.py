@@ -25,6 +25,11 @@ def message_bytes(message: Message) -> int:
     return content_bytes(message.content)
 
 
+def megabytes(n: float) -> str:
+    """Bytes as people read them: MB from 10 kB up, else whole bytes."""
+    return f"{n / 1e6:,.2f} MB" if n >= 10_000 else f"{n:,.0f} B"
+
+
 def arrays(tensors: Mapping[str, torch.Tensor]) -> ArrayRecord:
     return ArrayRecord({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 

@@ -12,8 +12,14 @@ interrupted folder, it goes on from the last saved round.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
-from .launch import main
+from . import launch
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return launch.main("python -m collab.flower.simulate", __doc__, simulation=True, argv=argv)
+
 
 if __name__ == "__main__":
-    sys.exit(main("python -m collab.flower.simulate", __doc__, simulation=True))
+    sys.exit(main())

@@ -19,15 +19,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from flwr.app import RecordDict
 
 from lora_gpt import GPT, GPTConfig, inject_lora, lora_parameters
+from lora_gpt.cli import Command, fail
 from lora_gpt.config import PRESETS
+from lora_gpt.errors import FixableError
+from lora_gpt.options import option, require_choice
 
-from ..cli import build_parser, fit_config
+from ..cli import command_with_fit_options, fit_part
 from ..config import FitConfig
 from ..trust import TokenMeasure, TrustRounds
 from . import records
@@ -106,27 +109,45 @@ STRATEGY_ROWS: dict[str, dict[str, Any]] = {  # table row -> trust options
 }
 
 
-def megabytes(n: int) -> str:
-    return f"{n / 1e6:,.2f} MB" if n >= 10_000 else f"{n:,} B"
-
-
 def table(config: FitConfig, model: GPTConfig, num_clients: int) -> str:
     """Markdown: per strategy, a client's bytes down and up per aggregation round, and by which messages."""
     rows = ["| strategy | down per client per round | up per client per round | messages |", "|---|---|---|---|"]
     for name, options in STRATEGY_ROWS.items():
         traffic = round_traffic(replace(config, trust=replace(config.trust, **options)), model, num_clients)
         down, up = (sum(t[i] for t in traffic.values()) for i in (0, 1))
-        kinds = ", ".join(f"{k} ({megabytes(d)} / {megabytes(u)})" for k, (d, u) in traffic.items())
-        rows.append(f"| {name} | {megabytes(down)} | {megabytes(up)} | {kinds} |")
+        kinds = ", ".join(f"{k} ({records.megabytes(d)} / {records.megabytes(u)})" for k, (d, u) in traffic.items())
+        rows.append(f"| {name} | {records.megabytes(down)} | {records.megabytes(up)} | {kinds} |")
     return "\n".join(rows)
 
 
+@dataclass(frozen=True)
+class TrafficConfig:
+    """The model whose adapters' shapes are counted."""
+
+    GROUP: ClassVar[str] = "traffic"
+
+    model: str = option("gpt2", "the GPT-2 shape (gpt2: 124M); its shape only, no weights", choices=PRESETS)
+
+    def __post_init__(self) -> None:
+        require_choice(self, "model")
+
+
+def command() -> Command[tuple[FitConfig, TrafficConfig]]:
+    """`collab.fit`'s command with the model shape."""
+    return command_with_fit_options(
+        "python -m collab.flower.traffic",
+        __doc__,
+        lambda groups: (fit_part(groups), groups["traffic"]),
+        [TrafficConfig],
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = build_parser("python -m collab.flower.traffic", __doc__)
-    p.add_argument("--model", choices=tuple(PRESETS), default="gpt2", help="the GPT-2 shape (default gpt2: 124M)")
-    args = p.parse_args(argv)
-    model = GPTConfig.from_name(vars(args).pop("model"))
-    config = fit_config(args)
+    try:
+        config, traffic = command().parse(argv)
+    except FixableError as err:
+        fail(err)
+    model = GPTConfig.from_name(traffic.model)
     clients = config.data.num_clients or 8
     lora = config.lora
     print(

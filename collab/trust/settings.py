@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from lora_gpt.errors import ConfigError
 from lora_gpt.options import option, require, require_choice
@@ -30,7 +31,9 @@ class TrustSettings:
     the reference's are one option away (README.md, Differences from the reference code).
     """
 
-    strategy: str = option("dynamic", _strategy_help, flag="trust")
+    GROUP: ClassVar[str] = "trust"
+
+    strategy: str = option("dynamic", _strategy_help, alias="trust")
     trust_freq: int = option(10, "aggregate every this many steps")
     pretraining_rounds: int = option(
         20,
@@ -40,12 +43,12 @@ class TrustSettings:
     )
     k: int = option(3, "peers kept by the -top-k variants")
     threshold: float | None = option(
-        None, "score threshold of the -thresh variants (default: the one tuned to the chosen score)", flag="thresh"
+        None, "score threshold of the -thresh variants (default: the one tuned to the chosen score)", alias="thresh"
     )
     temperature: float = option(
         1.0,
         "dynamic strategies: softmax of scores / temperature (1: the paper's; lower sharpens the rows)",
-        flag="trust_temperature",
+        alias="trust_temperature",
     )
     similarity: str = option(
         "peft-rows",
@@ -80,13 +83,13 @@ class TrustSettings:
         0,
         "dynamic-ref, dynamic-token: score each client against this many candidate peers per "
         "aggregation instead of all (0, or N-1 and more: all); unscored peers get no weight",
-        flag="trust_peers",
+        alias="trust_peers",
     )
     explore: int = option(
         2,
         "of the --trust_peers candidates, how many are drawn at random each aggregation; the "
         "rest are the best of the previous trust row",
-        flag="trust_explore",
+        alias="trust_explore",
     )
     eval_chunk: int | None = option(
         None, "clients (dynamic-ref: pairs) per pass when scoring trust (default: --client_chunk)", resume_free=True
@@ -95,7 +98,7 @@ class TrustSettings:
         (),
         "Python files (.py) or modules that register trust strategies of your own (collab.trust."
         "register_family); --trust then takes their names",
-        flag="trust_plugins",
+        alias="trust_plugins",
     )
 
     def __post_init__(self) -> None:

@@ -1,7 +1,9 @@
 """Which LoRA matmul runs: the fused Triton kernel or plain PyTorch.
 
 Triton is imported lazily, so `import lora_gpt` never needs it. On the CPU the kernel runs only
-under Triton's interpreter (`TRITON_INTERPRET=1`, for tests); `auto` uses it on CUDA only.
+under Triton's interpreter (`TRITON_INTERPRET=1`, for tests); `auto` uses it on CUDA only, and only
+up to the kernel's largest rank, `MAX_RANK`: above it `auto` runs PyTorch's matmuls (saying so once),
+and `triton` is refused where the configuration is made (`LoRAConfig`), not at the first forward pass.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from ..errors import ConfigError, FixableError
 
 KERNELS = ("auto", "triton", "torch")
+MAX_RANK = 64  # the fused kernel pads the rank to a power of two >= 16 in registers; 64 is its largest
 
 
 class KernelUnavailableError(FixableError, RuntimeError):
@@ -54,11 +57,17 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
 
 
 @functools.cache
-def _resolve(kernel: str, device_type: str) -> str:
+def _resolve(kernel: str, device_type: str, too_wide: bool) -> str:
     if kernel not in KERNELS:
         raise ConfigError(f"kernel must be one of {KERNELS}, got {kernel!r}.")
     if kernel == "torch" or (kernel == "auto" and device_type != "cuda"):
         return "torch"  # auto off CUDA: the PyTorch path, silently (the interpreter is for tests)
+    if kernel == "auto" and too_wide:
+        warnings.warn(
+            f"LoRA kernel 'auto' runs PyTorch's matmuls on CUDA: the fused kernel takes ranks up to {MAX_RANK}.",
+            stacklevel=3,
+        )
+        return "torch"
     reason = triton_unavailable_reason(torch.device(device_type))
     if kernel == "triton":
         if reason:
@@ -70,7 +79,7 @@ def _resolve(kernel: str, device_type: str) -> str:
     return "triton"
 
 
-def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """'triton' or 'torch' for `kernel` ('auto', 'triton' or 'torch') on `device`; cached, since
-    every LoRA layer asks on every forward (the fallback warning is therefore given once)."""
-    return _resolve(kernel, device.type)
+def resolve_kernel(kernel: str, device: torch.device, rank: int) -> str:
+    """'triton' or 'torch' for `kernel` ('auto', 'triton' or 'torch') on `device` at LoRA rank `rank`;
+    cached, since every LoRA layer asks on every forward (a fallback warning is therefore given once)."""
+    return _resolve(kernel, device.type, rank > MAX_RANK)

@@ -23,8 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import MAX_RANK
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-MAX_RANK = 64
 # The interpreter's tl.dot is wrong on bf16 (Triton 3.9); there the kernels multiply in fp32.
 _UPCAST_DTYPES = (torch.bfloat16,) if INTERPRET else ()
 
