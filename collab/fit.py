@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import sys
 import time
 import warnings
@@ -234,7 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"step {summary['final']['step']}:"
     )
     print(format_final(summary))
-    print(f"outputs in {summary['folder']}")
+    folder = summary["folder"]
+    print(f"outputs in {folder}")
+    print(f"per-client curves and trust over rounds: python -m collab.report {shlex.quote(folder)}")
     return 0
 
 

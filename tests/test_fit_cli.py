@@ -230,7 +230,14 @@ def test_short_run_end_to_end_writes_summary_adapters_and_trust(inputs, cache, t
     from collab.cli import load_config, parse
 
     assert load_config(out / "config.yaml") == parse(args)  # the folder keeps the run's options whole
-    assert "val loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "val loss" in printed
+    assert printed.splitlines()[-1].endswith(f"python -m collab.report {out}")  # and the report runs on it
+    from collab import report
+
+    command = printed.splitlines()[-1].split(": ", 1)[1].split()
+    assert command[:3] == ["python", "-m", "collab.report"]
+    assert report.main(command[3:]) == 0 and (out / "report" / "report.md").is_file()
     with pytest.raises(SystemExit) as again:  # a finished run is never overwritten
         fit.main(args)
     assert again.value.code == 2
