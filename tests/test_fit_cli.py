@@ -115,6 +115,22 @@ def test_bad_options_fail_before_any_work(argv, message, capsys, tmp_path, monke
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("kind", ["tensorboard", "wandb"])
+def test_a_logger_not_installed_fails_before_any_work_naming_the_extra(kind, capsys, tmp_path, monkeypatch):
+    from collab import loggers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loggers, "installed", lambda module: False)
+    monkeypatch.setattr(fit, "prepare_data", lambda config: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--logger", kind])
+    assert exit_info.value.code == 2
+    assert f'--logger {kind} needs the {kind} package, which is not installed. Fix: pip install -e ".[{kind}]"' in (
+        capsys.readouterr().err
+    )
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_bf16_where_the_cpu_lacks_it_fails_at_once_naming_the_fallback(capsys, tmp_path, monkeypatch):
     from lora_gpt import precision
 
