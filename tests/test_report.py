@@ -90,3 +90,21 @@ def test_a_folder_without_runs_is_an_error(tmp_path, capsys):
 def test_dataset_paths_give_readable_file_names(dataset, name, tmp_path):
     assert readable_name(dataset) == name
     assert run_dir(tmp_path, dataset, "none", 0, 4) == tmp_path / f"{name}-n4" / "none" / "seed0"
+
+
+def test_the_demos_table_and_heatmaps_from_two_runs(finished_run, tmp_path):
+    run = {**summary_of(finished_run[0]), "folder": str(finished_run[0])}
+    lines = report.client_table([run, run], ["first", "second"]).splitlines()
+    names = " | ".join(report.client_names(run))
+    assert lines[0] == f"| run | {names} | mean |"
+    base = run["curves"][0]
+    assert (
+        lines[2]
+        == "| base (step 0) | "
+        + " | ".join(f"{c['ppl']:.1f}" for c in base["clients"])
+        + f" | {base['mean']['ppl']:.1f} |"
+    )
+    assert lines[3].startswith("| first | ") and lines[3].endswith(f"**{run['final']['mean']['ppl']:.1f}** |")
+    assert report.plot_trust_heatmaps([run, run], tmp_path / "h.png", ["a", "b"]) == tmp_path / "h.png"
+    assert (tmp_path / "h.png").stat().st_size > 0
+    assert report.last_trust(run)["step"] == 4
