@@ -66,7 +66,7 @@ class RunCheckpoint(L.Callback):
             logger.save()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the whole state: a resume needs it
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         self.saved_step = trainer.global_step

@@ -30,6 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from data.manifest import data_digest
 from lora_gpt import GPT, save_adapters
 from lora_gpt.cli import fail
+from lora_gpt.console import StepProgressBar, quiet_third_party
 from lora_gpt.errors import ConfigError, FixableError
 from lora_gpt.options import flag_name
 from lora_gpt.precision import resolve_precision
@@ -38,7 +39,7 @@ from .aggregation import TrustAggregation
 from .checkpoint import CONFIG_KEY, DATA_KEY, RunCheckpoint, read_checkpoint
 from .cli import dump_config, fit_command
 from .config import FitConfig, RunConfig
-from .loggers import make_logger
+from .loggers import check_logger, make_logger
 from .module import CollabLoRAModule
 from .run_folder import RunFolder, RunFolderError, run_dir
 from .summary import dataset_summary, format_outcome, run_summary
@@ -141,6 +142,8 @@ def run(config: FitConfig) -> dict[str, Any]:
     """Train, evaluate (at step 0 and every --eval_freq steps), and write config.yaml, metrics,
     trust matrices, checkpoints, adapters and, last, summary.json in the run folder; rerun after
     an interruption, it resumes from the checkpoint."""
+    check_logger(config.run.logger)
+    quiet_third_party()
     precision = resolve_precision(config.run.precision, device_type(config.run.accelerator))
     folder = RunFolder(config.run.out or default_out(config))
     if folder.finished():
@@ -185,7 +188,7 @@ def run(config: FitConfig) -> dict[str, Any]:
             devices=config.run.devices,
             precision=precision,
             logger=make_logger(config.run.logger, folder.path),
-            callbacks=[aggregation, saver],
+            callbacks=[aggregation, saver, *([StepProgressBar()] if config.run.progress else [])],
             enable_checkpointing=False,
             val_check_interval=config.run.eval_freq * config.optim.acc_steps,
             check_val_every_n_epoch=None,

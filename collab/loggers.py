@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 from pathlib import Path
 
 from lightning.pytorch import loggers
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import Logger, rank_zero_experiment
+
+from lora_gpt.errors import ConfigError
+
+# `--logger` choice -> the packages of which one must be installed, and the extra that installs it.
+PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -35,6 +41,20 @@ class RunCSVLogger(loggers.CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _AppendingWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+def installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def check_logger(kind: str) -> None:
+    """Refuse, before any work, a `--logger` whose package is not installed, naming the extra to install."""
+    packages = PACKAGES.get(kind, ())
+    if packages and not any(map(installed, packages)):
+        raise ConfigError(
+            f"--logger {kind} needs the {packages[0]} package, which is not installed. "
+            f'Fix: pip install -e ".[{kind}]" (or pip install {packages[0]}), or --logger csv.'
+        )
 
 
 def make_logger(kind: str, folder: Path) -> Logger:

@@ -20,6 +20,7 @@ import contextlib
 import csv
 import fcntl
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,18 @@ class RunFolderError(FixableError):
     """A run folder cannot be used as asked: finished, in use, or holding a damaged or foreign run."""
 
 
+def readable_name(dataset: str) -> str:
+    """A file-name-safe, readable name for a dataset: a recipe name as it is, a path of your own data
+    by its last part (`/home/u/my data/corpus.csv:mixed` -> `corpus.csv_mixed`), never a separator or space."""
+    path, _, kind = dataset.rpartition(":") if dataset.endswith((":mixed", ":specific")) else (dataset, "", "")
+    name = re.split(r"[/\\]", path.rstrip("/\\"))[-1] + (f"_{kind}" if kind else "")
+    return re.sub(r"[^\w.-]+", "_", name).strip("_") or "dataset"
+
+
 def run_dir(root: Path, dataset: str, strategy: str, seed: int, num_clients: int | None = None) -> Path:
     """`ROOT/DATASET[-nCLIENTS]/STRATEGY/seedSEED`: one folder per run, so runs that differ in
-    dataset, client count, strategy or seed never share one."""
-    name = dataset.replace("/", "_") + (f"-n{num_clients}" if num_clients else "")
+    dataset, client count, strategy or seed never share one (DATASET as `readable_name` gives it)."""
+    name = readable_name(dataset) + (f"-n{num_clients}" if num_clients else "")
     return Path(root) / name / strategy / f"seed{seed}"
 
 

@@ -14,6 +14,7 @@ and, for a federated run, the bytes its messages carried (traffic, messages).
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,4 +93,5 @@ def format_outcome(summary: Mapping[str, Any]) -> str:
     ]
     lines += [f"warning: {w}" for w in summary["warnings"]]
     lines.append(f"outputs in {summary['folder']}")
+    lines.append(f"per-client curves and trust over rounds: python -m collab.report {shlex.quote(summary['folder'])}")
     return "\n".join(lines)

@@ -30,7 +30,7 @@ FORMAT_VERSION = 4  # bump when how a corpus is built changes: the corpus is reb
 # has read some German and Italian (300k tokens of each language's fortunes), but no French, no
 # Java and none of the Debian Reference manual in French, German or Italian: like GPT-2 meeting
 # the paper's French, German and Italian Wikipedia, it leaves the clients' adapters much to learn.
-# Chosen by measurement (README, "The offline base"): adding the three languages' manuals made
+# Chosen by measurement (docs/data.md, "The offline base model"): adding the three languages' manuals made
 # the base better on the clients' text and left the adapters little to learn.
 DEFAULT_MIX: dict[str, int] = {
     "english_manual": 600_000,

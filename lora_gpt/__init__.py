@@ -2,6 +2,7 @@
 
 from .clients import ClientSlice, client_seeds, client_slices
 from .config import GPTConfig
+from .hf_tokenizer import save_hf_tokenizer
 from .lora import (
     LoRAConfig,
     LoRALinear,
@@ -42,6 +43,7 @@ __all__ = [
     "mark_only_lora_as_trainable",
     "merge_lora",
     "save_adapters",
+    "save_hf_tokenizer",
     "saved_lora_config",
     "unmerge_lora",
 ]

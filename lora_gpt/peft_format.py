@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .hf_tokenizer import save_hf_tokenizer
 from .lora import (
     ATTENTION_TARGETS,
     MLP_TARGETS,
@@ -88,7 +89,8 @@ def _targets(modules: Iterable[str]) -> tuple[str, ...]:
 
 
 def export_peft(model: GPT, client: int, folder: str | Path) -> Path:
-    """Write client `client`'s adapter as a PEFT adapter in `folder`, and its base in `folder/base`.
+    """Write client `client`'s adapter as a PEFT adapter in `folder`, and its base in `folder/base`,
+    both with GPT-2's tokenizer files.
 
     `PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained(folder/base), folder)` then computes
     what our model computes with adapter `client`. The base is saved without any adapter's update
@@ -108,6 +110,8 @@ def export_peft(model: GPT, client: int, folder: str | Path) -> Path:
     save_file(tensors, str(folder / PEFT_WEIGHTS), metadata={"format": "pt"})
     config = peft_config(lora, list(_targets(layers)), str(base.resolve()))
     (folder / PEFT_CONFIG).write_text(json.dumps(config, indent=2))
+    for where in (folder, base):  # AutoTokenizer.from_pretrained reads either, offline
+        save_hf_tokenizer(where, model.config)
     return folder
 
 

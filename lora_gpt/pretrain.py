@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from .cache import cache_dir
 from .cli import Command, fail
 from .config import PRESETS, GPTConfig
+from .console import StepProgressBar, quiet_third_party
 from .errors import ConfigError, FixableError
 from .lightning import LitGPT
 from .options import option, require, require_choice
@@ -136,6 +137,7 @@ def pretrain(config: PretrainConfig, corpus: Path, out: Path, progress: bool = T
     )
     val_batches = fixed_windows(corpus / "val.bin", config.batch_size, config.sequence_length, config.eval_batches)
     precision = resolve_precision(config.precision, "cuda" if torch.cuda.is_available() else "cpu")
+    quiet_third_party()
     trainer = L.Trainer(
         max_steps=config.steps,
         accelerator="auto",
@@ -144,6 +146,7 @@ def pretrain(config: PretrainConfig, corpus: Path, out: Path, progress: bool = T
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=progress,
+        callbacks=[StepProgressBar()] if progress else [],
         enable_model_summary=False,
         val_check_interval=config.steps,
         check_val_every_n_epoch=None,

@@ -5,6 +5,7 @@ files that explicit options override, and a config file with an unknown key is r
 known ones."""
 
 import dataclasses
+import importlib
 import importlib.util
 import sys
 import types
@@ -33,13 +34,15 @@ ENTRY_POINTS = [
     "collab.export",
     "scripts/reproduce.py",
     "scripts/demo.py",
-    "scripts/report.py",
+    "collab.report",
+    "collab.generate",
 ]
 # Options each entry point needs (to print its configuration), and one it is given in a round trip.
 NEEDS = {
     "lora_gpt.pretrain": ["--corpus", "some/folder"],
     "collab.export": ["some/run", "--client", "0", "--format", "peft"],
-    "scripts/report.py": ["some/runs"],
+    "collab.report": ["some/runs"],
+    "collab.generate": ["some/run", "--client", "0"],
 }
 CHANGE = {
     "collab.fit": (["--lora_rank", "8"], ("lora", "rank", 8)),
@@ -52,7 +55,8 @@ CHANGE = {
     "scripts/reproduce.py": (["--seeds", "3", "4"], ("grid", "seeds", [3, 4])),
     "scripts/demo.py": (["--runs", "none"], ("demo", "runs", ["none"])),
     "collab.export": (["--out", "elsewhere"], ("export", "out", "elsewhere")),
-    "scripts/report.py": (["--strategies", "none", "naive"], ("report", "strategies", ["none", "naive"])),
+    "collab.report": (["--strategies", "none", "naive"], ("report", "strategies", ["none", "naive"])),
+    "collab.generate": (["--top_k", "5"], ("generate", "top_k", 5)),
 }
 # Fields an entry point leaves out on purpose: data.prepare takes only the data options that decide
 # what is prepared; the simulation has no time limit of its own.
@@ -94,10 +98,9 @@ def entry(name):
         if name.endswith("deploy"):
             return deploy.main, launch.command("", None)
         return simulate.main, launch.command("", None)
-    if name == "collab.export":
-        from collab import export
-
-        return export.main, export.command()
+    if name in ("collab.export", "collab.report", "collab.generate"):
+        module = importlib.import_module(name)
+        return module.main, module.command()
     module = script(Path(name).stem)
     return module.main, module.command()
 
@@ -258,7 +261,7 @@ def test_adding_a_profile_is_adding_one_file(tmp_path, monkeypatch, capsys):
 def test_help_and_readme_say_exactly_what_each_profile_sets(capsys):
     command = cli.fit_command()
     code, text, _ = run_main(fit.main, ["--help"], capsys)
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "guide.md").read_text()
     for profile in cli.profile_names():
         settings = command.profile_settings(profile)
         said = f"Sets {settings or 'nothing'}."

@@ -5,7 +5,6 @@ import shutil
 import pytest
 import torch
 from run_adapter import run_client
-from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import export, fit
 from collab.run_folder import RunFolder
@@ -19,32 +18,8 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export_cli")
-    corpus, base = tiny_inputs(tmp)
-    argv = [
-        "--dataset",
-        str(corpus),
-        "--num_clients",
-        str(NUM_CLIENTS),
-        "--init",
-        str(base),
-        "--trust",
-        "none",
-        "--iterations",
-        "4",
-        "--eval_freq",
-        "4",
-        "--lr",
-        "0.05",
-        "--out",
-        str(tmp / "run"),
-        *TINY_DATA,
-    ]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LORA_GPT_CACHE", str(tmp / "cache"))
-        assert fit.main(argv) == 0
-    return tmp / "run", tmp / "base"
+def run(finished_run):
+    return finished_run
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +83,7 @@ def test_stacked_format_converts_a_folder_with_the_old_names(run, ours, tmp_path
     [
         (["--client", "5", "--format", "peft"], "client_05 not found; the run saved client_00 to client_01"),
         (["--client", "0", "--format", "onnx"], "invalid choice: 'onnx'"),
+        (["--client", "first", "--format", "peft"], "--export.client first: give a client's number (0, 1, ...) or all"),
     ],
 )
 def test_bad_requests_fail_naming_the_fix(run, argv, message, capsys):
@@ -164,3 +140,39 @@ def test_damaged_adapter_files_are_one_error_line_naming_the_file_and_the_fix(
     monkeypatch.setenv("LORA_GPT_CACHE", str(run[0].parent / "cache"))  # where the run's data was prepared
     assert fit.main(["--config", str(RunFolder(folder).config), "--out", str(folder)]) == 0
     assert export.main([str(folder), "--client", "1", "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
+
+
+TEXTS = [
+    "Hello world",
+    "  leading   spaces\n\n\ttabs and trailing   ",
+    "Ünïcödé: 日本語のテキスト, emoji 🤖🎉, Ελληνικά, русский",
+    "it's we'll they're I'd I'M",
+    "1234567 3.14159 a\u00a0b\u2003c",
+    "code(x) {\r\n    return x**2; }  // done\n",
+]
+
+
+@pytest.mark.parametrize("fmt", ["peft", "merged"])
+def test_exports_carry_a_tokenizer_that_encodes_as_ours_offline(run, fmt, tmp_path, monkeypatch):
+    from lora_gpt import get_tokenizer
+
+    out = export.export(run[0], 0, fmt, tmp_path / fmt)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ours = get_tokenizer()
+    for folder in [out, out / "base"] if fmt == "peft" else [out]:
+        theirs = transformers.AutoTokenizer.from_pretrained(folder)
+        for text in TEXTS:
+            ids = theirs.encode(text)
+            assert ids == ours.encode(text), text
+            assert theirs.decode(ids) == text
+        assert theirs.eos_token_id == 50256
+
+
+def test_client_all_exports_every_client(run, ours, idx, tmp_path, capsys):
+    assert export.main([str(run[0]), "--client", "all", "--format", "merged", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["client_00", "client_01"]
+    assert "2 client(s) of" in capsys.readouterr().out
+    for n in range(NUM_CLIENTS):
+        hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / f"client_{n:02d}").eval()
+        with torch.no_grad():
+            assert (hf(idx).logits - run_client(ours, idx, n)).abs().max().item() < TOL

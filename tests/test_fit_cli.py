@@ -168,6 +168,22 @@ def test_an_unreadable_config_or_an_unusable_out_is_one_error_line(inputs, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "latin1.yaml"]
 
 
+@pytest.mark.parametrize("kind", ["tensorboard", "wandb"])
+def test_a_logger_not_installed_fails_before_any_work_naming_the_extra(kind, capsys, tmp_path, monkeypatch):
+    from collab import loggers
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loggers, "installed", lambda module: False)
+    monkeypatch.setattr(fit, "prepare_data", lambda config: pytest.fail("work started"))
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(["--logger", kind])
+    assert exit_info.value.code == 2
+    assert f'--logger {kind} needs the {kind} package, which is not installed. Fix: pip install -e ".[{kind}]"' in (
+        capsys.readouterr().err
+    )
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
 def test_bf16_where_the_cpu_lacks_it_fails_at_once_naming_the_fallback(capsys, tmp_path, monkeypatch):
     from lora_gpt import precision
 
@@ -286,7 +302,14 @@ def test_short_run_end_to_end_writes_summary_adapters_and_trust(inputs, cache, t
     from collab.cli import load_config, parse
 
     assert load_config(out / "config.yaml") == parse(args)  # the folder keeps the run's options whole
-    assert "val loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "val loss" in printed
+    assert printed.splitlines()[-1].endswith(f"python -m collab.report {out}")  # and the report runs on it
+    from collab import report
+
+    command = printed.splitlines()[-1].split(": ", 1)[1].split()
+    assert command[:3] == ["python", "-m", "collab.report"]
+    assert report.main(command[3:]) == 0 and (out / "report" / "report.md").is_file()
     with pytest.raises(SystemExit) as again:  # a finished run is never overwritten
         fit.main(args)
     assert again.value.code == 2
