@@ -180,7 +180,7 @@ def test_bytes_per_message_are_the_records_sent(inputs):
     peers = [r for r in ref["messages"] if r["message"] == "query.peer_losses"]
     assert len(peers) == 2 * N  # one per client and aggregation
     assert all(0 <= r["down"] - (N - 1) * one < 200 and r["up"] < 200 for r in peers)
-    for strategy, summary in (("naive", naive), ("dynamic-ref", ref)):  # the README table's computation
+    for strategy, summary in (("naive", naive), ("dynamic-ref", ref)):  # docs/flower.md's table
         config = load_config(inputs / "flower" / strategy / "config.yaml")
         measured = round_one(summary)
         assert traffic.round_traffic(config, GPTConfig.from_name("gpt2-tiny"), N) == measured

@@ -24,6 +24,7 @@ import torch
 
 from data import ClientDataModule
 from lora_gpt import inject_lora, is_lora_name, lora_parameters
+from lora_gpt.console import quiet_third_party
 from lora_gpt.errors import ConfigError
 from lora_gpt.precision import resolve_precision
 
@@ -135,6 +136,7 @@ class LocalClient:
         """Lightning as `collab.fit` runs it, without loggers, checkpoints or validation in training."""
         run = self.config.run
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+        quiet_third_party()
         return L.Trainer(
             max_steps=max_steps,
             accelerator=run.accelerator,
@@ -164,7 +166,7 @@ class LocalClient:
             if state is not None:
                 path.write_bytes(state)
             trainer.fit(module, datamodule=self.data, ckpt_path=path if state is not None else None)
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # the whole state: the next round resumes it
             return path.read_bytes(), start, [row["loss"][0] for row in module.train_curve if row["step"] > start]
 
     def peer_losses(

@@ -1,6 +1,6 @@
 """What crosses the network, in Flower's records: adapters, measurements, and their size.
 
-Every message of the app is built here, so the bytes the summary reports and the README's table
+Every message of the app is built here, so the bytes the summary reports and docs/flower.md's table
 come from the very records a run sends.
 """
 

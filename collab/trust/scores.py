@@ -2,7 +2,7 @@
 to its scale: choosing a definition chooses its threshold too. Scores are higher for more trust.
 
 Where this project's definition differs from the reference code's on purpose, both are here under
-names that say what they compute; README.md (Differences from the reference code) says which is
+names that say what they compute; docs/trust.md (Differences from the reference code) says which is
 the default and why.
 """
 

@@ -28,7 +28,7 @@ class TrustSettings:
     """Every trust option of a run: the strategy, when it aggregates, and how scores become trust.
 
     Where this project's definitions differ from the reference code's, ours are the defaults and
-    the reference's are one option away (README.md, Differences from the reference code).
+    the reference's are one option away (docs/trust.md, Differences from the reference code).
     """
 
     GROUP: ClassVar[str] = "trust"
