@@ -35,8 +35,11 @@ def evaluation_windows(manifest: Mapping[str, Any], config: FitConfig) -> dict[s
     whether the run's strategy reads them (`val` always)."""
     needs = build_family(config.trust).needs
     ref_batches = token_measure(config.trust.token_distance, config.trust.token_top_k).num_batches
-    read = {"val": ("val", None, True), "trust": (config.data.trust_split, None, "pair_losses" in needs)}
-    read["ref"] = ("ref", ref_batches, "token_distances" in needs)
+    read: dict[str, tuple[str, int | None, bool]] = {  # use -> split, batches (None: --eval_batches), read
+        "val": ("val", None, True),
+        "trust": (config.data.trust_split, None, "pair_losses" in needs),
+        "ref": ("ref", ref_batches, "token_distances" in needs),
+    }
     out = {}
     for use, (split, batches, used_by_run) in read.items():
         asked, used = window_counts(dict(manifest), config.data, split, batches)

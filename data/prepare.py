@@ -156,7 +156,8 @@ def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, pr
     docs = [TokenizedDocuments(documents[c], separator=separator) for c in categories]
     budget = spec.budget
     whole = options.get("volumes") == "reference"
-    if not whole and not options["budget_given"] and (spec.num_clients is None or layout.num_clients > spec.num_clients):
+    more_clients = spec.num_clients is None or layout.num_clients > spec.num_clients
+    if not whole and not options["budget_given"] and more_clients:
         # your own data (the defaults know nothing of its size), or more clients than a recipe's: fit the text
         budget = fitted_budget(docs, categories, layout, budget)
     with tqdm(

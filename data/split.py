@@ -252,8 +252,8 @@ def whole_shares(
         order = [int(c) for c in np.argsort(-row, kind="stable") if row[c] > 0]  # main category first
         splits = {"trust": trust[n]}
         for name, parts in (("train", train[n]), ("val", val[n])):
-            pieces = [d for cat in order for d in parts[cat]]
-            splits[name] = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.uint16)
+            documents = [d for cat in order for d in parts[cat]]
+            splits[name] = np.concatenate(documents) if documents else np.zeros(0, dtype=np.uint16)
             for cat in order:
                 counts[n, cat] += sum(map(len, parts[cat]))
             on_tokens(len(splits[name]))

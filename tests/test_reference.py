@@ -33,7 +33,7 @@ REFERENCE = {
     "trust.pretraining_rounds": (100, "scripts/script.sh:15; the test src/optim/lora.py:64"),
     "trust.k": (3, "src/config/lora.py:66"),
     "trust.temperature": (1.0, "src/optim/lora.py:306, 330, 352: F.softmax(trust_weights) as it is"),
-    "trust.similarity": ("reference-rows", "src/optim/lora.py:276-288: F.cosine_similarity on A [d_in, r], B [r, d_out]"),
+    "trust.similarity": ("reference-rows", "src/optim/lora.py:276-288: cosine_similarity of A [d_in, r], B [r, d_out]"),
     "trust.ref_score": ("perplexity", "src/optim/lora.py:84-90: res = -val_perplexity"),
     "trust.token_distance": ("reference-logits", "src/optim/lora.py:99-125: top-100 logits of 4 ref batches"),
     "trust.static_rule": ("reference", "src/optim/lora.py:223-273: __average_static"),
@@ -41,7 +41,7 @@ REFERENCE = {
     "data.pairing": ("reference", "src/data/agnews_mixed.py:34-45 (pairs); src/data/three_multi_mixed.py:69 (ring)"),
     "data.volumes": ("reference", "src/data/agnews_mixed.py:15-45, agnews_specific.py:15-45: whole shares, test split"),
     "data.separator": ("space", "src/data/agnews_mixed.py:48-49, three_multi_specific.py:64-65: ' '.join"),
-    "data.split_seed": (1, "src/main.py:54, 58: np.random.seed(seed) before the one cached split; script.sh:13 seeds 1-10"),
+    "data.split_seed": (1, "src/main.py:54, 58: np.random.seed(seed), then one cached split; script.sh:13 seeds 1-10"),
     "data.batch_size": (50, "src/config/lora.py:9"),
     "data.sequence_length": (512, "src/config/lora.py:40"),
     "data.eval_batches": (12, "src/optim/lora.py:85, 149: max_num_batches=12"),
@@ -54,7 +54,7 @@ REFERENCE = {
         ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
         "scripts/script.sh:15; src/models/lora.py:107-119, 172-180",
     ),
-    "lora.init": ("reference", "src/models/lora.py:51-54, 63: kaiming_uniform_ on A [d_in, r]; src/main.py:62-63 per client"),
+    "lora.init": ("reference", "src/models/lora.py:51-54, 63: kaiming_uniform_ of A [d_in, r]; src/main.py:62-63 each"),
     "optim.iterations": (500, "scripts/script.sh:15"),
     "optim.acc_steps": (4, "src/config/lora.py:10"),
     "optim.lr": (2e-3, "src/config/lora.py:14"),
@@ -109,8 +109,8 @@ def test_every_setting_of_the_switch_is_the_reference_codes():
     settings = resolved(config)
     assert set(REFERENCE) | NOT_SET_BY_THE_PROFILE == set(settings)  # every setting is in one list or the other
     assert not set(REFERENCE) & NOT_SET_BY_THE_PROFILE
-    wrong = {name: (settings[name], value, where) for name, (value, where) in REFERENCE.items() if settings[name] != value}
-    assert not wrong
+    wrong = {name: (settings[name], value, where) for name, (value, where) in REFERENCE.items()}
+    assert not {name: said for name, said in wrong.items() if said[0] != said[1]}
     for strategy, (threshold, where) in THRESHOLDS.items():
         family = build_family(dataclasses.replace(config.trust, strategy=f"{strategy}-thresh"))
         assert family.selection.threshold == threshold, where
@@ -280,7 +280,8 @@ def test_agnews_is_built_as_the_reference_builds_it(agnews_files):
     )
     m = json.loads((folder / "manifest.json").read_text())
     assert m["options"]["pairing"] == "pairs" and m["options"]["volumes"] == "reference"
-    taken = documents_in(folder, "ref.bin") | {d for n in range(4) for d in documents_in(folder, f"client_{n:02d}/trust.bin")}
+    trust = [documents_in(folder, f"client_{n:02d}/trust.bin") for n in range(4)]
+    taken = documents_in(folder, "ref.bin").union(*trust)
     word = {w: c for c, w in enumerate(agnews_files)}
     for split, ids in (("train", range(0, 400)), ("val", range(400, 480))):
         owners = [documents_in(folder, f"client_{n:02d}/{split}.bin") for n in range(4)]
@@ -354,9 +355,8 @@ def test_the_switch_runs_and_records_every_reference_behaviour(three_languages, 
     assert "warning:" not in printed
     # static on three mixed categories: the reference's hand-set matrix, rows as it has them
     step = json.loads(sorted((out / "trust").glob("step_*.json"))[0].read_text())
-    torch.testing.assert_close(
-        torch.tensor(step["trust"], dtype=torch.float64), reference_static_loop("three_multi_mixed", 3), atol=1e-6, rtol=0
-    )
+    expected = reference_static_loop("three_multi_mixed", 3)
+    torch.testing.assert_close(torch.tensor(step["trust"], dtype=torch.float64), expected, atol=1e-6, rtol=0)
     assert fit.load_base(cli.load_config(out / "config.yaml").run, 16).config.gelu == "exact"
     # without the switch, the same short split: fewer windows, recorded and said
     plain = tmp_path / "plain"
