@@ -25,12 +25,12 @@ from data.tokenize import TokenizedDocuments
 from lora_gpt.tokenizer import get_tokenizer
 
 # The reference's value of every setting the reference decides, with where its code says so (paths
-# in its repository, lines at e47fc90). `script.sh` is its scripts/script.sh, whose line 15 is the
+# in its repository, lines at e47fc90). `script.sh` is its scripts/script.sh, whose line 16 is the
 # paper's command (--trust_freq 25 --pretraining_rounds 100 --iterations 500 --eval_freq 25
 # --use_pretrained gpt2 --lora_mlp --lora_causal_self_attention).
 REFERENCE = {
-    "trust.trust_freq": (25, "scripts/script.sh:15"),
-    "trust.pretraining_rounds": (100, "scripts/script.sh:15; the test src/optim/lora.py:64"),
+    "trust.trust_freq": (25, "scripts/script.sh:16"),
+    "trust.pretraining_rounds": (100, "scripts/script.sh:16; the test src/optim/lora.py:64"),
     "trust.k": (3, "src/config/lora.py:66"),
     "trust.temperature": (1.0, "src/optim/lora.py:306, 330, 352: F.softmax(trust_weights) as it is"),
     "trust.similarity": ("reference-rows", "src/optim/lora.py:276-288: cosine_similarity of A [d_in, r], B [r, d_out]"),
@@ -52,10 +52,10 @@ REFERENCE = {
     "lora.dropout": (0.1, "src/config/lora.py:56"),
     "lora.targets": (
         ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"],
-        "scripts/script.sh:15; src/models/lora.py:107-119, 172-180",
+        "scripts/script.sh:16; src/models/lora.py:107-119, 172-180",
     ),
     "lora.init": ("reference", "src/models/lora.py:51-54, 63: kaiming_uniform_ of A [d_in, r]; src/main.py:62-63 each"),
-    "optim.iterations": (500, "scripts/script.sh:15"),
+    "optim.iterations": (500, "scripts/script.sh:16"),
     "optim.acc_steps": (4, "src/config/lora.py:10"),
     "optim.lr": (2e-3, "src/config/lora.py:14"),
     "optim.betas": ([0.9, 0.95], "src/config/lora.py:17-18"),
@@ -63,10 +63,10 @@ REFERENCE = {
     "optim.warmup_percent": (0.02, "src/config/lora.py:15"),
     "optim.final_div": (5.0, "src/main.py:91-96: div_factor 1e2, final_div_factor .05: lr / 100 / .05"),
     "optim.grad_clip": (0.0, "src/config/lora.py:23"),
-    "run.init": ("gpt2", "scripts/script.sh:15; src/config/lora.py:34"),
+    "run.init": ("gpt2", "scripts/script.sh:16; src/config/lora.py:34"),
     "run.dropout": (0.2, "src/models/lora.py:327: config_args['dropout'] = 0.2"),
     "run.gelu": ("exact", "src/models/lora.py:185: nn.GELU()"),
-    "run.eval_freq": (25, "scripts/script.sh:15"),
+    "run.eval_freq": (25, "scripts/script.sh:16"),
     "run.precision": ("auto", "src/optim/lora.py:18-19: bfloat16 autocast on a GPU, which auto gives there"),
 }
 # What each variant keeps, from the scores the options above choose (`threshold` unset resolves to these).
@@ -370,3 +370,16 @@ def test_the_switch_runs_and_records_every_reference_behaviour(three_languages, 
     assert len(said) == 2 and "dynamic-ref's peer losses read 2 windows" in said[1]
     printed = capsys.readouterr().out
     assert all(f"warning: {w}" in printed for w in said)
+
+
+def test_the_reproduction_grid_runs_with_the_switch(tmp_path, capsys):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("scripts_reproduce", Path(__file__).parents[1] / "scripts/reproduce.py")
+    reproduce = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = reproduce
+    spec.loader.exec_module(reproduce)
+    assert reproduce.main(["--profile", "reference", "--seeds", "1", "--out", str(tmp_path), "--dry_run"]) == 0
+    runs = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(runs) == 6 * 6 and all("collab.fit --profile reference --trust" in line for line in runs)
