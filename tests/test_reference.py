@@ -4,8 +4,10 @@ matrices against its own loop, AG News built as it builds it, its document separ
 run end to end on a tiny model."""
 
 import dataclasses
+import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from data.sources import hf
 from data.tokenize import TokenizedDocuments
 from lora_gpt.tokenizer import get_tokenizer
 
+ROOT = Path(__file__).resolve().parents[1]
 # The reference's value of every setting the reference decides, with where its code says so (paths
 # in its repository, lines at e47fc90). `script.sh` is its scripts/script.sh, whose line 16 is the
 # paper's command (--trust_freq 25 --pretraining_rounds 100 --iterations 500 --eval_freq 25
@@ -373,10 +376,7 @@ def test_the_switch_runs_and_records_every_reference_behaviour(three_languages, 
 
 
 def test_the_reproduction_grid_runs_with_the_switch(tmp_path, capsys):
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("scripts_reproduce", Path(__file__).parents[1] / "scripts/reproduce.py")
+    spec = importlib.util.spec_from_file_location("scripts_reproduce", ROOT / "scripts" / "reproduce.py")
     reproduce = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = reproduce
     spec.loader.exec_module(reproduce)
