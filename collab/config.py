@@ -21,6 +21,7 @@ from typing import Any, ClassVar, get_type_hints
 from data.config import DataConfig
 from lora_gpt import LoRAConfig
 from lora_gpt.cli import plain
+from lora_gpt.config import GELUS
 from lora_gpt.errors import ConfigError
 from lora_gpt.options import option, require, require_choice
 from lora_gpt.precision import PRECISIONS
@@ -82,7 +83,11 @@ class RunConfig:
 
     GROUP: ClassVar[str] = "run"
 
-    seed: int = option(0, "seed of the data split, the batches, the adapters' initialisation and every dropout stream")
+    seed: int = option(
+        0,
+        "seed of the batches, the adapters' initialisation, every dropout stream and (unless "
+        "--data.split_seed) the data split",
+    )
     init: str = option(
         "offline",
         "base model: 'offline' (this project's pretrained base, built on first use), a "
@@ -90,6 +95,13 @@ class RunConfig:
         "model.safetensors",
     )
     dropout: float = option(0.0, "dropout in the frozen base while training")
+    gelu: str | None = option(
+        None,
+        "the base's GELU: tanh (the approximation GPT-2 was trained with, which transformers' GPT-2 "
+        "computes) or exact (erf: the reference code's nn.GELU()); default: the one the base's "
+        "config.json names (GPT-2's: tanh)",
+        choices=GELUS,
+    )
     eval_freq: int = option(20, "evaluate every client every this many steps (and at step 0, before training)")
     ckpt_freq: int | None = option(None, "checkpoint every this many steps (default --eval_freq)", resume_free=True)
     out: Path | None = option(None, "run folder (default runs/DATASET[-nCLIENTS]/TRUST/seedSEED)", resume_free=True)
@@ -113,6 +125,8 @@ class RunConfig:
             object.__setattr__(self, "out", Path(self.out))
         require(self, "seed", self.seed >= 0, ">= 0")
         require(self, "dropout", 0 <= self.dropout < 1, "in [0, 1)")
+        if self.gelu is not None:
+            require_choice(self, "gelu")
         require(self, "eval_freq", self.eval_freq >= 1, ">= 1")
         require(self, "ckpt_freq", self.ckpt_freq is None or self.ckpt_freq >= 1, ">= 1")
         require(self, "devices", self.devices >= 1, ">= 1")

@@ -32,6 +32,7 @@ from lora_gpt.lora import AdapterFileError, AdapterNotFoundError
 from lora_gpt.options import option, require_choice
 
 from .cli import load_config
+from .config import RunConfig
 from .fit import base_source
 from .run_folder import RunFolder, RunFolderError
 
@@ -42,12 +43,12 @@ PEFT_USAGE = """load it with:
     model = PeftModel.from_pretrained(GPT2LMHeadModel.from_pretrained("{out}/base"), "{out}")"""
 
 
-def run_init(run: Path) -> str:
-    """The base model the run started from (its `--init`), read from the run's saved configuration."""
+def run_settings(run: Path) -> RunConfig:
+    """The run's `run` options (its `--init` base and `--gelu`), read from the run's saved configuration."""
     config = RunFolder(run).config
     if not config.is_file():
         raise RunFolderError(f"{config} not found; pass a run folder written by python -m collab.fit.")
-    return load_config(config).run.init
+    return load_config(config).run
 
 
 def client_model(run: str | Path, client: int) -> GPT:
@@ -55,7 +56,7 @@ def client_model(run: str | Path, client: int) -> GPT:
     with that client's final adapter as its one adapter. `lora_gpt.export_merged(model, 0)` folds the
     adapter in; `collab.generate_text(model, prompt)` continues a prompt with it."""
     run = Path(run)
-    init = run_init(run)
+    settings = run_settings(run)
     folder = RunFolder(run).adapters(client)
     if not folder.is_dir():
         saved = sorted(p.name for p in (run / "adapters").glob("client_*"))
@@ -67,7 +68,7 @@ def client_model(run: str | Path, client: int) -> GPT:
                 else "adapters are saved when a run finishes: rerun its python -m collab.fit command to finish it."
             )
         )
-    model = GPT.from_pretrained(base_source(init))
+    model = GPT.from_pretrained(base_source(settings.init), gelu=settings.gelu)
     try:
         inject_lora(model, saved_lora_config(folder))
         return load_adapters(model, folder).eval()

@@ -42,7 +42,7 @@ from .config import FitConfig, RunConfig
 from .loggers import check_logger, make_logger
 from .module import CollabLoRAModule
 from .run_folder import RunFolder, RunFolderError, run_dir
-from .summary import dataset_summary, format_outcome, run_summary
+from .summary import dataset_summary, format_outcome, run_summary, window_warnings
 
 RUNS_ROOT = Path("runs")
 
@@ -69,7 +69,7 @@ def base_source(init: str) -> str | Path:
 
 def load_base(run: RunConfig, sequence_length: int) -> GPT:
     """The frozen base every client shares."""
-    base = GPT.from_pretrained(base_source(run.init), dropout=run.dropout)
+    base = GPT.from_pretrained(base_source(run.init), dropout=run.dropout, gelu=run.gelu)
     if sequence_length > base.config.block_size:
         raise ConfigError(
             f"--sequence_length {sequence_length} exceeds the base model's block_size "
@@ -88,9 +88,11 @@ def prepare_data(config: FitConfig):
     folder = data.data_dir or prepare_recipe(
         data.recipe,
         num_clients=data.num_clients,
-        seed=config.run.seed,
+        seed=config.run.seed if data.split_seed is None else data.split_seed,
         progress=config.run.progress,
         pairing=data.pairing,
+        volumes=data.volumes,
+        separator=data.separator,
         **data.budgets(),
     )
     datamodule = ClientDataModule(folder=folder, config=data, seed=config.run.seed, accumulate=config.optim.acc_steps)
@@ -160,7 +162,8 @@ def run(config: FitConfig) -> dict[str, Any]:
             check_resume(checkpoint, config, folder.checkpoint)
             check_same_data(checkpoint, config, datamodule, folder.checkpoint)
         said = config.warnings()
-        for text in said:
+        dataset = dataset_summary(datamodule.data_dir, datamodule.manifest, config)
+        for text in window_warnings(dataset["windows"], config) + said:  # the summary keeps both
             warnings.warn(text, stacklevel=2)
         folder.config.write_text(dump_config(config))
         folder.keep_until(checkpoint["global_step"] if checkpoint is not None else -1)
@@ -225,7 +228,7 @@ def run(config: FitConfig) -> dict[str, Any]:
             config=config,
             runtime="batched",
             precision=precision,
-            dataset=dataset_summary(datamodule.data_dir, datamodule.manifest),
+            dataset=dataset,
             curves=module.curves,
             train_loss=module.train_curve,
             rounds=aggregation.history,

@@ -2,7 +2,8 @@
 and the demo read any run, batched or federated.
 
     folder, runtime ("batched" | "flower"), config (every option, by group), precision,
-    dataset    the prepared data: folder, budget, categories, mixture, client_categories
+    dataset    the prepared data: folder, budget, categories, mixture, client_categories, and the
+               evaluation windows each client got (windows: {val, trust, ref}: split, asked, used)
     curves     per evaluation step: {step, clients: [metrics per client], mean} (step 0: the base)
     final      the last of the curves
     train_loss per optimizer step: {step, loss: [per client]}
@@ -19,17 +20,58 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from data.datamodule import window_counts
+
 from .config import FitConfig
+from .trust import build_family, token_measure
+
+# what each evaluation's windows are for, by the data they come from
+WINDOW_USES = {"val": "validation", "trust": "dynamic-ref's peer losses", "ref": "dynamic-token's reference text"}
 
 
-def dataset_summary(data_dir: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
-    """What a run's summary says of its prepared dataset, from the dataset's manifest."""
+def evaluation_windows(manifest: Mapping[str, Any], config: FitConfig) -> dict[str, dict[str, Any]]:
+    """The windows every client's evaluations read (`val`: validation; `trust`: dynamic-ref's scores,
+    from the split `--data.trust_split` names; `ref`: dynamic-token's), as asked and as used, and
+    whether the run's strategy reads them (`val` always)."""
+    needs = build_family(config.trust).needs
+    ref_batches = token_measure(config.trust.token_distance, config.trust.token_top_k).num_batches
+    read: dict[str, tuple[str, int | None, bool]] = {  # use -> split, batches (None: --eval_batches), read
+        "val": ("val", None, True),
+        "trust": (config.data.trust_split, None, "pair_losses" in needs),
+        "ref": ("ref", ref_batches, "token_distances" in needs),
+    }
+    out = {}
+    for use, (split, batches, used_by_run) in read.items():
+        asked, used = window_counts(dict(manifest), config.data, split, batches)
+        out[use] = {"split": split, "asked": asked, "used": used, "read": used_by_run}
+    return out
+
+
+def window_warnings(windows: Mapping[str, Mapping[str, Any]], config: FitConfig) -> list[str]:
+    """What the run says where its evaluations read fewer windows than asked for (the splits too short)."""
+    data, said = config.data, []
+    for use, w in windows.items():
+        if w["read"] and w["used"] < w["asked"]:
+            budget = "--ref_tokens" if w["split"] == "ref" else f"--{w['split']}_tokens"
+            said.append(
+                f"{WINDOW_USES[use]} read {w['used']} windows of {data.sequence_length + 1} tokens per client, "
+                f"not the {w['asked']} asked for: the {w['split']} split holds no more without overlap. Fix: a "
+                f"larger {budget}, or --data.eval_overlap (windows that overlap, as the reference code's random "
+                "ones do)."
+            )
+    return said
+
+
+def dataset_summary(data_dir: Path, manifest: Mapping[str, Any], config: FitConfig) -> dict[str, Any]:
+    """What a run's summary says of its prepared dataset, from the dataset's manifest, and of the
+    evaluation windows the run's options give each client."""
     return {
         "folder": str(data_dir),
         "budget": manifest.get("budget", manifest["options"]["budget"]),
         "categories": list(manifest["categories"]),
         "mixture": [list(map(float, row)) for row in manifest["mixture"]],
         "client_categories": list(map(int, manifest["client_categories"])),
+        "windows": evaluation_windows(manifest, config),
     }
 
 
@@ -53,7 +95,8 @@ def run_summary(
     seconds: float,
     **extra: Any,
 ) -> dict[str, Any]:
-    """The summary of a run that evaluated at the steps of `curves` and aggregated in `rounds`."""
+    """The summary of a run that evaluated at the steps of `curves` and aggregated in `rounds`; its
+    warnings begin with the evaluations that read fewer windows than asked for (`window_warnings`)."""
     final = curves[-1]
     return {
         "folder": str(folder),
@@ -65,7 +108,7 @@ def run_summary(
         "curves": curves,
         "train_loss": train_loss,
         "trust": [dict(r) for r in rounds],
-        "warnings": list(warnings),
+        "warnings": [*window_warnings(dataset["windows"], config), *warnings],
         "seconds": seconds,
         **extra,
     }

@@ -9,10 +9,14 @@ from typing import Any, ClassVar
 from lora_gpt.errors import ConfigError
 from lora_gpt.options import flag_name, option, require, require_choice
 
-from .split import PAIRINGS
+from .recipes import reference_volumes_apply
+from .split import PAIRINGS, resolve_pairing
+from .tokenize import SEPARATORS
 
 DEFAULT_DATASET = "offline_multi_specific"
 BUDGETS = ("train", "val", "trust", "ref")
+VOLUMES = ("budgets", "reference")
+TRUST_SPLITS = ("trust", "val")
 
 
 @dataclass(frozen=True)
@@ -36,9 +40,29 @@ class DataConfig:
     pairing: str | None = option(
         None,
         "mixed split: whose main category a client takes as its minor 1/4: ring "
-        "(default: client n+1's) or pairs (the reference code's AG News: clients 2k "
-        "and 2k+1 swap)",
+        "(default: client n+1's), pairs (the reference code's AG News: clients 2k "
+        "and 2k+1 swap) or reference (the reference code's for each recipe: pairs on "
+        "AG News, ring on the others; nothing on a specific split)",
         choices=PAIRINGS,
+    )
+    volumes: str | None = option(
+        None,
+        "how much text each client gets: budgets (default: the --*_tokens) or reference (the "
+        "reference code's: on AG News each client's whole share of its categories' train "
+        "documents, and validation on its share of the test split; the other recipes' "
+        "budgets are the reference code's already)",
+        choices=VOLUMES,
+    )
+    separator: str | None = option(
+        None,
+        "what separates documents in the token files: eot (default: GPT-2's end-of-text token "
+        "after each) or space (the reference code's ' '.join: a space before each)",
+        choices=SEPARATORS,
+    )
+    split_seed: int | None = option(
+        None,
+        "seed of the data split, which documents go to which client and split (default: the "
+        "run's --seed, a split per seed; the reference code builds one split for all seeds)",
     )
     train_tokens: int | None = option(
         None, "train tokens per client when preparing the dataset (default: the recipe's)"
@@ -51,14 +75,29 @@ class DataConfig:
     batch_size: int = option(4, "sequences per client per micro-step")
     sequence_length: int = option(128, "tokens per training sequence")
     eval_batches: int = option(4, "validation batches per client per evaluation")
+    eval_overlap: bool = option(
+        False,
+        "let evaluation windows overlap, so that every client gets --eval_batches x --batch_size "
+        "of them however short its split (the reference code draws its windows at random, "
+        "overlapping); off: non-overlapping windows, as many as the shortest split holds up to that",
+    )
+    trust_split: str = option(
+        "trust",
+        "the split dynamic-ref scores a client's peers on: trust (its own, held apart from the "
+        "reported metric) or val (the reference code's: the reported split itself)",
+        choices=TRUST_SPLITS,
+    )
 
     def __post_init__(self) -> None:
         if self.data_dir is not None:
             object.__setattr__(self, "data_dir", Path(self.data_dir))
         for name in ("num_clients", *(f"{b}_tokens" for b in BUDGETS)):
             require(self, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1")
-        if self.pairing is not None:
-            require_choice(self, "pairing")
+        for name in ("pairing", "volumes", "separator"):
+            if getattr(self, name) is not None:
+                require_choice(self, name)
+        require(self, "split_seed", self.split_seed is None or self.split_seed >= 0, ">= 0")
+        require_choice(self, "trust_split")
         for name in ("batch_size", "eval_batches"):
             require(self, name, getattr(self, name) >= 1, ">= 1")
         require(self, "sequence_length", self.sequence_length >= 2, ">= 2")
@@ -82,17 +121,28 @@ class DataConfig:
     def resolved(self, manifest: dict[str, Any]) -> DataConfig:
         """This config with the dataset and client count the prepared folder holds, after refusing
         any option that contradicts the folder's manifest (a `--data_dir` made with other options)."""
-        used = manifest.get("budget", manifest["options"]["budget"])
+        options = manifest["options"]
+        used = manifest.get("budget", options["budget"])
+        volumes = options.get("volumes", "budgets")
         folder_has = {
             "dataset": manifest["recipe"],
             "num_clients": manifest["num_clients"],
-            "pairing": manifest["options"].get("pairing"),
-            **{f"{b}_tokens": used[b] for b in BUDGETS},
+            "pairing": options.get("pairing"),
+            "volumes": volumes,
+            "separator": options.get("separator", "eot"),
+            "split_seed": options["seed"],
+            # whole shares have no train or val budget: any asked for contradicts them
+            **{f"{b}_tokens": None if volumes == "reference" and b in ("train", "val") else used[b] for b in BUDGETS},
         }
+        asked = {name: getattr(self, name) for name in folder_has}
+        if self.pairing is not None:
+            asked["pairing"] = resolve_pairing(options["kind"], self.pairing, manifest["recipe"])
+        if self.volumes == "reference" and not reference_volumes_apply(manifest["recipe"]):
+            asked["volumes"] = "budgets"  # the same text either way
         clash = {
             name: (getattr(self, name), value)
             for name, value in folder_has.items()
-            if getattr(self, name) is not None and getattr(self, name) != value
+            if getattr(self, name) is not None and asked[name] != value
         }
         if clash:
             where = self.data_dir or "the prepared dataset"

@@ -19,6 +19,20 @@ from .manifest import client_file, read_manifest, verify
 from .split import SPLITS
 
 
+def window_counts(manifest: dict, config: DataConfig, split: str, num_batches: int | None = None) -> tuple[int, int]:
+    """`(asked, used)`: the evaluation windows asked of `split` ("val", "trust" or "ref": `num_batches`,
+    default `config.eval_batches`, of `config.batch_size`) and those every client gets. Without
+    `config.eval_overlap`, windows do not overlap, so the shortest client's split (or the ref stream)
+    caps them; with it, every client gets all it asked for."""
+    files = manifest["files"]
+    if split == "ref":
+        lengths = [files["ref.bin"]["tokens"]]
+    else:
+        lengths = [files[client_file(n, split)]["tokens"] for n in range(manifest["num_clients"])]
+    asked = (num_batches or config.eval_batches) * config.batch_size
+    return asked, asked if config.eval_overlap else min(asked, min(lengths) // (config.sequence_length + 1))
+
+
 class _TrainBatches(IterableDataset):
     """Endless training micro-batches, from micro-batch `start` on."""
 
@@ -54,7 +68,7 @@ class ClientDataModule(L.LightningDataModule):
         self.data_dir = Path(folder)
         self.manifest: dict = read_manifest(self.data_dir)
         self.batch_size, self.sequence_length = config.batch_size, config.sequence_length
-        self.seed, self.eval_batches, self.accumulate = seed, config.eval_batches, accumulate
+        self.config, self.seed, self.eval_batches, self.accumulate = config, seed, config.eval_batches, accumulate
         total = self.manifest["num_clients"]
         if client is not None and not 0 <= client < total:
             raise ConfigError(
@@ -115,29 +129,26 @@ class ClientDataModule(L.LightningDataModule):
         )
 
     def _windows(self, tokens: np.ndarray, count: int) -> np.ndarray:
-        """`count` non-overlapping windows spread evenly from the start to the end of `tokens`
-        (starts at least a window apart, as `count <= len // span`)."""
+        """`count` windows spread evenly from the start to the end of `tokens` (starts at least a
+        window apart where `count <= len // span`, overlapping beyond that)."""
         span = self.sequence_length + 1
         starts = np.linspace(0, len(tokens) - span, count).astype(np.int64)
         return np.stack([tokens[s : s + span] for s in starts]).astype(np.int64)
 
-    def _window_count(self, lengths: list[int], num_batches: int | None, what: str) -> int:
-        wanted = (num_batches or self.eval_batches) * self.batch_size
-        fits = min(lengths) // (self.sequence_length + 1)
-        if fits < wanted:
+    def _window_count(self, split: str, num_batches: int | None) -> int:
+        asked, used = window_counts(self.manifest, self.config, split, num_batches)
+        if used < asked:
             warnings.warn(
-                f"the {what} split holds {fits} non-overlapping windows of {self.sequence_length + 1} tokens "
-                f"for some client, fewer than the {wanted} asked for; every client gets {fits}. Prepare the "
-                f"dataset with a larger --{what}_tokens for more.",
+                f"the {split} split holds {used} non-overlapping windows of {self.sequence_length + 1} tokens "
+                f"for some client, fewer than the {asked} asked for; every client gets {used}. Prepare the "
+                f"dataset with a larger --{split}_tokens for more, or let them overlap (--data.eval_overlap).",
                 stacklevel=3,
             )
-        return min(wanted, fits)
+        return used
 
     def _client_batches(self, split: str, num_batches: int | None) -> list[torch.Tensor]:
         streams = [self.tokens(n, split) for n in self.clients]
-        files = self.manifest["files"]
-        everyone = [files[client_file(n, split)]["tokens"] for n in range(self.manifest["num_clients"])]
-        count = self._window_count(everyone, num_batches, split)
+        count = self._window_count(split, num_batches)
         windows = np.stack([self._windows(s, count) for s in streams])
         return list(torch.from_numpy(windows).split(self.batch_size, dim=1))
 
@@ -147,13 +158,13 @@ class ClientDataModule(L.LightningDataModule):
 
     def trust_batches(self, num_batches: int | None = None) -> list[torch.Tensor]:
         """`[N, b, T+1]` batches of each client's `trust` split, held apart from `val`, for
-        trust scores that must not peek at the reported metric."""
-        return self._client_batches("trust", num_batches)
+        trust scores that must not peek at the reported metric (or, with `--data.trust_split val`,
+        of the `val` split, as the reference code scores)."""
+        return self._client_batches(self.config.trust_split, num_batches)
 
     def ref_batches(self, num_batches: int | None = None) -> list[torch.Tensor]:
         """`[b, T+1]` batches of the reference stream shared by all clients, spanning every category."""
-        tokens = self.tokens(None)
-        windows = self._windows(tokens, self._window_count([len(tokens)], num_batches, "ref"))
+        windows = self._windows(self.tokens(None), self._window_count("ref", num_batches))
         return list(torch.from_numpy(windows).split(self.batch_size))
 
     def train_dataloader(self) -> DataLoader:

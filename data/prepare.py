@@ -33,7 +33,17 @@ from .config import BUDGETS, DataConfig
 from .errors import ManifestError
 from .manifest import MANIFEST, client_file, read_manifest, verify, write_json, write_tokens
 from .recipes import RECIPES, Recipe, get_recipe, list_recipes
-from .split import SPLITS, Budget, Layout, category_needs, fitted_budget, resolve_pairing, split_clients
+from .split import (
+    SPLITS,
+    Budget,
+    Layout,
+    NotEnoughText,
+    category_needs,
+    fitted_budget,
+    resolve_pairing,
+    split_clients,
+    whole_shares,
+)
 from .tokenize import TokenizedDocuments
 
 FORMAT_VERSION = 2
@@ -68,6 +78,8 @@ def prepare_recipe(
     seed: int = 0,
     progress: bool = True,
     pairing: str | None = None,
+    volumes: str | None = None,
+    separator: str | None = None,
     **budgets: int | None,
 ) -> Path:
     """Prepare, or reuse, the token files of `recipe` for `num_clients` clients; returns the folder.
@@ -76,23 +88,37 @@ def prepare_recipe(
     `val`, `trust`, `ref`, in tokens) replace the recipe's defaults; with none given, for your own
     data or more clients than a recipe's default, the budgets shrink in proportion (down to
     `data.split.FLOOR`) until the text suffices, and the manifest's `budget` records those used;
-    `seed` chooses which documents go where; `pairing` (mixed split only) is `ring` (default) or
-    the reference code's `pairs`. The default folder is
+    `seed` chooses which documents go where; `pairing` (mixed split only) is `ring` (default),
+    the reference code's AG News `pairs`, or `reference` (the reference code's for the recipe);
+    `volumes` `reference` gives AG News clients their whole shares and validation on the test
+    split (`data.split.whole_shares`); `separator` `space` puts a space before every document
+    instead of an end-of-text token after it. The default folder is
     `cache_dir()/datasets/<recipe>-n<N>-s<seed>-<key>`.
     """
     spec = get_recipe(recipe, **budgets)
     if num_clients is not None and num_clients < 1:
         raise ConfigError(f"--num_clients must be at least 1, got {num_clients}.")
+    whole = volumes == "reference" and spec.held_out is not None
+    given = [b for b in ("train", "val") if budgets.get(b) is not None]
+    if whole and given:
+        raise ConfigError(
+            f"--data.volumes reference gives every {spec.name} client its whole share of the train split "
+            f"and of the test split, so {' and '.join(f'--{b}_tokens' for b in given)} cannot apply. Fix: "
+            "drop them, or --data.volumes budgets."
+        )
     options = {
         "recipe": spec.name,
         "source": spec.source_id,
         "kind": spec.kind,
-        "pairing": resolve_pairing(spec.kind, pairing),
+        "pairing": resolve_pairing(spec.kind, pairing, spec.name),
         "num_clients": num_clients if num_clients is not None else spec.num_clients,
         "seed": seed,
         "budget": asdict(spec.budget),
         "budget_given": any(v is not None for v in budgets.values()),
         "format": FORMAT_VERSION,
+        # only where they change the text, so folders prepared before these options keep their keys
+        **({"volumes": "reference"} if whole else {}),
+        **({"separator": separator} if separator not in (None, "eot") else {}),
     }
     folder = Path(out) if out is not None else default_folder(options)
     with _exclusive(folder):
@@ -126,19 +152,35 @@ def _build(folder: Path, recipe: str, spec: Recipe, options: dict, seed: int, pr
     categories = list(documents)
     layout = Layout(spec.kind, options["num_clients"] or len(categories), len(categories), options["pairing"])
     shares = layout.shares()  # checks the client count before any text is tokenized
-    docs = [TokenizedDocuments(documents[c]) for c in categories]
+    separator = options.get("separator", "eot")
+    docs = [TokenizedDocuments(documents[c], separator=separator) for c in categories]
     budget = spec.budget
-    if not options["budget_given"] and (spec.num_clients is None or layout.num_clients > spec.num_clients):
+    whole = options.get("volumes") == "reference"
+    more_clients = spec.num_clients is None or layout.num_clients > spec.num_clients
+    if not whole and not options["budget_given"] and more_clients:
         # your own data (the defaults know nothing of its size), or more clients than a recipe's: fit the text
         budget = fitted_budget(docs, categories, layout, budget)
     with tqdm(
-        total=int(category_needs(shares, budget).sum()),
+        total=None if whole else int(category_needs(shares, budget).sum()),
         desc=f"tokenizing {spec.name}",
         unit="tok",
         unit_scale=True,
         disable=not progress,
     ) as bar:
-        split = split_clients(docs, categories, layout, budget, bar.update)
+        if whole:
+            assert spec.held_out is not None  # prepare_recipe asks for whole shares only where there is a test split
+            held_out = spec.held_out(seed)
+            test = [TokenizedDocuments(held_out[c], separator=separator) for c in categories]
+            try:
+                split = whole_shares(docs, test, shares, budget, bar.update)
+            except NotEnoughText as short:
+                raise ConfigError(
+                    f"not enough text in category {categories[short.category]!r} for the reference stream "
+                    f"({budget.ref:,} tokens) and {layout.num_clients} clients' trust splits ({budget.trust:,} "
+                    "tokens each). Fix: smaller --ref_tokens or --trust_tokens, or fewer clients."
+                ) from None
+        else:
+            split = split_clients(docs, categories, layout, budget, bar.update)
     files = {"ref.bin": write_tokens(folder / "ref.bin", split.ref)}
     for i, client in enumerate(split.clients):
         for name in SPLITS:
@@ -178,16 +220,22 @@ def summary(folder: Path) -> str:
     """A few lines describing a prepared dataset: clients, their mixtures, token counts."""
     m = read_manifest(folder)
     pairing, used, asked = m["options"]["pairing"], m["budget"], m["options"]["budget"]
+    if m["options"].get("volumes") == "reference":
+        budget = (
+            f"each client's whole share of the train split and of the test split (val); trust {used['trust']:,} "
+            f"per client and ref {used['ref']:,} per category taken from the train split first"
+        )
+    else:
+        budget = f"{Budget(**used)}" + (
+            ""
+            if used == asked
+            else f" (shrunk from train {asked['train']:,}, so the text serves {m['num_clients']} clients)"
+        )
     lines = [
         f"{folder}",
         f"{m['recipe']}: {m['num_clients']} clients over {', '.join(m['categories'])}"
         + (f" (mixed, pairing {pairing})" if pairing else ""),
-        f"  budget: {Budget(**used)}"
-        + (
-            ""
-            if used == asked
-            else f" (shrunk from train {asked['train']:,}, so the text serves {m['num_clients']} clients)"
-        ),
+        f"  budget: {budget}",
     ]
     for i, row in enumerate(m["mixture"]):
         mix = " + ".join(
@@ -216,7 +264,7 @@ class PrepareConfig:
 
 
 # The data options that decide what is prepared (the others say how a run batches it).
-PREPARED = ("dataset", "num_clients", "pairing", *(f"{b}_tokens" for b in BUDGETS))
+PREPARED = ("dataset", "num_clients", "pairing", "volumes", "separator", *(f"{b}_tokens" for b in BUDGETS))
 
 
 def command() -> Command[tuple[DataConfig, PrepareConfig]]:
@@ -246,7 +294,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         data, prepare = cli.resolve(args)
         folder = prepare_recipe(
-            data.recipe, data.num_clients, prepare.out, prepare.seed, prepare.progress, data.pairing, **data.budgets()
+            data.recipe,
+            data.num_clients,
+            prepare.out,
+            prepare.seed,
+            prepare.progress,
+            data.pairing,
+            data.volumes,
+            data.separator,
+            **data.budgets(),
         )
     except FixableError as err:
         fail(err)

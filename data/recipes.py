@@ -34,6 +34,7 @@ class Recipe:
     load: Callable[[int], Documents]  # seed -> documents by category
     description: str
     source_id: str  # what the text is: part of a prepared folder's identity
+    held_out: Callable[[int], Documents] | None = None  # seed -> the dataset's test split, where it has one
 
 
 # Paper budgets. Three-language: ~840k train and ~160k val tokens per client and 300k reference
@@ -107,12 +108,25 @@ def _registry() -> dict[str, Recipe]:
             )
         for base, (clients, budget, text) in HUB_SHAPES.items():
             recipes[f"{base}_{kind}"] = Recipe(
-                f"{base}_{kind}", kind, clients[KINDS.index(kind)], budget, partial(hf.load, base), text, "hub"
+                f"{base}_{kind}",
+                kind,
+                clients[KINDS.index(kind)],
+                budget,
+                partial(hf.load, base),
+                text,
+                "hub",
+                partial(hf.load, base, held_out=True) if base in hf.HELD_OUT else None,
             )
     return recipes
 
 
 RECIPES = _registry()
+
+
+def reference_volumes_apply(recipe: str) -> bool:
+    """Whether `--data.volumes reference` changes what `recipe` gets: on a recipe with a test split
+    (AG News) it does; the other recipes' budgets are the reference code's already."""
+    return recipe in RECIPES and RECIPES[recipe].held_out is not None
 
 
 def list_recipes() -> list[str]:

@@ -24,8 +24,11 @@ KINDS = ("specific", "mixed")
 MAJOR_SHARE = 0.75  # a mixed client: 3/4 of its own category, 1/4 of a partner's
 # Whose major category a mixed client takes as its minor: `ring` (ours), client n+1's, so every
 # category is some client's minor; `pairs` (the reference code's AG News), its partner's in the
-# pairs (0, 1), (2, 3), ..., so two clients share the same two categories.
-PAIRINGS = ("ring", "pairs")
+# pairs (0, 1), (2, 3), ..., so two clients share the same two categories; `reference`, the reference
+# code's own for each recipe: `pairs` on AG News (src/data/agnews_mixed.py:34-45 at e47fc90), `ring`
+# on its other mixed recipes (three_multi_mixed, github_wiki_mixed).
+PAIRINGS = ("ring", "pairs", "reference")
+REFERENCE_PAIRED = ("agnews_mixed",)  # the recipes the reference code pairs
 
 
 @dataclass(frozen=True)
@@ -60,10 +63,13 @@ class Split:
         return self.counts / self.counts.sum(axis=1, keepdims=True)
 
 
-def resolve_pairing(kind: str, pairing: str | None) -> str | None:
-    """The pairing a split uses: `ring` unless asked for a mixed split; none for a specific one."""
+def resolve_pairing(kind: str, pairing: str | None, recipe: str = "") -> str | None:
+    """The pairing a split of `recipe` uses: `ring` unless asked for a mixed split; none for a specific
+    one; `reference` as the reference code pairs that recipe."""
     if pairing is not None and pairing not in PAIRINGS:
-        raise ConfigError(f"unknown pairing {pairing!r}; use {' or '.join(PAIRINGS)}.")
+        raise ConfigError(f"unknown pairing {pairing!r}; use one of {', '.join(PAIRINGS)}.")
+    if pairing == "reference":
+        return ("pairs" if recipe in REFERENCE_PAIRED else "ring") if kind == "mixed" else None
     if kind == "specific" and pairing is not None:
         raise ConfigError(
             "--pairing applies to the mixed split; this recipe's split is specific (one category per "
@@ -188,6 +194,69 @@ def deal(
             splits[split] = np.concatenate([take(cat, size) for cat, size in pieces])
             for cat, size in pieces:
                 counts[n, cat] += size
+        clients.append(splits)
+    return Split(clients, counts, ref, [s.documents_used for s in streams])
+
+
+def share_out(documents: list[list[np.ndarray]], shares: np.ndarray) -> list[dict[int, list[np.ndarray]]]:
+    """Every category's `documents`, whole, to the clients holding it, in proportion to their shares
+    of it, by document count, as the reference code cuts AG News (src/data/agnews_mixed.py:28-45 at
+    e47fc90): each holder gets the floor of its part (`len // 4`, `len // 2`), the last of the largest
+    holders the rest. Client -> category -> its documents."""
+    out: list[dict[int, list[np.ndarray]]] = [{} for _ in range(shares.shape[0])]
+    for cat, docs in enumerate(documents):
+        holders = np.flatnonzero(shares[:, cat] > 0)
+        part = shares[holders, cat]
+        counts = np.floor(part / part.sum() * len(docs)).astype(int)
+        rest = len(part) - 1 - int(np.argmax(part[::-1]))  # the last of the largest
+        counts[rest] += len(docs) - counts.sum()
+        for n, end, size in zip(holders, np.cumsum(counts), counts, strict=True):
+            out[n][cat] = docs[end - size : end]
+    return out
+
+
+def whole_shares(
+    docs: list[TokenizedDocuments],
+    held_out: list[TokenizedDocuments],
+    shares: np.ndarray,
+    budget: Budget,
+    on_tokens: Callable[[int], None] = lambda n: None,
+) -> Split:
+    """The reference code's AG News volumes: every client's whole share of its categories' documents
+    as its train split, and its share of the `held_out` documents (the dataset's test split) as its
+    val split (`share_out`). The reference stream (`budget.ref` per category) and every client's
+    trust piece (`budget.trust`), which the reference code has not, come first out of the train
+    documents, so no document is in two places; `NotEnoughText` when a category runs out there."""
+    streams = [TokenStream(d) for d in docs]
+
+    def take(cat: int, size: int) -> np.ndarray:
+        try:
+            piece = streams[cat].take(size)
+        except TextExhausted:
+            raise NotEnoughText(cat) from None
+        on_tokens(size)
+        return piece
+
+    ref = np.concatenate([take(c, budget.ref) for c in range(len(streams))])
+    counts = np.zeros(shares.shape, dtype=np.int64)
+    trust = []
+    for n, row in enumerate(shares):
+        pieces = piece_sizes(row, budget.trust)
+        trust.append(np.concatenate([take(cat, size) for cat, size in pieces]))
+        for cat, size in pieces:
+            counts[n, cat] += size
+    train = share_out([s.rest() for s in streams], shares)
+    val = share_out([TokenStream(d).rest() for d in held_out], shares)
+    clients = []
+    for n, row in enumerate(shares):
+        order = [int(c) for c in np.argsort(-row, kind="stable") if row[c] > 0]  # main category first
+        splits = {"trust": trust[n]}
+        for name, parts in (("train", train[n]), ("val", val[n])):
+            documents = [d for cat in order for d in parts[cat]]
+            splits[name] = np.concatenate(documents) if documents else np.zeros(0, dtype=np.uint16)
+            for cat in order:
+                counts[n, cat] += sum(map(len, parts[cat]))
+            on_tokens(len(splits[name]))
         clients.append(splits)
     return Split(clients, counts, ref, [s.documents_used for s in streams])
 

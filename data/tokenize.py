@@ -20,14 +20,23 @@ class TextExhausted(Exception):
     """A category ran out of documents before its splits were filled."""
 
 
-class TokenizedDocuments:
-    """One category's documents as token arrays (each ending in EOT), in the given order,
-    tokenized on first access and kept."""
+# What separates documents in a token stream: GPT-2's end-of-text token after each ("eot"), or a
+# space before each ("space": the reference code's `' '.join(documents)`, tokenized whole; GPT-2's
+# pre-tokenizer splits at the space, so each document tokenized after its space gives the same tokens).
+SEPARATORS = ("eot", "space")
 
-    def __init__(self, documents: Iterable[str], threads: int | None = None) -> None:
+
+class TokenizedDocuments:
+    """One category's documents as token arrays (each ending in EOT, or each after a space: `separator`),
+    in the given order, tokenized on first access and kept."""
+
+    def __init__(self, documents: Iterable[str], threads: int | None = None, separator: str = "eot") -> None:
+        if separator not in SEPARATORS:
+            raise ValueError(f"unknown separator {separator!r}; use one of {', '.join(SEPARATORS)}.")
         self._documents: Iterator[str] = iter(documents)
         self._tokens: list[np.ndarray] = []
         self._threads = threads or min(8, os.cpu_count() or 1)
+        self._space = separator == "space"
 
     def __getitem__(self, i: int) -> np.ndarray:
         """Document i's tokens; `TextExhausted` past the last document."""
@@ -35,9 +44,10 @@ class TokenizedDocuments:
             batch = list(islice(self._documents, BATCH_DOCUMENTS))
             if not batch:
                 raise TextExhausted
-            for ids in get_tokenizer().encode_ordinary_batch(batch, num_threads=self._threads):
+            texts = [f" {d}" if self._space and d else d for d in batch]
+            for ids in get_tokenizer().encode_ordinary_batch(texts, num_threads=self._threads):
                 if ids:
-                    self._tokens.append(np.array(ids + [EOT_TOKEN], dtype=np.uint16))
+                    self._tokens.append(np.array(ids if self._space else ids + [EOT_TOKEN], dtype=np.uint16))
         return self._tokens[i]
 
     def tokenized(self) -> tuple[int, int]:
@@ -57,6 +67,15 @@ class TokenStream:
         tokens = self.documents[self.documents_used]
         self.documents_used += 1
         return tokens
+
+    def rest(self) -> list[np.ndarray]:
+        """Every document not handed out yet, whole (the stream is read to its end)."""
+        documents = []
+        try:
+            while True:
+                documents.append(self.next_document())
+        except TextExhausted:
+            return documents
 
     def take(self, size: int) -> np.ndarray:
         """Exactly `size` tokens of whole documents; the last one is cut to fit and its rest is

@@ -375,9 +375,14 @@ class Command(Generic[T]):
         return said
 
     def profile_settings(self, name: str) -> str:
-        """What profile `name` sets, as options: `--optim.iterations 500 --run.init gpt2 ...`."""
+        """What profile `name` sets, as options: `--optim.iterations 500 --run.init gpt2 ...` (a switch
+        as `--data.eval_overlap` or `--no-data.eval_overlap`)."""
         values = self.profile_values(name)
-        return " ".join(f"--{g}.{k} {shown(v)}" for g, items in values.items() for k, v in items.items())
+        return " ".join(
+            (f"--{g}.{k}" if v else f"--no-{g}.{k}") if isinstance(v, bool) else f"--{g}.{k} {shown(v)}"
+            for g, items in values.items()
+            for k, v in items.items()
+        )
 
     def _profile_help(self) -> str:
         assert self.profiles is not None

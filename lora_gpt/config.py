@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 GPT2_VOCAB_SIZE = 50_257  # GPT-2's byte-pair encoding: 50,000 merges, 256 bytes, <|endoftext|>
+# The MLP's GELU: "tanh", the approximation GPT-2 was trained with (Hugging Face's "gelu_new"), or
+# "exact", the erf form (`nn.GELU()`, Hugging Face's "gelu"), which the reference code runs GPT-2 with.
+GELUS = ("tanh", "exact")
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,7 @@ class GPTConfig:
     dropout: float = 0.0  # embedding, attention and residual dropout
     bias: bool = True  # biases in linears and LayerNorms, as GPT-2 has them
     layer_norm_epsilon: float = 1e-5
+    gelu: str = "tanh"  # the MLP's activation (GELUS)
 
     def __post_init__(self) -> None:
         if self.n_embd % self.n_head:
@@ -31,6 +35,8 @@ class GPTConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.gelu not in GELUS:
+            raise ValueError(f"gelu must be one of {', '.join(GELUS)}, got {self.gelu!r}.")
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> GPTConfig:

@@ -85,10 +85,12 @@ class MLP(nn.Module):
         self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = Dropout(config.dropout)
+        # GPT-2 was trained with the tanh approximation of GELU ("gelu_new"); "exact" is the erf form.
+        self.approximate = "tanh" if config.gelu == "tanh" else "none"
 
     def forward(self, x: torch.Tensor, clients: ClientSlice | None = None) -> torch.Tensor:
-        # GPT-2 was trained with the tanh approximation of GELU ("gelu_new").
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x, clients), approximate="tanh"), clients), clients)
+        hidden = F.gelu(self.c_fc(x, clients), approximate=self.approximate)
+        return self.dropout(self.c_proj(hidden, clients), clients)
 
 
 class Block(nn.Module):
@@ -196,11 +198,13 @@ class GPT(nn.Module):
         return idx
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True) -> GPT:
+    def from_pretrained(
+        cls, name_or_path: str | Path, dropout: float = 0.0, allow_download: bool = True, gelu: str | None = None
+    ) -> GPT:
         """Load Hugging Face GPT-2 weights (a hub name such as `gpt2`, or a local folder), checking
-        every tensor's name and shape."""
+        every tensor's name and shape; `gelu` (`GELUS`) replaces the activation its config.json names."""
         config, state, source = read_pretrained(name_or_path, dropout=dropout, allow_download=allow_download)
-        model = cls(config)
+        model = cls(config if gelu is None else config.replace(gelu=gelu))
         check_state(state, model.state_dict(), source)
         model.load_state_dict(state)
         return model

@@ -24,6 +24,8 @@ CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight"
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+# config.json's `activation_function` -> our `GPTConfig.gelu` (`gelu_pytorch_tanh` is the same tanh form)
+ACTIVATIONS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "exact"}
 
 
 class PretrainedNotFoundError(FixableError, FileNotFoundError):
@@ -41,6 +43,12 @@ def config_from_hf(hf: dict, dropout: float = 0.0) -> GPTConfig:
             f"expected a GPT-2 checkpoint, config.json says model_type={hf['model_type']!r}. "
             "Fix: pass a GPT-2 folder or hub name."
         )
+    activation = hf.get("activation_function", "gelu_new")
+    if activation not in ACTIVATIONS:
+        raise WeightsFileError(
+            f"config.json's activation_function {activation!r} is not one this GPT-2 computes "
+            f"({', '.join(ACTIVATIONS)}). Fix: pass a GPT-2 checkpoint with one of them."
+        )
     return GPTConfig(
         block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
         vocab_size=hf["vocab_size"],
@@ -50,6 +58,7 @@ def config_from_hf(hf: dict, dropout: float = 0.0) -> GPTConfig:
         dropout=dropout,
         bias=hf.get("bias", True),
         layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
+        gelu=ACTIVATIONS[activation],
     )
 
 
@@ -64,7 +73,7 @@ def config_to_hf(config: GPTConfig) -> dict:
         "n_head": config.n_head,
         "n_embd": config.n_embd,
         "layer_norm_epsilon": config.layer_norm_epsilon,
-        "activation_function": "gelu_new",
+        "activation_function": "gelu_new" if config.gelu == "tanh" else "gelu",
         "bias": config.bias,
         "tie_word_embeddings": True,
     }

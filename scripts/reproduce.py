@@ -2,12 +2,15 @@
 
 The default grid is the paper's: six strategies, the six recipes with 4, 8, 9, 9, 8 and 8
 clients, ten seeds, each run with the paper's settings (`collab.fit --profile paper`: GPT-2, 500
-steps, ...; a GPU's work). Each run has its folder `OUT/RECIPE[-nCLIENTS]/STRATEGY/seedSEED`.
+steps, ...; a GPU's work), or as the reference code runs them (`--profile reference`: those settings
+and each of the reference code's own behaviours). Each run has its folder
+`OUT/RECIPE[-nCLIENTS]/STRATEGY/seedSEED`.
 Finished runs (a `summary.json` in their folder) are skipped, so an interrupted grid resumes; an
 interrupted run resumes from its last checkpoint. Options after `--` go to every `collab.fit`
 call and override the profile's.
 
     python scripts/reproduce.py                                   # the paper's grid and settings
+    python scripts/reproduce.py --profile reference --out runs/reference  # as the reference code runs it
     python scripts/reproduce.py --profile cpu --recipes offline_multi_specific:6 --seeds 0 1 2 \\
         --strategies none naive static dynamic dynamic-ref dynamic-token -- --iterations 100 --lr 1e-2
 """

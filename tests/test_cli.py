@@ -59,9 +59,13 @@ CHANGE = {
     "collab.generate": (["--top_k", "5"], ("generate", "top_k", 5)),
 }
 # Fields an entry point leaves out on purpose: data.prepare takes only the data options that decide
-# what is prepared; the simulation has no time limit of its own.
+# what is prepared (its --seed is the split's); the simulation has no time limit of its own.
 HIDDEN = {
-    "data.prepare": {"data": {"data_dir", "batch_size", "sequence_length", "eval_batches"}},
+    "data.prepare": {
+        "data": {
+            *("data_dir", "batch_size", "sequence_length", "eval_batches", "eval_overlap", "trust_split", "split_seed")
+        }
+    },
 }
 
 
@@ -267,9 +271,8 @@ def test_help_and_readme_say_exactly_what_each_profile_sets(capsys):
         said = f"Sets {settings or 'nothing'}."
         assert said in " ".join(text.split()), profile
         assert f"| `{profile}` |" in readme and (f"`{settings}`" in readme if settings else True), profile
-    assert "--optim.iterations, --iterations ITERATIONS" in text and "(default 100; paper: 500)" in " ".join(
-        text.split()
-    )
+    assert "--optim.iterations, --iterations ITERATIONS" in text
+    assert "(default 100; paper: 500; reference: 500)" in " ".join(text.split())
 
 
 def test_a_config_yaml_written_before_newer_options_still_loads(tmp_path):

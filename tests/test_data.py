@@ -131,7 +131,7 @@ def test_mixed_pairing_ring_or_the_reference_pairs():
         "Fix: --num_clients 4 or 6, or --pairing ring",
     ):
         design_shares("mixed", 5, 3, pairing="pairs")
-    with pytest.raises(ValueError, match="unknown pairing 'star'; use ring or pairs"):
+    with pytest.raises(ValueError, match="unknown pairing .star.; use one of ring, pairs, reference"):
         design_shares("mixed", 4, 3, pairing="star")
 
 

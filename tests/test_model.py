@@ -37,6 +37,36 @@ def test_logits_match_transformers(hf_folder):
     assert (got - expected).abs().max().item() < 1e-4
 
 
+def test_exact_gelu_matches_transformers_gelu_and_is_kept_in_config_json(tmp_path):
+    """A checkpoint whose config.json says "gelu" (the exact GELU: the reference code's nn.GELU()) runs
+    as transformers runs it, and is saved so; `gelu=` overrides what the file says. GPT-2's own
+    "gelu_new" stays the default (test_logits_match_transformers)."""
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        n_layer=2, n_head=4, n_embd=32, n_positions=64, vocab_size=1000, activation_function="gelu",
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # pre-activations and logits of order 1, where the two GELUs differ
+        hf.transformer.wte.weight.normal_(0.0, 1.0)
+        for block in hf.transformer.h:
+            block.mlp.c_fc.weight.normal_(0.0, 0.5)
+            block.mlp.c_proj.weight.normal_(0.0, 0.5)
+    hf.save_pretrained(tmp_path / "hf")
+    exact, tanh = GPT.from_pretrained(tmp_path / "hf").eval(), GPT.from_pretrained(tmp_path / "hf", gelu="tanh").eval()
+    assert (exact.config.gelu, tanh.config.gelu) == ("exact", "tanh")
+    idx = torch.randint(0, 1000, (2, 30))
+    with torch.no_grad():
+        expected, got = hf(idx).logits, exact(idx)
+        assert (got - expected).abs().max().item() < 1e-4
+        assert (tanh(idx) - expected).abs().max().item() > 1e-3  # the override is used
+    exact.save_pretrained(tmp_path / "ours")
+    assert json.loads((tmp_path / "ours" / "config.json").read_text())["activation_function"] == "gelu"
+    with torch.no_grad():
+        again = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "ours").eval()(idx).logits
+        assert (again - got).abs().max().item() < 1e-4
+
+
 def test_leading_client_dim_is_batch_dim(hf_folder):
     ours = GPT.from_pretrained(hf_folder[0]).eval()
     idx = torch.randint(0, 1000, (2, 3, 16))

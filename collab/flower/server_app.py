@@ -62,7 +62,7 @@ def write_summary(strategy: PersonalizedTrust) -> dict[str, Any]:
         config=c,
         runtime="flower",
         precision=resolve_precision(c.run.precision, device_type(c.run.accelerator)),
-        dataset=dataset_summary(data_dir, read_manifest(data_dir)),
+        dataset=dataset_summary(data_dir, read_manifest(data_dir), c),
         curves=strategy.curves,
         train_loss=[{"step": s, "loss": loss} for s, loss in sorted(strategy.losses.items())],
         rounds=strategy.rounds.history,

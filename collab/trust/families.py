@@ -1,6 +1,7 @@
 """The trust families: small objects that say what they need measured about a round's clients
 (`needs`, from `protocols.Measurements`), turn it into `scores` (higher = more trust), and turn
-scores into trust (`to_trust`: a row-stochastic `[N, N]` matrix). Registered by name.
+scores into trust (`to_trust`: a row-stochastic `[N, N]` matrix; only `static`'s `reference` rule keeps
+the reference code's rows as they are). Registered by name.
 
 A family never learns who measured: the batched run answers its requests in this process, a
 federated server with messages to the clients, and both run the same round (`collab.trust.round`).
@@ -28,6 +29,7 @@ from .scores import (
     PEER_LOSS_SCORES,
     SIMILARITIES,
     STATIC_RULES,
+    UNNORMALISED_RULES,
     TokenMeasure,
     TopProbabilities,
     check_choice,
@@ -206,6 +208,11 @@ class StaticMixture(FixedTrust):
 
     def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
         return STATIC_RULES[self.rule](measured.mixture().double()).float()
+
+    def weigh(self, scores: torch.Tensor, usable: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
+        if self.rule in UNNORMALISED_RULES:  # the reference code's matrices, rows as it sets them
+            return scores.nan_to_num(0.0) * usable[None, :]
+        return super().weigh(scores, usable, scored)
 
 
 @register_family

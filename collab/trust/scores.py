@@ -232,4 +232,31 @@ def own_mixture(mixture: torch.Tensor) -> torch.Tensor:
     return mixture.double() @ (members / members.sum(0).clamp_min(1)).T
 
 
-STATIC_RULES = {"overlap": overlap, "own-mixture": own_mixture}
+# The reference code's hand-set three_multi_mixed matrix (src/optim/lora.py:240-261 at e47fc90): of
+# client i's weight, 5/9 to the clients mainly of its own category, 3/9 of its minor's and 1/9 of the
+# third's, split evenly among them (5 / (3N) each at N/3 clients per category).
+REFERENCE_THREE_MIXED = (5 / 9, 3 / 9, 1 / 9)
+
+
+def reference_matrices(mixture: torch.Tensor) -> torch.Tensor:
+    """`[N, N]`: the reference code's hand-set static matrices (`__average_static`,
+    src/optim/lora.py:223-273 at e47fc90) as it uses them. On a mixed split of three categories (its
+    `three_multi_mixed`) its table: each client's `REFERENCE_THREE_MIXED` shares of its main, minor and
+    third category, split among the clients mainly of each, computed for j <= i only and copied to
+    (j, i), so row i takes the entries of the clients after it from their rows; the rows are not
+    normalised (at N=9 those of the second category's clients sum to 25/27). Elsewhere `own_mixture`,
+    which gives the reference's matrices of its other recipes."""
+    n, categories = mixture.shape
+    mixed = bool(((mixture > 0).sum(dim=1) > 1).any())
+    if not (mixed and categories == 3):
+        return own_mixture(mixture)
+    order = mixture.argsort(dim=1, descending=True, stable=True)  # main, minor, third
+    shares = torch.zeros_like(mixture, dtype=torch.float64)
+    shares.scatter_(1, order, torch.tensor(REFERENCE_THREE_MIXED, dtype=torch.float64).expand(n, -1).contiguous())
+    lower = own_mixture(shares).tril()
+    return lower + lower.tril(-1).T
+
+
+STATIC_RULES = {"overlap": overlap, "own-mixture": own_mixture, "reference": reference_matrices}
+# Rules whose rows are used as they are, as the reference code averages with its matrices, not normalised.
+UNNORMALISED_RULES = ("reference",)

@@ -74,9 +74,11 @@ class TrustSettings:
     )
     static_rule: str = option(
         "overlap",
-        "static: P P^T of the measured mixture (overlap), or each client's own "
-        "mixture over the clients mainly of each category (own-mixture: the "
-        "reference code's hand-set matrices)",
+        "static: P P^T of the measured mixture (overlap), each client's own "
+        "mixture over the clients mainly of each category (own-mixture: the rule "
+        "behind the reference code's hand-set matrices), or those matrices as the "
+        "reference code uses them (reference: own-mixture but on three mixed "
+        "categories, where its 5:3:1 table, made symmetric, rows not normalised)",
         choices=STATIC_RULES,
     )
     peers: int = option(

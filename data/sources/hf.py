@@ -50,6 +50,14 @@ SOURCES: dict[str, dict[str, HubSource]] = {
     },
     "github_wiki": {"java": _GITHUB_JAVA, "wikipedia": HubSource(_WIKI, "text", name="20231101.en")},
 }
+# The held-out documents of a collection that has them (its dataset's test split): what the reference
+# code validates AG News on (`--data.volumes reference`).
+HELD_OUT: dict[str, dict[str, HubSource]] = {
+    "agnews": {
+        label: HubSource("fancyzhx/ag_news", "text", split="test", where={"label": i})
+        for i, label in enumerate(AG_NEWS_LABELS)
+    },
+}
 
 
 def _needs_hub(source: HubSource) -> bool:
@@ -116,9 +124,10 @@ def _rows(stream, source: HubSource, label: str) -> Iterator[str]:
         ) from err
 
 
-def load(collection: str, seed: int) -> dict[str, Iterator[str]]:
-    """Documents by category for one of `SOURCES`' collections, each stream read lazily."""
-    sources = SOURCES[collection]
+def load(collection: str, seed: int, held_out: bool = False) -> dict[str, Iterator[str]]:
+    """Documents by category for one of `SOURCES`' collections (`held_out`: of `HELD_OUT`'s), each
+    stream read lazily."""
+    sources = (HELD_OUT if held_out else SOURCES)[collection]
     _datasets_module()
     if any(_needs_hub(s) for s in sources.values()):
         check_hub()
