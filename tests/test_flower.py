@@ -332,15 +332,16 @@ EXAMPLE = Path(__file__).parents[1] / "examples" / "better_than_self.py"
 
 
 def test_a_strategy_of_your_own_runs_alike_in_both_runtimes(inputs):
-    """The example strategy, registered from its file (`--trust_plugins`), in `collab.fit` and through the
-    ServerApp and ClientApps: the same adapters and trust."""
+    """The example strategy, registered from its file (`--trust_plugins`), in `collab.fit` and in Flower's
+    simulation runtime, whose ServerApp loads the file in a process of its own: the same adapters and
+    trust."""
     options = ["--trust_plugins", str(EXAMPLE), "--trust_temperature", "0.05"]
     batched_folder = inputs / "fit" / "better-than-self"
     assert fit.main([*argv(inputs, batched_folder, "better-than-self"), *options]) == 0
-    run = flower_run(inputs, "better-than-self", "better-than-self", *options)
-    in_process(run)
-    assert_same_run(run.folder.path, batched_folder)
-    assert load_config(run.folder.config).trust.plugins == (str(EXAMPLE),)
+    out = inputs / "flower" / "better-than-self"
+    assert launch.main("test", None, simulation=True, argv=[*argv(inputs, out, "better-than-self"), *options]) == 0
+    assert_same_run(out, batched_folder)
+    assert load_config(out / "config.yaml").trust.plugins == (str(EXAMPLE),)
 
 
 def test_a_second_run_on_a_folder_in_use_stops_at_once(inputs):
