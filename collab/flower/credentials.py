@@ -68,6 +68,28 @@ class Credentials:
     def node_public_key(self, node: int) -> Path:
         return self.folder / f"node_{node:02d}.pub"
 
+    def superlink_flags(self) -> list[str]:
+        """`flower-superlink`'s: serve TLS with this certificate; let in only SuperNodes whose keys are registered."""
+        return [
+            "--ssl-ca-certfile",
+            str(self.ca_certificate),
+            "--ssl-certfile",
+            str(self.server_certificate),
+            "--ssl-keyfile",
+            str(self.server_key),
+            "--enable-supernode-auth",
+        ]
+
+    def supernode_flags(self, node: int) -> list[str]:
+        """`flower-supernode`'s for node `node`: trust the SuperLink's certificate only through this CA; sign
+        with its own key."""
+        return [
+            "--root-certificates",
+            str(self.ca_certificate),
+            "--auth-supernode-private-key",
+            str(self.node_key(node)),
+        ]
+
     def files(self) -> list[Path]:
         nodes = [path for n in range(self.num_nodes) for path in (self.node_key(n), self.node_public_key(n))]
         return [self.ca_certificate, self.server_certificate, self.server_key, *nodes]

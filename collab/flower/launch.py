@@ -155,19 +155,9 @@ class Federation:
 
     def supernode_argv(self, client: int) -> list[str]:
         """Client `client`'s SuperNode: with the CA certificate and its own key where secure."""
-        security = (
-            [
-                "--root-certificates",
-                str(self.credentials.ca_certificate),
-                "--auth-supernode-private-key",
-                str(self.credentials.node_key(client)),
-            ]
-            if self.credentials
-            else ["--insecure"]
-        )
         return [
             str(BIN / "flower-supernode"),
-            *security,
+            *(self.credentials.supernode_flags(client) if self.credentials else ["--insecure"]),
             "--superlink",
             f"{HOST}:{self.port}",
             "--host",
@@ -315,25 +305,12 @@ def federation(run: FlowerRun, simulation: bool) -> Iterator[Federation]:
             "SuperNode authentication)",
             flush=True,
         )
-    security = (
-        [
-            "--ssl-ca-certfile",
-            str(creds.ca_certificate),
-            "--ssl-certfile",
-            str(creds.server_certificate),
-            "--ssl-keyfile",
-            str(creds.server_key),
-            "--enable-supernode-auth",
-        ]
-        if creds
-        else ["--insecure"]
-    )
     try:
         procs.start(
             "superlink",
             [
                 str(BIN / "flower-superlink"),
-                *security,
+                *(creds.superlink_flags() if creds else ["--insecure"]),
                 *(["--simulation"] if simulation else []),
                 "--host",
                 HOST,
