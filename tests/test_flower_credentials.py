@@ -96,6 +96,15 @@ def test_node_keys_are_what_flower_reads(made):
     assert len(set(public)) == N
 
 
+def test_a_half_written_folder_is_never_used(tmp_path):
+    """Files left beside the folder by a launcher stopped while it wrote are thrown away, not reused."""
+    unfinished = tmp_path / ".credentials.999"
+    unfinished.mkdir(mode=0o700)
+    (unfinished / "ca.pem").write_text("half")
+    made = credentials.ensure(tmp_path / "credentials", 1)
+    assert not unfinished.exists() and b"half" not in made.ca_certificate.read_bytes()
+
+
 def test_a_rerun_reuses_the_same_credentials(made):
     before = {p.name: p.read_bytes() for p in made.files()}
     again = credentials.ensure(made.folder, N)

@@ -102,8 +102,9 @@ def ensure(folder: Path, num_nodes: int, hosts: Sequence[str] = LOOPBACK) -> Cre
     if credentials.folder.exists():
         check(credentials, hosts)
         return credentials
+    for unfinished in credentials.folder.parent.glob(f".{credentials.folder.name}.*"):
+        shutil.rmtree(unfinished)  # what a launcher stopped while it wrote left
     staging = credentials.folder.with_name(f".{credentials.folder.name}.{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(mode=0o700, parents=True)
     os.chmod(staging, 0o700)  # whatever the umask
     try:
