@@ -21,7 +21,7 @@ from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import fit, report
 from collab.cli import load_config
-from collab.flower import launch, traffic
+from collab.flower import credentials, launch, traffic
 from collab.flower.client_app import make_client_app
 from collab.flower.launch import command, prepare, run_folder
 from collab.flower.server_app import serve
@@ -281,7 +281,7 @@ def test_simulation_runtime_matches_the_batched_run(inputs, batched):
     assert measured["query.ref_values"] <= expected["query.ref_values"]  # the table's union is the widest
 
 
-def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):
+def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs, capsys):
     """`python -m collab.flower.deploy`'s federation: a SuperLink and a SuperNode per client, as processes.
     Client 2's SuperNode is killed (SIGKILL) while it trains and started again: the round goes on with the
     others after --round_timeout, client 2 rejoins on its new node (and is evaluated), and the run ends."""
@@ -296,6 +296,7 @@ def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):
         fed.procs.stop("supernode_02", signal.SIGKILL)
         fed.procs.start("supernode_02", fed.supernode_argv(2))
         summary = fed.wait(run_id, deadline, say=False)
+    assert "insecure mode: no TLS, and any SuperNode may join" in capsys.readouterr().out
     assert [r["clients"] for r in summary["trust"]] == [[0, 1]]  # the round went on without client 2
     client_2 = [(r["round"], r["message"], r["up"] > 0) for r in summary["messages"] if r["client"] == 2]
     assert client_2 == [
@@ -306,6 +307,51 @@ def test_deployment_runtime_tolerates_a_client_killed_mid_round(inputs):
         (1, "evaluate", True),
     ]
     assert not fed.procs.started  # every process the federation started was stopped
+
+
+def with_option(argv, flag, value=None):
+    """A SuperNode's command line with `flag`'s value replaced, or the flag dropped (`value` None)."""
+    at = argv.index(flag)
+    return [*argv[:at], flag, value, *argv[at + 2 :]] if value else [*argv[:at], *argv[at + 2 :]]
+
+
+def test_a_secure_deployment_lets_in_only_its_own_nodes(inputs, batched, capsys):
+    """`python -m collab.flower.deploy --secure`: the SuperLink serves TLS and lets in registered SuperNodes only.
+    Beside the run's three SuperNodes, one with a key nobody registered and one with a registered key but without
+    the CA certificate try to join: both are refused at once, and the run ends with its own three clients in every
+    round, with the adapters of `collab.fit`'s batched run."""
+    run = flower_run(inputs, "secure", "naive", "--secure")
+    strangers = credentials.ensure(inputs / "strangers", 2)  # keys this run did not make
+    deadline = time.monotonic() + 300
+    with launch.federation(run, simulation=False) as fed:
+        outsiders = launch.Processes(fed.procs.logs, fed.procs.env)  # not the federation's: it does not wait on them
+        try:
+            fed.register(strangers.node_public_key(1), deadline)
+            key = "--auth-supernode-private-key"
+            outsiders.start("unregistered", with_option(fed.supernode_argv(0), key, str(strangers.node_key(0))))
+            without_ca = with_option(fed.supernode_argv(0), "--root-certificates")
+            outsiders.start("without_ca", with_option(without_ca, key, str(strangers.node_key(1))))
+            summary = fed.wait(fed.submit(deadline), deadline, say=False)
+            nodes = fed.flwr(["supernode", "list", "local"], deadline)["nodes"]
+            refused = {name: proc.wait(60) for name, proc in outsiders.started.items()}
+        finally:
+            outsiders.stop_all()
+    assert "TLS and SuperNode authentication" in capsys.readouterr().out
+    assert "Uvicorn running on https://127.0.0.1" in (fed.procs.logs / "superlink.log").read_text()
+    assert refused["unregistered"] != 0 and refused["without_ca"] != 0
+    assert "Failed to activate SuperNode" in (fed.procs.logs / "unregistered.log").read_text()
+    assert "CERTIFICATE_VERIFY_FAILED" in (fed.procs.logs / "without_ca.log").read_text()
+    assert sorted(node["status"] for node in nodes) == ["online"] * N + ["registered"]  # never online: no CA
+    assert [r["clients"] for r in summary["trust"]] == [[0, 1, 2], [0, 1, 2]]
+    assert_same_run(run.folder.path, batched("naive"))
+
+
+def test_the_simulation_refuses_secure_before_anything_starts(inputs, capsys):
+    out = inputs / "flower" / "secure-simulation"
+    with pytest.raises(SystemExit) as stopped:
+        launch.main("test", None, simulation=True, argv=[*argv(inputs, out, "naive"), "--secure"])
+    assert stopped.value.code == 2 and "--flower.secure is for the deployment runtime" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_a_clients_data_view_reads_only_its_own_files(inputs, tmp_path):

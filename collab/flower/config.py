@@ -10,7 +10,7 @@ from lora_gpt.options import option, require
 
 @dataclass(frozen=True)
 class FlowerConfig:
-    """The federation (collab.flower): how long the server waits for its clients."""
+    """The federation (collab.flower): how long the server waits for its clients, and who may join."""
 
     GROUP: ClassVar[str] = "flower"
 
@@ -21,6 +21,12 @@ class FlowerConfig:
     )
     join_timeout: float = option(300.0, "seconds the server waits, at the start, for every client to join")
     time_limit: float = option(3600.0, "seconds after which every process is stopped, finished or not")
+    secure: bool = option(
+        False,
+        "deployment with TLS and SuperNode authentication: a CA, the SuperLink's certificate and a key per SuperNode, "
+        "made (owner-only) in the run folder's credentials/ and reused by a rerun; without it, no TLS and any "
+        "SuperNode may join",
+    )
 
     def __post_init__(self) -> None:
         for name in ("round_timeout", "join_timeout", "time_limit"):

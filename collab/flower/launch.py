@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_gpt.cli import Command, fail
-from lora_gpt.errors import FixableError
+from lora_gpt.errors import ConfigError, FixableError
 
 from ..checkpoint import CONFIG_KEY
 from ..cli import command_with_fit_options, dump_config, fit_part, load_config
@@ -33,7 +33,7 @@ from ..config import FitConfig
 from ..fit import RUNS_ROOT, base_source, check_resume, default_out, prepare_data
 from ..run_folder import RunFolder, RunFolderError
 from ..summary import format_outcome
-from . import records
+from . import credentials, records
 from .config import FlowerConfig
 from .local import check_federated
 
@@ -151,11 +151,13 @@ class Federation:
     simulation: bool
     procs: Processes
     port: int
+    credentials: credentials.Credentials | None  # None: insecure
 
     def supernode_argv(self, client: int) -> list[str]:
+        """Client `client`'s SuperNode: with the CA certificate and its own key where secure."""
         return [
             str(BIN / "flower-supernode"),
-            "--insecure",
+            *(self.credentials.supernode_flags(client) if self.credentials else ["--insecure"]),
             "--superlink",
             f"{HOST}:{self.port}",
             "--host",
@@ -167,28 +169,36 @@ class Federation:
         ]
 
     def submit(self, deadline: float) -> int:
-        """`flwr run` the app on the federation, retrying while the SuperLink is still starting; the run's id."""
+        """`flwr run` the app on the federation; the run's id."""
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in self.run.run_config.items())
-        argv = [str(BIN / "flwr"), "run", str(APP_DIR), "local", "--run-config", overrides, "--format", "json"]
+        args = ["run", str(APP_DIR), "local", "--run-config", overrides]
         if self.simulation:
             cpus = os.cpu_count() or 1
-            argv += [
+            args += [
                 "--federation-config",
                 f"num-supernodes={self.run.num_clients} client-resources-num-cpus=1 init-args-num-cpus={cpus}",
             ]
+        return int(self.flwr(args, deadline)["run-id"])
+
+    def register(self, public_key: Path, deadline: float) -> int:
+        """Authorise a SuperNode's key with the SuperLink (`flwr supernode register`); the node's id."""
+        return int(self.flwr(["supernode", "register", str(public_key), "local"], deadline)["node-id"])
+
+    def flwr(self, args: Sequence[str], deadline: float) -> dict[str, Any]:
+        """The JSON answer of `flwr ARGS`, retrying while the SuperLink is still starting."""
+        argv = [str(BIN / "flwr"), *args, "--format", "json"]
+        log_file = self.procs.logs / f"flwr_{args[0]}.log"
         while True:
             done = subprocess.run(argv, env=self.procs.env, capture_output=True, text=True, timeout=120)
-            with open(self.procs.logs / "flwr_run.log", "a") as log:
+            with open(log_file, "a") as log:
                 log.write(done.stdout + done.stderr)
             with contextlib.suppress(ValueError):
                 said = json.loads(done.stdout)
-                if done.returncode == 0 and said.get("success") and "run-id" in said:
-                    return int(said["run-id"])
+                if done.returncode == 0 and said.get("success"):
+                    return said
             self.check_alive(started=False)
             if time.monotonic() > deadline:
-                raise FederationError(
-                    f"`flwr run` failed until the time limit; see {self.procs.logs / 'flwr_run.log'}."
-                )
+                raise FederationError(f"`flwr {args[0]}` failed until the time limit; see {log_file}.")
             time.sleep(1.0)
 
     def check_alive(self, started: bool) -> None:
@@ -267,12 +277,17 @@ def round_line(row: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def federation(run: FlowerRun, simulation: bool) -> Iterator[Federation]:
-    """The federation's processes, stopped on the way out, whatever happens."""
+    """The federation's processes, stopped on the way out, whatever happens. Where `--secure`, the SuperLink
+    serves TLS with the run's certificate and lets in only the SuperNodes whose keys are registered with it
+    before they start; else everything runs insecure, on 127.0.0.1 only."""
     port = free_port()
+    secure = run.flower.secure and not simulation
+    creds = credentials.ensure(run.folder.path / "credentials", run.num_clients) if secure else None
     home = run.folder.path / "flwr"
     home.mkdir(parents=True, exist_ok=True)
+    tls = f"root-certificates = {json.dumps(str(creds.ca_certificate))}" if creds else "insecure = true"
     (home / "config.toml").write_text(
-        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{HOST}:{port}"\ninsecure = true\n'
+        f'[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = "{HOST}:{port}"\n{tls}\n'
     )
     env = {
         **os.environ,
@@ -281,13 +296,21 @@ def federation(run: FlowerRun, simulation: bool) -> Iterator[Federation]:
         "PATH": os.pathsep.join([str(BIN), os.environ.get("PATH", "")]),
     }  # the SuperLink starts flower-superexec and the apps' processes
     procs = Processes(run.folder.path / "logs", env)
-    fed = Federation(run, simulation, procs, port)
+    fed = Federation(run, simulation, procs, port, creds)
+    if not simulation:
+        print(
+            f"TLS and SuperNode authentication: the credentials are in {creds.folder}"
+            if creds
+            else "insecure mode: no TLS, and any SuperNode may join (127.0.0.1 only; --secure for TLS and "
+            "SuperNode authentication)",
+            flush=True,
+        )
     try:
         procs.start(
             "superlink",
             [
                 str(BIN / "flower-superlink"),
-                "--insecure",
+                *(creds.superlink_flags() if creds else ["--insecure"]),
                 *(["--simulation"] if simulation else []),
                 "--host",
                 HOST,
@@ -296,6 +319,10 @@ def federation(run: FlowerRun, simulation: bool) -> Iterator[Federation]:
                 "--disable-runtime-dependency-installation",
             ],
         )
+        if creds:
+            deadline = time.monotonic() + run.flower.time_limit
+            for n in range(run.num_clients):
+                fed.register(creds.node_public_key(n), deadline)
         if not simulation:
             for n in range(run.num_clients):
                 procs.start(f"supernode_{n:02d}", fed.supernode_argv(n))
@@ -315,6 +342,11 @@ def main(prog: str, description: str | None, simulation: bool, argv: Sequence[st
     """A launcher's command line: parse, hold the run folder, prepare, run, print the outcome."""
     try:
         config, flower = command(prog, description).parse(argv)
+        if simulation and flower.secure:
+            raise ConfigError(
+                "--flower.secure is for the deployment runtime (python -m collab.flower.deploy): the simulation "
+                "runs its clients in one process, with no SuperNode to let in; drop --secure."
+            )
         folder = run_folder(config)
         with folder.locked():
             run = prepare(config, flower, folder)
