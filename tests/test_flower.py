@@ -318,10 +318,12 @@ def with_option(argv, flag, value=None):
 def test_a_secure_deployment_lets_in_only_its_own_nodes(inputs, batched, capsys):
     """`python -m collab.flower.deploy --secure`: the SuperLink serves TLS and lets in registered SuperNodes only.
     Beside the run's three SuperNodes, one with a key nobody registered and one with a registered key but without
-    the CA certificate try to join: both are refused at once, and the run ends with its own three clients in every
-    round, with the adapters of `collab.fit`'s batched run."""
+    the CA certificate try to join: both are refused at once. A third registers a key of its own through the
+    SuperLink's open API and joins with the CA certificate, claiming to be client 0: the ServerApp talks only to
+    the nodes the launcher registered, so it is never asked anything. The run ends with its own three clients in
+    every round, with the adapters of `collab.fit`'s batched run."""
     run = flower_run(inputs, "secure", "naive", "--secure")
-    strangers = credentials.ensure(inputs / "strangers", 2)  # keys this run did not make
+    strangers = credentials.ensure(inputs / "strangers", 3)  # keys this run did not make
     deadline = time.monotonic() + 300
     with launch.federation(run, simulation=False) as fed:
         outsiders = launch.Processes(fed.procs.logs, fed.procs.env)  # not the federation's: it does not wait on them
@@ -331,9 +333,11 @@ def test_a_secure_deployment_lets_in_only_its_own_nodes(inputs, batched, capsys)
             outsiders.start("unregistered", with_option(fed.supernode_argv(0), key, str(strangers.node_key(0))))
             without_ca = with_option(fed.supernode_argv(0), "--root-certificates")
             outsiders.start("without_ca", with_option(without_ca, key, str(strangers.node_key(1))))
+            fed.register(strangers.node_public_key(2), deadline)
+            outsiders.start("self_registered", with_option(fed.supernode_argv(0), key, str(strangers.node_key(2))))
             summary = fed.wait(fed.submit(deadline), deadline, say=False)
             nodes = fed.flwr(["supernode", "list", "local"], deadline)["nodes"]
-            refused = {name: proc.wait(60) for name, proc in outsiders.started.items()}
+            refused = {name: outsiders.started[name].wait(60) for name in ("unregistered", "without_ca")}
         finally:
             outsiders.stop_all()
     assert "TLS and SuperNode authentication" in capsys.readouterr().out
@@ -341,7 +345,8 @@ def test_a_secure_deployment_lets_in_only_its_own_nodes(inputs, batched, capsys)
     assert refused["unregistered"] != 0 and refused["without_ca"] != 0
     assert "Failed to activate SuperNode" in (fed.procs.logs / "unregistered.log").read_text()
     assert "CERTIFICATE_VERIFY_FAILED" in (fed.procs.logs / "without_ca.log").read_text()
-    assert sorted(node["status"] for node in nodes) == ["online"] * N + ["registered"]  # never online: no CA
+    assert sorted(node["status"] for node in nodes) == ["online"] * (N + 1) + ["registered"]  # never online: no CA
+    assert "Receiving" not in (fed.procs.logs / "self_registered.log").read_text()
     assert [r["clients"] for r in summary["trust"]] == [[0, 1, 2], [0, 1, 2]]
     assert_same_run(run.folder.path, batched("naive"))
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +152,7 @@ class Federation:
     procs: Processes
     port: int
     credentials: credentials.Credentials | None  # None: insecure
+    nodes: list[int] = field(default_factory=list)  # where secure: the node ids registered for the run's clients
 
     def supernode_argv(self, client: int) -> list[str]:
         """Client `client`'s SuperNode: with the CA certificate and its own key where secure."""
@@ -169,8 +170,11 @@ class Federation:
         ]
 
     def submit(self, deadline: float) -> int:
-        """`flwr run` the app on the federation; the run's id."""
-        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in self.run.run_config.items())
+        """`flwr run` the app on the federation; the run's id. Where secure, the ServerApp is told the node ids
+        registered for the run's clients and talks to no other node (any node may register a key of its own
+        through the SuperLink's open API in Flower 1.41)."""
+        run_config = {**self.run.run_config, **({"nodes": " ".join(map(str, self.nodes))} if self.nodes else {})}
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
         args = ["run", str(APP_DIR), "local", "--run-config", overrides]
         if self.simulation:
             cpus = os.cpu_count() or 1
@@ -321,8 +325,7 @@ def federation(run: FlowerRun, simulation: bool) -> Iterator[Federation]:
         )
         if creds:
             deadline = time.monotonic() + run.flower.time_limit
-            for n in range(run.num_clients):
-                fed.register(creds.node_public_key(n), deadline)
+            fed.nodes = [fed.register(creds.node_public_key(n), deadline) for n in range(run.num_clients)]
         if not simulation:
             for n in range(run.num_clients):
                 procs.start(f"supernode_{n:02d}", fed.supernode_argv(n))

@@ -84,6 +84,7 @@ def serve(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
             folder,
             round_timeout=float(run_config.get("round-timeout", 600)),
             join_timeout=float(run_config.get("join-timeout", 300)),
+            nodes={int(n) for n in str(run_config.get("nodes", "")).split()} or None,
         )
         strategy.load()
         strategy.run(grid)

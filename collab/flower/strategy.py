@@ -66,9 +66,17 @@ def client_error(reply: Message) -> str:
 class PersonalizedTrust(Strategy):
     """Every client's latest adapter, which of them the clients hold, the trust rounds, the curves."""
 
-    def __init__(self, config: FitConfig, folder: RunFolder, round_timeout: float, join_timeout: float) -> None:
+    def __init__(
+        self,
+        config: FitConfig,
+        folder: RunFolder,
+        round_timeout: float,
+        join_timeout: float,
+        nodes: set[int] | None = None,
+    ) -> None:
         self.config, self.folder = config, folder
         self.round_timeout, self.join_timeout = round_timeout, join_timeout
+        self.allowed = nodes  # the only nodes to talk to (None: any node of the federation)
         self.num_clients = config.data.prepared_clients
         self.schedule = schedule(config)
         self.rounds = TrustRounds(config.trust, self.num_clients, config.run.seed)
@@ -155,7 +163,11 @@ class PersonalizedTrust(Strategy):
         assert self.grid is not None
         deadline = time.monotonic() + self.join_timeout
         while True:
-            new = [i for i in self.grid.get_node_ids() if i not in self.asked]
+            new = [
+                i
+                for i in self.grid.get_node_ids()
+                if i not in self.asked and (self.allowed is None or i in self.allowed)
+            ]
             self.asked.update(new)
             if new:
                 hellos = [Message(RecordDict(), i, "query.hello", group_id=str(r)) for i in new]
