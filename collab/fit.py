@@ -30,7 +30,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from data.manifest import data_digest
 from lora_gpt import GPT, save_adapters
 from lora_gpt.cli import fail
-from lora_gpt.console import StepProgressBar, quiet_third_party
+from lora_gpt.console import StepProgressBar, plain_warnings, quiet_third_party
 from lora_gpt.errors import ConfigError, FixableError
 from lora_gpt.options import flag_name
 from lora_gpt.precision import resolve_precision
@@ -42,7 +42,7 @@ from .config import FitConfig, RunConfig
 from .loggers import check_logger, make_logger
 from .module import CollabLoRAModule
 from .run_folder import RunFolder, RunFolderError, run_dir
-from .summary import dataset_summary, format_outcome, run_summary, window_warnings
+from .summary import dataset_summary, format_outcome, run_summary
 
 RUNS_ROOT = Path("runs")
 
@@ -163,7 +163,7 @@ def run(config: FitConfig) -> dict[str, Any]:
             check_same_data(checkpoint, config, datamodule, folder.checkpoint)
         said = config.warnings()
         dataset = dataset_summary(datamodule.data_dir, datamodule.manifest, config)
-        for text in window_warnings(dataset["windows"], config) + said:  # the summary keeps both
+        for text in said:  # the data module says short evaluation splits as it reads them; the summary keeps both
             warnings.warn(text, stacklevel=2)
         folder.config.write_text(dump_config(config))
         folder.keep_until(checkpoint["global_step"] if checkpoint is not None else -1)
@@ -240,6 +240,7 @@ def run(config: FitConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    plain_warnings()
     try:
         summary = run(fit_command(__doc__).parse(argv))
     except FixableError as err:  # anything else is a bug (or out of memory): its traceback shows

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from lora_gpt.cache import cache_dir
 from lora_gpt.cli import Command, fail
+from lora_gpt.console import plain_warnings
 from lora_gpt.errors import ConfigError, FixableError
 from lora_gpt.options import option, require
 
@@ -280,6 +281,7 @@ def command() -> Command[tuple[DataConfig, PrepareConfig]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    plain_warnings()
     cli = command()
     parser = cli.parser()
     parser.add_argument("--list", action="store_true", default=False, help="list the recipes and exit")

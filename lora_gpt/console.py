@@ -44,6 +44,16 @@ def quiet_third_party() -> None:
             logger.addFilter(_not_noise)
 
 
+def _plain(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    return f"warning: {message}\n"
+
+
+def plain_warnings() -> None:
+    """Show warnings as the command lines show errors, one `warning: ...` line each, without the
+    source line Python prints after them (the user's run, not our code, is what they are about)."""
+    warnings.formatwarning = _plain
+
+
 class StepProgressBar(TQDMProgressBar):
     """Lightning's tqdm bar, counting the run's optimizer steps (`step 40/100`, from the step a
     resumed run starts at) with the last training loss and validation perplexity beside it."""

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from .cache import cache_dir
 from .cli import Command, fail
 from .config import PRESETS, GPTConfig
-from .console import StepProgressBar, quiet_third_party
+from .console import StepProgressBar, plain_warnings, quiet_third_party
 from .errors import ConfigError, FixableError
 from .lightning import LitGPT
 from .options import option, require, require_choice
@@ -237,6 +237,7 @@ def command() -> Command[tuple[PretrainConfig, Path]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    plain_warnings()
     try:
         config, corpus = command().parse(argv)
         folder = ensure_base(config, corpus)

@@ -364,7 +364,7 @@ def test_the_switch_runs_and_records_every_reference_behaviour(three_languages, 
     # without the switch, the same short split: fewer windows, recorded and said
     plain = tmp_path / "plain"
     argv = ["--trust", "dynamic-ref", "--dataset", f"{corpus}:mixed", "--num_clients", "3", "--init", str(base)]
-    with pytest.warns(UserWarning, match="validation read 5 windows"):
+    with pytest.warns(UserWarning, match="the val split holds 5 non-overlapping windows"):
         assert fit.main([*argv, "--out", str(plain), *TINY_SIZES]) == 0
     summary = json.loads((plain / "summary.json").read_text())
     windows = summary["dataset"]["windows"]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lora_gpt.cli import Command, fail
+from lora_gpt.console import plain_warnings
 from lora_gpt.errors import ConfigError, FixableError
 
 from ..checkpoint import CONFIG_KEY
@@ -343,6 +344,7 @@ def launch(run: FlowerRun, simulation: bool) -> dict[str, Any]:
 
 def main(prog: str, description: str | None, simulation: bool, argv: Sequence[str] | None = None) -> int:
     """A launcher's command line: parse, hold the run folder, prepare, run, print the outcome."""
+    plain_warnings()
     try:
         config, flower = command(prog, description).parse(argv)
         if simulation and flower.secure:
