@@ -21,7 +21,12 @@ from .trust import BatchedMeasurements, ClientData, CollaborativeModel, TrustRou
 from .trust.protocols import missing_members
 
 # What each measurement a family may need reads of the data module (`collab.trust.BatchedMeasurements`).
-DATA_NEEDS = {"mixture": ("mixture",), "pair_losses": ("trust_batches",), "token_distances": ("ref_batches",)}
+DATA_NEEDS = {
+    "mixture": ("mixture",),
+    "pair_losses": ("trust_batches",),
+    "mixture_losses": ("trust_batches",),
+    "token_distances": ("ref_batches",),
+}
 
 
 class TrustAggregation(L.Callback):

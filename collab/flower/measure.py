@@ -2,7 +2,8 @@
 
 Each client measures on what it alone holds (its own `trust` split, its model's predictions on the
 shared reference text) and sends back numbers, never data: `pair_losses` sends client i the
-adapters of its candidate peers and gets back its row; `token_distances` gets every client's top
+adapters of its candidate peers and gets back its row; `mixture_losses` sends client i the averages
+its candidate rows make, the same way; `token_distances` gets every client's top
 token ids on the reference text, sends back their union, and gets each client's predictions on the
 union (`token_union`), from which the server forms the same distances as the batched run. A round
 runs among the clients that answer every exchange it needs: where one does not answer,
@@ -18,6 +19,7 @@ import torch
 from flwr.app import RecordDict
 
 from ..trust import TokenMeasure
+from ..trust.matrices import aggregate, finite_clients
 from . import records
 from .token_union import mean_distances, union_ids
 
@@ -78,6 +80,23 @@ class FederatedMeasurements:
             for j, loss in zip(order[i], records.losses(replies[i]).tolist(), strict=True):
                 losses[a, ids.index(j)] = loss
         return losses
+
+    def mixture_losses(self, rows: torch.Tensor) -> torch.Tensor:
+        """The server forms every candidate average and sends client i its own (`rows[k, i]`) as
+        peers numbered -1, -2, ... of a `peer_losses` query: the client scores them on its own data."""
+        held = self.adapters()
+        averages = [aggregate(held, row, finite_clients(held)) for row in rows]
+        names = [-(k + 1) for k in range(len(averages))]
+        replies = self._answers(
+            {
+                i: records.peer_losses_content(
+                    {n: {name: t[a] for name, t in avg.items()} for n, avg in zip(names, averages, strict=True)}, names
+                )
+                for a, i in enumerate(self.clients)
+            },
+            "query.peer_losses",
+        )
+        return torch.stack([records.losses(replies[i]) for i in self.clients], dim=1)
 
     def token_distances(self, measure: TokenMeasure, pairs: torch.Tensor | None = None) -> torch.Tensor:
         ids = self.clients

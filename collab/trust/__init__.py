@@ -10,6 +10,7 @@ federated server with messages. The steps from measurements to scores (`scores`)
 to trust and new adapters (`matrices`) are pure functions.
 """
 
+from .adaptive import FedFomo, LearnedTrust, OwnVersusAverage, RowTrust
 from .batched import BatchedMeasurements
 from .families import (
     AdapterSimilarity,
@@ -67,13 +68,17 @@ __all__ = [
     "ClientData",
     "CollaborativeModel",
     "FedAvg",
+    "FedFomo",
     "FixedTrust",
+    "LearnedTrust",
     "Local",
     "Measurements",
+    "OwnVersusAverage",
     "PairScoredTrust",
     "PeerLoss",
     "PeerSampling",
     "RoundOutcome",
+    "RowTrust",
     "ScoredTrust",
     "Selection",
     "StaticMixture",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .matrices import aggregate, finite_clients
 from .protocols import ClientData, CollaborativeModel
 from .scores import TokenMeasure
 
@@ -37,6 +38,22 @@ class BatchedMeasurements:
 
     def pair_losses(self, pairs: torch.Tensor | None = None) -> torch.Tensor:
         return self.model.pair_losses(self.data.trust_batches(), pairs, self.chunk)
+
+    def mixture_losses(self, rows: torch.Tensor) -> torch.Tensor:
+        """Each row's averages put in the model's place in turn, each client's scored on its own
+        data, then the clients' own adapters put back."""
+        held = {name: a.detach().clone() for name, a in self.model.adapters().items()}
+        finite, keep = finite_clients(held), torch.zeros(self.num_clients, dtype=torch.bool)
+        own = torch.eye(self.num_clients, dtype=torch.bool)
+        batches = self.data.trust_batches()
+        losses = []
+        try:
+            for row in rows:
+                self.model.replace_adapters(aggregate(held, row, finite), keep)
+                losses.append(self.model.pair_losses(batches, own, self.chunk).diagonal().cpu())
+        finally:
+            self.model.replace_adapters(held, keep)
+        return torch.stack(losses)
 
     def token_distances(self, measure: TokenMeasure, pairs: torch.Tensor | None = None) -> torch.Tensor:
         n = self.num_clients

@@ -44,6 +44,13 @@ class Measurements(Protocol):
         elsewhere. Cost: one evaluation per pair."""
         ...
 
+    def mixture_losses(self, rows: torch.Tensor) -> torch.Tensor:
+        """`[K, P]`: the mean next-token loss (nats) on client i's `trust` split of the adapter
+        averaged with `rows[k, i]` (`[K, P, P]`, each row a weight per client; clients with a
+        non-finite adapter count as zero, as in the aggregation). Cost: one evaluation per client
+        per row."""
+        ...
+
     def token_distances(self, measure: TokenMeasure, pairs: torch.Tensor | None = None) -> torch.Tensor:
         """`[P, P]`: `measure`'s mean distance between client i's and client j's predictions on the
         shared reference text, at the pairs set in `pairs` (None: every pair), zero elsewhere. Cost: one
