@@ -64,6 +64,23 @@ OFFLINE_SHAPES: dict[str, tuple[dict[str, tuple[str, ...]], tuple[int, int], Bud
         OFFLINE_BUDGET,
         "Java (OpenJDK sources) vs English prose (Debian Reference manual, man pages, fortunes)",
     ),
+    "offline_manual": (
+        {lang: (f"{lang}_manual",) for lang in ("english", *offline.LANGUAGES)},
+        (4, 4),
+        OFFLINE_BUDGET,
+        "one text in four languages: the Debian Reference manual in English, French, German, Italian",
+    ),
+    "offline_outlier": (
+        {
+            "manual": ("english_manual",),
+            "manpages": ("english_manpages",),
+            **{t: (f"fortunes_{t}",) for t in ("computers", "literature", "society")},
+            "java": ("java",),
+        },
+        (6, 6),
+        TOPICS_BUDGET,
+        "five sources of English prose (manual, man pages, three topics of fortunes) and one of Java",
+    ),
     "offline_topics": (
         {t: (f"fortunes_{t}",) for t in offline.FORTUNE_TOPICS},
         (8, 4),

@@ -14,8 +14,8 @@ from test_flower import argv, assert_same_run, flower_run, in_process, inputs  #
 from collab import fit
 from collab import trust as T
 from collab.trust.adaptive import best_rows, fedfomo_rows, peer_loss_rows
-from lora_gpt.cross_entropy import token_cross_entropy
 from lora_gpt import lora_parameters
+from lora_gpt.cross_entropy import token_cross_entropy
 
 
 def test_mixture_losses_are_hand_built_averages_scored_on_each_clients_own_data():

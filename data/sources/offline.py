@@ -4,6 +4,7 @@
 | --- | --- | --- |
 | `french`, `german`, `italian` | `debian-reference-XX`, `manpages-XX` | consecutive paragraphs, ~2,000 characters |
 | `english_manual` | `debian-reference-en` | the same, in English |
+| `french_manual`, `german_manual`, `italian_manual` | `debian-reference-XX` | the same, the manual alone |
 | `english_manpages` | `manpages`, `manpages-dev` | the same, from man pages (commands, files, syscalls, C library) |
 | `java` | `openjdk-17-source` (or a newer JDK's) | one source file of `src.zip`, licence header removed |
 | `fortunes_<topic>` | `fortunes` | one fortune, from the files listed in `FORTUNE_TOPICS` |
@@ -144,6 +145,7 @@ def _java() -> list[str]:
 CORPORA: dict[str, Callable[[], list[str]]] = {
     **{name: partial(_language, name) for name in LANGUAGES},
     "english_manual": lambda: _debian_reference("en", set()),
+    **{f"{name}_manual": partial(_debian_reference, code, set()) for name, code in LANGUAGES.items()},
     "english_manpages": _english_manpages,
     "java": _java,
     **{f"fortunes_{topic}": partial(_fortunes, files) for topic, files in FORTUNE_TOPICS.items()},
