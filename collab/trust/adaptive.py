@@ -101,18 +101,23 @@ class RowTrust(TrustFamily):
 @dataclass(frozen=True)
 class LearnedTrust(RowTrust):
     """`learned`: per client, the candidate row (`peer_loss_rows`) whose average predicts its own
-    `trust` split best. Cost: the peer losses (N² evaluations, N * (m + 1) with --trust_peers m) and
-    one evaluation per client per candidate row other than its own."""
+    `trust` split best, chosen at every `every`-th round and kept in between (`--trust_learn_every`).
+    Cost of a choice: the peer losses (N² evaluations, N * (m + 1) with --trust_peers m) and one
+    evaluation per client per candidate row other than its own; a kept round costs nothing."""
 
     name: ClassVar[str] = "learned"
     needs: ClassVar[tuple[str, ...]] = ("pair_losses", "mixture_losses")
     scores_pairs: ClassVar[bool] = True
     sampling: PeerSampling = field(default_factory=PeerSampling)
     temperatures: tuple[float, ...] = LEARNED_TEMPERATURES
+    every: int = 1  # choose the rows at every this many rounds, keep them in between
 
     @classmethod
     def from_settings(cls, settings: TrustSettings) -> LearnedTrust:
-        return cls(sampling=settings.sampling())
+        return cls(sampling=settings.sampling(), every=settings.learn_every)
+
+    def reuses_prior(self, round_index: int) -> bool:
+        return round_index % self.every != 0
 
     def candidates(
         self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]

@@ -66,6 +66,11 @@ class TrustFamily(ABC):
         previous aggregation's trust (None before the first), `seed` fixes any random choice."""
         return None
 
+    def reuses_prior(self, round_index: int) -> bool:
+        """Whether the round numbered `round_index` (0: the first) keeps the previous round's trust
+        rows as its scores, measuring nothing: only families whose scores are trust rows may."""
+        return False
+
     @abstractmethod
     def weigh(self, scores: torch.Tensor, usable: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:
         """Trust rows from scores, giving the clients that are not `usable`, and the pairs not

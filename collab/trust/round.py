@@ -53,8 +53,13 @@ class TrustRounds:
         finite = finite_clients(adapters)
         index = torch.tensor(clients)
         among = (index[:, None], index[None, :])
-        pairs = self.family.candidates(None if self.prior is None else self.prior[among], adapters, (self.seed, step))
-        scores = self.family.scores(measured, pairs).cpu()
+        if self.prior is not None and self.family.reuses_prior(len(self.history)):
+            pairs, scores = None, self.prior[among].clone()
+        else:
+            pairs = self.family.candidates(
+                None if self.prior is None else self.prior[among], adapters, (self.seed, step)
+            )
+            scores = self.family.scores(measured, pairs).cpu()
         usable = usable_clients(scores, finite, pairs)
         trust = self.family.to_trust(scores, finite, pairs)
         new = aggregate(adapters, trust, usable)

@@ -93,6 +93,12 @@ class TrustSettings:
         "rest are the best of the previous trust row",
         alias="trust_explore",
     )
+    learn_every: int = option(
+        3,
+        "learned: choose the trust rows at every this many aggregations, keeping them in between "
+        "(1: at every aggregation; each choice costs what dynamic-ref's scores cost, and more)",
+        alias="trust_learn_every",
+    )
     eval_chunk: int | None = option(
         None, "clients (dynamic-ref: pairs) per pass when scoring trust (default: --client_chunk)", resume_free=True
     )
@@ -114,6 +120,7 @@ class TrustSettings:
             raise ConfigError(f"--trust: {err}") from None
         require(self, "trust_freq", self.trust_freq >= 1, ">= 1")
         require(self, "pretraining_rounds", self.pretraining_rounds >= 0, ">= 0")
+        require(self, "learn_every", self.learn_every >= 1, ">= 1")
         for name in ("token_top_k", "eval_chunk"):
             require(
                 self, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1 (or unset for the default)"
