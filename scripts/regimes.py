@@ -32,11 +32,11 @@ from lora_gpt.options import flag_name, option, require
 PROFILE = "demo"
 # The cut from the main job's settings (100 steps of 2 x 128 tokens, 4,000 val and 2,100 trust tokens
 # per client, evaluations every 20 steps), so that the grid runs in about an hour and a half on one
-# CPU core: 50 steps of 2 x 64 tokens (aggregations after steps 20, 30, 40, 50), 2,000 val and 1,000
+# CPU core: 60 steps of 2 x 64 tokens (aggregations after steps 20, 30, ..., 60), 2,000 val and 1,000
 # trust tokens, evaluation at the start and the end only.
 CUT = (
-    "--iterations", "50",
-    "--eval_freq", "50",
+    "--iterations", "60",
+    "--eval_freq", "60",
     "--sequence_length", "64",
     "--val_tokens", "2000",
     "--trust_tokens", "1000",
