@@ -80,6 +80,7 @@ class RegimesConfig:
     out: Path = option(Path("runs/regimes"), "OUT/REGIME/STRATEGY/seedSEED")
     table: Path = option(Path("benchmarks/results/regimes_cpu.md"), "where the table goes")
     table_only: bool = option(False, "run nothing: the table from the finished runs")
+    cost: bool = option(False, f"also time `none` and `{NEW}` at the main job's own settings (OUT/cost)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -114,6 +115,11 @@ def fit_options(regime: Regime, strategy: str, seed: int, folder: Path, steps: i
         "--no-progress",
         *(["--init", str(strong_base(steps))] if regime.strong_base else []),
     ]  # fmt: skip
+
+
+def cost_options(strategy: str, folder: Path) -> list[str]:
+    """The main job's run (its profile, uncut, seed 0) with `strategy`: what the cost target is set on."""
+    return ["--profile", PROFILE, "--trust", strategy, "--out", str(folder), "--no-progress"]
 
 
 def final_ppl(folder: Path) -> float | None:
@@ -199,9 +205,19 @@ def table(config: RegimesConfig) -> str:
         s: [t for r in chosen for k in config.seeds if (t := run_seconds(config.out / r.name / s / f"seed{k}"))]
         for s in config.strategies
     }
-    if all(seconds.get(s) for s in ("none", NEW)):
-        ratio = statistics.fmean(seconds[NEW]) / statistics.fmean(seconds["none"])
-        lines += ["", f"Run time of `{NEW}` over `none`'s, mean over these runs: {ratio:.2f}x (shared CPU)."]
+    lines += ["", "Training time over `none`'s, mean over the runs above (one shared CPU core):", ""]
+    lines += [
+        f"- `{s}`: {statistics.fmean(seconds[s]) / statistics.fmean(seconds['none']):.2f}x"
+        for s in config.strategies
+        if seconds.get(s) and seconds.get("none")
+    ]
+    alone, new = (run_seconds(config.out / "cost" / s) for s in ("none", NEW))
+    if alone and new:
+        lines += [
+            "",
+            f"At the main job's own settings (`--profile demo`, seed 0), run back to back: `none` "
+            f"{alone:.0f} s, `{NEW}` {new:.0f} s, {new / alone:.2f}x.",
+        ]
     lines += ["", "Regimes:", ""] + [f"- `{r.name}`: {r.what} (`{r.recipe}`, {r.clients} clients)." for r in chosen]
     return "\n".join(lines) + "\n"
 
@@ -211,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
         config = command().parse(argv)
         chosen = [r for r in REGIMES if r.name in config.regimes]
         grid = [(r, s, k) for r in chosen for k in config.seeds for s in config.strategies]
+        for strategy in ("none", NEW) if config.cost and not config.table_only else ():
+            if final_ppl(config.out / "cost" / strategy) is None:
+                run(fit_command().parse(cost_options(strategy, config.out / "cost" / strategy)))
         todo = [g for g in grid if final_ppl(config.out / g[0].name / g[1] / f"seed{g[2]}") is None]
         print(f"{len(grid)} runs in the grid, {len(grid) - len(todo)} finished, {len(todo)} to run.", flush=True)
         for i, (regime, strategy, seed) in enumerate([] if config.table_only else todo, 1):

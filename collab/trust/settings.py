@@ -83,7 +83,7 @@ class TrustSettings:
     )
     peers: int = option(
         0,
-        "dynamic-ref, dynamic-token: score each client against this many candidate peers per "
+        "dynamic-ref, dynamic-token, learned, fedfomo: score each client against this many candidate peers per "
         "aggregation instead of all (0, or N-1 and more: all); unscored peers get no weight",
         alias="trust_peers",
     )
@@ -129,7 +129,7 @@ class TrustSettings:
         self.sampling()  # checks the peers and the random share
         if self.peers and not getattr(FAMILIES[self.family], "scores_pairs", False):
             raise ConfigError(
-                f"--trust_peers bounds the pairs that dynamic-ref and dynamic-token score; "
+                f"--trust_peers bounds the pairs that dynamic-ref, dynamic-token, learned and fedfomo score; "
                 f"{self.strategy} scores no pairs. Fix: drop --trust_peers, or --trust dynamic-ref or "
                 "dynamic-token."
             )
