@@ -205,9 +205,13 @@ def table(config: RegimesConfig) -> str:
         s: [t for r in chosen for k in config.seeds if (t := run_seconds(config.out / r.name / s / f"seed{k}"))]
         for s in config.strategies
     }
-    lines += ["", "Training time over `none`'s, mean over the runs above (one shared CPU core):", ""]
     lines += [
-        f"- `{s}`: {statistics.fmean(seconds[s]) / statistics.fmean(seconds['none']):.2f}x"
+        "",
+        "Training time over `none`'s, medians over the runs above (one CPU core, shared with other jobs):",
+        "",
+    ]
+    lines += [
+        f"- `{s}`: {statistics.median(seconds[s]) / statistics.median(seconds['none']):.2f}x"
         for s in config.strategies
         if seconds.get(s) and seconds.get("none")
     ]
