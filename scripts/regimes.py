@@ -145,7 +145,8 @@ def regime_rows(ppl: dict[str, dict[int, float]], seeds: tuple[int, ...]) -> dic
     strategy's paired difference against the best of the others."""
     means = {s: statistics.fmean(v[k] for k in seeds) for s, v in ppl.items() if all(k in v for k in seeds)}
     ranked = sorted(means, key=lambda s: means[s])
-    out: dict[str, Any] = {"means": means, "ranks": {s: ranked.index(s) + 1 for s in ranked}}
+    ranks = {s: 1 + sum(means[o] < means[s] for o in means if o not in VARIANTS) for s in ranked}  # ties share
+    out: dict[str, Any] = {"means": means, "ranks": ranks}
     others = [s for s in ranked if s != NEW and s not in VARIANTS]
     if NEW in means and others:
         best = others[0]
