@@ -170,6 +170,11 @@ def table(config: RegimesConfig) -> str:
     }
     rows = {name: regime_rows(ppl, config.seeds) for name, ppl in results.items()}
     lines = [
+        "# Regimes: every trust strategy on six sets of clients (CPU)",
+        "",
+        "`PYTHONPATH=. python scripts/regimes.py` (docs: [Which strategy for which data](../choosing.md)): the main "
+        f"job's settings (`--profile {PROFILE}`) cut to `{' '.join(CUT)}`, one CPU core shared with other jobs.",
+        "",
         f"Mean validation perplexity over seeds {', '.join(map(str, config.seeds))} (rank in the regime; "
         "lower is better). `-`: not every seed finished.",
         "",
