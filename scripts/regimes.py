@@ -77,7 +77,7 @@ class RegimesConfig:
 
     regimes: tuple[str, ...] = option(tuple(r.name for r in REGIMES), "regimes: " + ", ".join(r.name for r in REGIMES))
     strategies: tuple[str, ...] = option(
-        STRATEGIES,
+        (*STRATEGIES, *VARIANTS),
         "trust strategies (collab.fit's --trust), or " + ", ".join(f"{k} ({' '.join(v)})" for k, v in VARIANTS.items()),
     )
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds (tune on others: 100 and up)")
@@ -85,7 +85,7 @@ class RegimesConfig:
     out: Path = option(Path("runs/regimes"), "OUT/REGIME/STRATEGY/seedSEED")
     table: Path = option(Path("benchmarks/results/regimes_cpu.md"), "where the table goes")
     table_only: bool = option(False, "run nothing: the table from the finished runs")
-    cost: bool = option(False, f"also time `none` and `{NEW}` at the main job's own settings (OUT/cost)")
+    cost: bool = option(True, f"also time `none` and `{NEW}` at the main job's own settings (OUT/cost)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
