@@ -7,9 +7,9 @@ base is the offline base pretrained `--strong_steps` steps instead of 400. Every
 seed) run has its folder `OUT/REGIME/STRATEGY/seedSEED`; finished runs (a `summary.json`) are
 skipped, so an interrupted grid resumes. The table goes to `--table` (Markdown).
 
-    PYTHONPATH=. python scripts/regimes.py                       # the reported grid: seeds 0-2
-    PYTHONPATH=. python scripts/regimes.py --seeds 100 --out runs/regimes-tuning   # tuning seeds
-    PYTHONPATH=. python scripts/regimes.py --table_only          # the table from the finished runs
+    python scripts/regimes.py                       # the reported grid: seeds 0-2
+    python scripts/regimes.py --seeds 100 --out runs/regimes-tuning   # tuning seeds
+    python scripts/regimes.py --table_only          # the table from the finished runs
 """
 
 from __future__ import annotations
@@ -172,7 +172,7 @@ def table(config: RegimesConfig) -> str:
     lines = [
         "# Regimes: every trust strategy on six sets of clients (CPU)",
         "",
-        "`PYTHONPATH=. python scripts/regimes.py` (docs: [Which strategy for which data](../choosing.md)): the main "
+        "`python scripts/regimes.py` (docs: [Which strategy for which data](../choosing.md)): the main "
         f"job's settings (`--profile {PROFILE}`) cut to `{' '.join(CUT)}`, one CPU core shared with other jobs.",
         "",
         f"Mean validation perplexity over seeds {', '.join(map(str, config.seeds))} (rank in the regime; "
