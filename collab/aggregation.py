@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .attacks import BatchedAttack
 from .run_folder import RunFolder
 from .trust import BatchedMeasurements, ClientData, CollaborativeModel, TrustRounds, TrustSettings
 from .trust.protocols import missing_members
@@ -28,9 +29,15 @@ class TrustAggregation(L.Callback):
     """Every client's adapter becomes its trust-weighted average of all adapters, every so often."""
 
     def __init__(
-        self, *, settings: TrustSettings = TrustSettings(), folder: RunFolder | None = None, seed: int = 0
+        self,
+        *,
+        settings: TrustSettings = TrustSettings(),
+        folder: RunFolder | None = None,
+        seed: int = 0,
+        attack: BatchedAttack | None = None,
     ) -> None:
         self.settings, self.folder, self.seed = settings, folder, seed
+        self.attack = attack  # bad clients whose rows become what they send before each round
         self.last_step = -1
         self.rounds: TrustRounds | None = None  # made at setup, when the client count is known
         self._saved_rounds: dict[str, Any] | None = None  # a checkpoint's rounds, read before setup
@@ -61,9 +68,12 @@ class TrustAggregation(L.Callback):
         if not self.due(step) or self.rounds is None:
             return
         self.last_step = step
-        measured = BatchedMeasurements(pl_module, trainer.datamodule, self.settings.eval_chunk)
+        model = pl_module if self.attack is None else self.attack.send(pl_module, step)
+        measured = BatchedMeasurements(model, trainer.datamodule, self.settings.eval_chunk)
         outcome = self.rounds.run(step, measured)
         pl_module.replace_adapters(outcome.adapters, reset=~outcome.usable)
+        if self.attack is not None:
+            self.attack.after(step, outcome.adapters, outcome.trust)
         record = outcome.record
         pl_module.log_metrics({f"trust/{k}": v for k, v in record["quality"].items() if v is not None}, step)
         if record["excluded"]:

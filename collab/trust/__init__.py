@@ -38,6 +38,7 @@ from .matrices import (
 from .peers import PeerSampling
 from .protocols import ClientData, CollaborativeModel, Measurements
 from .registry import ALIASES, FAMILIES, Strategy, register_family, strategy_names
+from .robust import FedMedian, FedTrimmedAvg, Krum
 from .round import RoundOutcome, TrustRounds
 from .scores import (
     PEER_LOSS_SCORES,
@@ -67,6 +68,9 @@ __all__ = [
     "ClientData",
     "CollaborativeModel",
     "FedAvg",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
     "FixedTrust",
     "Local",
     "Measurements",

@@ -14,6 +14,8 @@ from .peers import PeerSampling
 from .registry import ALIASES, FAMILIES, Strategy, load_plugins, strategy_names
 from .scores import PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES
 
+TOKEN_SOURCES = ("reported", "sent")
+
 
 def _strategy_help() -> str:
     """The `--trust` help, listing the strategies registered when the help is shown."""
@@ -71,6 +73,13 @@ class TrustSettings:
     )
     token_top_k: int | None = option(
         None, "dynamic-token: tokens compared per position (default: 10 for top-probs, 100 for reference-logits)"
+    )
+    token_source: str = option(
+        "reported",
+        "dynamic-token: the reference predictions each client reports of its own model (reported), or "
+        "predictions of the adapter it sent (sent: in-process runs only), so that a client cannot win "
+        "trust with another model's predictions (docs/attacks.md)",
+        choices=TOKEN_SOURCES,
     )
     static_rule: str = option(
         "overlap",
@@ -131,7 +140,7 @@ class TrustSettings:
                 f"--k {self.k} exceeds the {self.peers + 1} clients each client scores (itself and "
                 f"--trust_peers {self.peers}). Fix: --k {self.peers + 1} or less, or more --trust_peers."
             )
-        for name in ("similarity", "ref_score", "token_distance", "static_rule"):
+        for name in ("similarity", "ref_score", "token_distance", "token_source", "static_rule"):
             require_choice(self, name)
 
     def aggregates_at(self, step: int) -> bool:
