@@ -1,0 +1,248 @@
+"""Trust under attack: the main job's six honest clients plus k bad ones, every trust strategy and
+Flower's robust rules, each paired with the same run without the bad clients.
+
+Every run is `python -m collab.fit --profile demo` (six data-poor clients, two per language, on the
+offline base) shortened to the benchmark's `PROFILE` (fewer steps and evaluation windows, so that
+the grid fits a CPU), with `--attack.kind KIND --attack.bad K`. Per strategy and attack the table
+gives the honest clients' mean final validation perplexity against the paired clean run (in %,
+mean over seeds, and the worst seed) and the mean share of honest clients' trust on bad clients
+over the aggregations. Runs already finished are read, not rerun, so a stopped grid resumes.
+
+    python benchmarks/attacks.py --bad 1                  # the k=1 table, seeds 0 1 2
+    python benchmarks/attacks.py --bad 2                  # the k=2 table
+    python benchmarks/attacks.py --report                 # only rewrite the tables and the plot
+
+Cells that equal another by construction are not run: `mimicry` differs from `noise` only in the
+reference predictions a bad client reports, which only `dynamic-token` reads, and
+`--trust.token_source sent` changes nothing but those predictions; `none` never takes from peers
+(one run per k shows its honest clients end as in the clean run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from collab.fit import run
+from collab.cli import fit_command
+
+ROOT = Path("runs/attacks")
+RESULTS = Path("benchmarks/results/attacks_cpu.md")
+PLOT = Path("benchmarks/results/attacks_cpu.png")
+# The main job's clients (--profile demo), shortened: 40 steps, aggregations at steps 10, 20, 30, 40,
+# evaluation at the start and the end only, on 4 validation batches per client.
+PROFILE = (
+    "--profile", "demo",
+    "--optim.iterations", "40",
+    "--trust.pretraining_rounds", "10",
+    "--trust.trust_freq", "10",
+    "--run.eval_freq", "40",
+    "--data.eval_batches", "4",
+    "--run.accelerator", "cpu",
+    "--no-progress",
+)  # fmt: skip
+TRUST = ("naive", "static", "dynamic", "dynamic-ref", "dynamic-token")
+ROBUST = ("fedmedian", "fedtrimmedavg", "krum")  # one global model: their trust share says little (Krum: its pick)
+ATTACKS = ("noise", "scaled", "sign-flip", "free-rider", "shuffled", "mislabel", "mimicry")
+DEFENCE = ("--trust.token_source", "sent")
+
+
+@dataclass(frozen=True)
+class Row:
+    """A table row: a strategy, with options beyond the strategy's name."""
+
+    label: str
+    strategy: str
+    options: tuple[str, ...] = ()
+
+    @property
+    def folder(self) -> str:
+        return self.label.replace(" ", "_").replace(",", "").replace("=", "-")
+
+
+ROWS = [
+    Row("none", "none"),
+    *(Row(s, s) for s in TRUST),
+    Row("dynamic-token, token_source=sent", "dynamic-token", DEFENCE),
+    *(Row(s, s) for s in ROBUST),
+]
+
+
+def cells(row: Row, seeds: Sequence[int]) -> list[tuple[str, int]]:
+    """The (attack, seed) runs a row needs beside its clean ones."""
+    if row.label == "none":
+        return [("noise", seeds[0])]
+    if row.options == DEFENCE:
+        return [("mimicry", s) for s in seeds]
+    attacks = ATTACKS if row.strategy == "dynamic-token" else ATTACKS[:-1]
+    return [(a, s) for a in attacks for s in seeds]
+
+
+def folder(row: Row, attack: str, bad: int, seed: int) -> Path:
+    clean = attack == "clean"
+    return ROOT / (row.folder if not (clean and row.options == DEFENCE) else "dynamic-token") / (
+        "clean" if clean else f"{attack}-k{bad}"
+    ) / f"seed{seed}"
+
+
+def ensure(row: Row, attack: str, bad: int, seed: int) -> dict[str, Any]:
+    """The run's summary, running it first where it has not finished (a partial folder restarts)."""
+    out = folder(row, attack, bad, seed)
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    argv = [*PROFILE, "--trust.strategy", row.strategy, *row.options, "--run.seed", str(seed), "--run.out", str(out)]
+    if attack != "clean":
+        argv += ["--attack.kind", attack, "--attack.bad", str(bad)]
+    print("run:", out, flush=True)
+    return run(fit_command().parse(argv))
+
+
+def finished(path: Path) -> dict[str, Any] | None:
+    file = path / "summary.json"
+    return json.loads(file.read_text()) if file.exists() else None
+
+
+def honest_ppl(summary: dict[str, Any]) -> float:
+    """The honest clients' mean final validation perplexity (a clean run: every client's)."""
+    if "attack" in summary:
+        return float(summary["attack"]["honest_final"]["ppl"])
+    return float(summary["final"]["mean"]["ppl"])
+
+
+def trust_on_bad(summary: dict[str, Any]) -> float:
+    rounds = summary["attack"]["rounds"]
+    return sum(r["honest_trust_on_bad"] for r in rounds) / len(rounds)
+
+
+def cell(row: Row, attack: str, bad: int, seeds: Sequence[int]) -> tuple[list[float], list[float]] | None:
+    """Per seed with both runs finished: honest ppl change vs clean (%), and trust on bad clients."""
+    change, share = [], []
+    for s in seeds:
+        attacked, clean = finished(folder(row, attack, bad, s)), finished(folder(row, "clean", bad, s))
+        if attacked is None or clean is None:
+            continue
+        change.append(100 * (honest_ppl(attacked) / honest_ppl(clean) - 1))
+        share.append(trust_on_bad(attacked))
+    return (change, share) if change else None
+
+
+def table(bad: int, seeds: Sequence[int]) -> tuple[list[str], dict[tuple[str, str], tuple[float, float]]]:
+    """The markdown table for k=`bad`, and its mean cells for the plot."""
+    lines = [
+        f"| strategy (clean ppl) | {' | '.join(ATTACKS)} |",
+        "|---" * (len(ATTACKS) + 1) + "|",
+    ]
+    means: dict[tuple[str, str], tuple[float, float]] = {}
+    for row in ROWS:
+        cleans = [finished(folder(row, "clean", bad, s)) for s in seeds]
+        clean_ppl = [honest_ppl(c) for c in cleans if c is not None]
+        texts = []
+        for attack in ATTACKS:
+            runs = cells(row, seeds)
+            if row.label == "none" and attack != "noise":
+                texts.append("as noise")
+                continue
+            if all(a != attack for a, _ in runs):
+                texts.append("= noise" if attack == "mimicry" else "= dynamic-token")
+                continue
+            got = cell(row, attack, bad, seeds)
+            if got is None:
+                texts.append("not run")
+                continue
+            change, share = got
+            worst = max(change)
+            robust_share = row.strategy in ROBUST[:2]
+            means[(row.label, attack)] = (statistics.mean(change), statistics.mean(share))
+            texts.append(
+                f"{statistics.mean(change):+.1f}% (worst {worst:+.1f}%, n={len(change)})"
+                + ("" if robust_share else f"; trust {statistics.mean(share):.1%}")
+            )
+        ppl = f"{statistics.mean(clean_ppl):.1f}" if clean_ppl else "-"
+        lines.append(f"| {row.label} ({ppl}) | {' | '.join(texts)} |")
+    return lines, means
+
+
+def plot(means: dict[int, dict[tuple[str, str], tuple[float, float]]]) -> None:
+    """Honest clients' perplexity change per strategy and attack, one panel per k."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted(k for k in means if means[k])
+    fig, axes = plt.subplots(len(ks), 1, figsize=(11, 3.6 * len(ks)), squeeze=False)
+    labels = [r.label for r in ROWS if r.label != "none"]
+    for ax, k in zip(axes[:, 0], ks, strict=True):
+        width = 0.8 / len(ATTACKS)
+        for a, attack in enumerate(ATTACKS):
+            values = [means[k].get((label, attack), (float("nan"), 0.0))[0] for label in labels]
+            ax.bar([i + a * width for i in range(len(labels))], values, width, label=attack)
+        ax.axhline(2, color="k", linestyle="--", linewidth=0.8)
+        ax.set_yscale("symlog", linthresh=5)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("honest val ppl vs clean (%)")
+        ax.set_title(f"k = {k} bad client{'s' if k > 1 else ''} (dashed: +2%)")
+    axes[0, 0].legend(ncol=len(ATTACKS), fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+
+
+def report(seeds: Sequence[int]) -> None:
+    """Write the tables (and the plot) of every finished run."""
+    lines = [
+        "# Trust under attack (CPU)",
+        "",
+        "`python benchmarks/attacks.py --bad K` (this file: every finished run of `runs/attacks/`). Each cell: "
+        "the honest clients' mean final validation perplexity against the paired clean run (mean over seeds; "
+        "worst seed; n seeds), and the mean share of honest clients' trust on the bad clients over the "
+        "aggregations (not given for fedmedian and fedtrimmedavg, whose coordinate-wise rules weigh no "
+        "client; krum's is how often it picked a bad client). Profile: "
+        f"`{' '.join(PROFILE)}`. Cells marked `= noise` or `= dynamic-token` equal that cell by "
+        "construction and were not run (see the script's docstring). The clean column's perplexity is in "
+        "each row's label.",
+        "",
+    ]
+    means = {}
+    for bad in (1, 2):
+        rows, means[bad] = table(bad, seeds)
+        lines += [f"## k = {bad}", "", *rows, ""]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text("\n".join(lines))
+    plot(means)
+    print("\n".join(lines))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bad", type=int, choices=(1, 2), help="run the grid with this many bad clients")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rows", nargs="+", default=[r.label for r in ROWS], help="only these rows (labels)")
+    p.add_argument("--report", action="store_true", help="only rewrite the tables and the plot")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    if args.bad is not None and not args.report:
+        rows = [r for r in ROWS if r.label in args.rows]
+        for seed in args.seeds:  # seed by seed, so that a stopped grid has whole seeds
+            for row in rows:
+                if row.label == "none" and seed != args.seeds[0]:
+                    continue
+                if row.options != DEFENCE:
+                    ensure(row, "clean", args.bad, seed)
+                for attack, s in cells(row, [seed]):
+                    ensure(row, attack, args.bad, s)
+            report(args.seeds)
+    report(args.seeds)
+
+
+if __name__ == "__main__":
+    main()
