@@ -37,14 +37,14 @@ from collab.cli import fit_command
 ROOT = Path("runs/attacks")
 RESULTS = Path("benchmarks/results/attacks_cpu.md")
 PLOT = Path("benchmarks/results/attacks_cpu.png")
-# The main job's clients (--profile demo), shortened: 40 steps, aggregations at steps 10, 20, 30, 40,
+# The main job's clients (--profile demo), shortened: 30 steps, aggregations at steps 10, 20 and 30,
 # evaluation at the start and the end only, on 4 validation batches per client.
 PROFILE = (
     "--profile", "demo",
-    "--optim.iterations", "40",
+    "--optim.iterations", "30",
     "--trust.pretraining_rounds", "10",
     "--trust.trust_freq", "10",
-    "--run.eval_freq", "40",
+    "--run.eval_freq", "30",
     "--data.eval_batches", "4",
     "--run.accelerator", "cpu",
     "--no-progress",

@@ -149,22 +149,41 @@ def honest_share(trust: torch.Tensor, honest: int) -> float:
 class AttackedDataModule(ClientDataModule):
     """The dataset's honest clients, then the bad clients: each declares the mixture of the honest
     client it poses as and reads that client's splits, with batches of its own; `shuffled` shuffles
-    each training window's tokens, `mislabel` trains on the first honest client of another category."""
+    each training window's tokens, `mislabel` trains on the first honest client of another category.
+    `client=n` is client n's own view (a federated client, honest or bad), as for `ClientDataModule`."""
 
-    def __init__(self, *, folder: str | Path, config: DataConfig, attack: AttackConfig, seed: int = 0, accumulate: int = 1):
+    def __init__(
+        self,
+        *,
+        folder: str | Path,
+        config: DataConfig,
+        attack: AttackConfig,
+        seed: int = 0,
+        accumulate: int = 1,
+        client: int | None = None,
+    ) -> None:
         super().__init__(folder=folder, config=config, seed=seed, accumulate=accumulate)
         self.attack, self.honest = attack, self.num_clients
         sources = attack.sources(self.honest)
-        self.train_sources = list(self.clients) + [self._trains_on(n) for n in sources]
-        self.clients = self.clients + sources
+        every = list(range(self.honest + len(sources)))
+        if client is not None and client not in every:
+            raise ConfigError(
+                f"client {client} is not in this run, which holds honest clients 0..{self.honest - 1} and bad "
+                f"clients {self.honest}..{len(every) - 1}. Fix: a client id (partition-id) below {len(every)}."
+            )
+        self.slots = every if client is None else [client]  # the run's ids of this view's clients
+        data = list(range(self.honest)) + sources  # whose splits each of the run's clients reads
+        categories = self.client_categories + [self.client_categories[n] for n in sources]
+        self.train_sources = [self._trains_on(data[n], categories) if n >= self.honest else n for n in self.slots]
+        self.clients = [data[n] for n in self.slots]
         self.num_clients = len(self.clients)
-        self.mixture = np.concatenate([self.mixture, self.mixture[sources]])
-        self.client_categories = self.client_categories + [self.client_categories[n] for n in sources]
+        self.mixture = np.asarray(self.manifest["mixture"], dtype=np.float64)[self.clients]
+        self.client_categories = [categories[n] for n in self.slots]
 
-    def _trains_on(self, source: int) -> int:
+    def _trains_on(self, source: int, categories: Sequence[int]) -> int:
         if self.attack.kind != "mislabel":
             return source
-        other = [n for n in range(self.honest) if self.client_categories[n] != self.client_categories[source]]
+        other = [n for n in range(self.honest) if categories[n] != categories[source]]
         if not other:
             raise ConfigError("--attack.kind mislabel needs honest clients of more than one category.")
         return other[0]
@@ -174,11 +193,10 @@ class AttackedDataModule(ClientDataModule):
         with its own id from the split it trains on (shuffled for `shuffled`)."""
         span = self.sequence_length + 1
         rows = []
-        for slot, n in enumerate(self.train_sources):
+        for slot, n in zip(self.slots, self.train_sources, strict=True):
             windows = random_windows(self.tokens(n, "train"), self.batch_size, span, (self.seed, slot, t))
             if slot >= self.honest and self.attack.kind == "shuffled":
-                rng = np.random.default_rng((self.seed, slot, t, 1))
-                windows = rng.permuted(windows, axis=1)
+                windows = np.random.default_rng((self.seed, slot, t, 1)).permuted(windows, axis=1)
             rows.append(windows)
         return torch.from_numpy(np.stack(rows))
 
