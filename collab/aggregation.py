@@ -56,6 +56,8 @@ class TrustAggregation(L.Callback):
             )
         if self.rounds is None:
             self.rounds = rounds
+        if self.attack is not None:  # before a checkpoint is restored: the initial adapters
+            self.attack.start(pl_module)
         if self._saved_rounds is not None:
             self.rounds.load_state_dict(self._saved_rounds)
             self._saved_rounds = None
@@ -73,7 +75,7 @@ class TrustAggregation(L.Callback):
         outcome = self.rounds.run(step, measured)
         pl_module.replace_adapters(outcome.adapters, reset=~outcome.usable)
         if self.attack is not None:
-            self.attack.after(step, outcome.adapters, outcome.trust)
+            self.attack.after(outcome.adapters)
         record = outcome.record
         pl_module.log_metrics({f"trust/{k}": v for k, v in record["quality"].items() if v is not None}, step)
         if record["excluded"]:

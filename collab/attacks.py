@@ -18,9 +18,10 @@ can win an honest group's trust (`--trust.token_source sent` scores the adapter 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -85,6 +86,11 @@ class AttackConfig:
         return self.kind != "none"
 
     @property
+    def count(self) -> int:
+        """The bad clients a run adds (0 without an attack)."""
+        return self.bad if self.active else 0
+
+    @property
     def factor(self) -> float:
         """The attack's scale, or its default."""
         return self.scale if self.scale is not None else DEFAULT_SCALE.get(self.kind, 1.0)
@@ -139,11 +145,6 @@ def attack_generator(seed: int, client: int, step: int) -> torch.Generator:
     """The generator bad client `client` draws its noise from at the aggregation after `step`: the
     same in every runtime."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence((seed, client, step)).generate_state(1)[0]))
-
-
-def honest_share(trust: torch.Tensor, honest: int) -> float:
-    """The mean share of the honest clients' trust (rows < `honest`) on bad clients (columns >= `honest`)."""
-    return float(trust[:honest, honest:].double().sum(1).mean())
 
 
 class AttackedDataModule(ClientDataModule):
@@ -245,15 +246,19 @@ class BatchedAttack:
     seed: int = 0
     token_source: str = "reported"
     received: dict[str, torch.Tensor] | None = None  # the bad rows' last received adapters
-    shares: list[dict[str, Any]] = field(default_factory=list)  # per round: honest trust on bad clients
+
+    def start(self, model: Any) -> None:
+        """Before training: what the bad clients hold is what they received (the initial adapters)."""
+        if self.received is None:
+            self.received = {name: p.detach().cpu()[self.honest :].clone() for name, p in model.adapters().items()}
 
     def send(self, model: Any, step: int) -> Any:
         """Replace the bad rows of `model`'s adapters with what the bad clients send; returns the
         model the round should measure (reporting the trained predictions, for mimicry)."""
         params = model.adapters()
         trained = {name: p.detach().cpu().clone() for name, p in params.items()}
-        if self.received is None:  # before the first aggregation: the adapters they started from
-            self.received = {name: t[self.honest :].clone() for name, t in trained.items()}
+        if self.received is None:
+            raise RuntimeError("BatchedAttack.start(model) keeps the bad clients' initial adapters before training.")
         with torch.no_grad():
             for b in range(trained[next(iter(trained))].shape[0] - self.honest):
                 slot = self.honest + b
@@ -269,15 +274,28 @@ class BatchedAttack:
             return ReportedPredictions(model, {name: t.to(params[name].device) for name, t in trained.items()})
         return model
 
-    def after(self, step: int, adapters: Mapping[str, torch.Tensor], trust: torch.Tensor) -> None:
-        """Keep what the bad clients received and the honest clients' trust on them."""
+    def after(self, adapters: Mapping[str, torch.Tensor]) -> None:
+        """Keep what the bad clients received."""
         self.received = {name: a[self.honest :].detach().cpu().clone() for name, a in adapters.items()}
-        self.shares.append({"step": step, "honest_trust_on_bad": honest_share(trust, self.honest)})
 
 
-def attack_summary(attack: AttackConfig, honest: int, clients: Sequence[Any], shares: Sequence[Mapping]) -> dict:
+def trust_shares(trust_dir: Path, honest: int) -> list[dict[str, Any]]:
+    """Per aggregation recorded in `trust_dir` (a run folder's `trust/`): the mean share of the honest
+    clients' trust on bad clients (ids >= `honest`), among the clients of the round."""
+    shares = []
+    for path in sorted(trust_dir.glob("step_*.json")):
+        record = json.loads(path.read_text())
+        clients, trust = record["clients"], torch.tensor(record["trust"], dtype=torch.float64)
+        rows = [i for i, n in enumerate(clients) if n < honest]
+        bad = [j for j, n in enumerate(clients) if n >= honest]
+        share = float(trust[rows][:, bad].sum(1).mean()) if rows else 0.0
+        shares.append({"step": record["step"], "honest_trust_on_bad": share})
+    return shares
+
+
+def attack_summary(attack: AttackConfig, honest: int, clients: Sequence[Any], trust_dir: Path) -> dict[str, Any]:
     """What a run's summary says of its attack: who was bad, the honest clients' final mean
-    metrics, and their trust on bad clients per round."""
+    metrics, and their trust on bad clients per aggregation (from the run folder's trust records)."""
     present = [c for c in clients[:honest] if c is not None]
     mean = {k: sum(c[k] for c in present) / len(present) for k in present[0]} if present else None
     return {
@@ -287,5 +305,5 @@ def attack_summary(attack: AttackConfig, honest: int, clients: Sequence[Any], sh
         "poses_as": attack.sources(honest),
         "scale": attack.factor,
         "honest_final": mean,
-        "rounds": list(shares),
+        "rounds": trust_shares(trust_dir, honest),
     }

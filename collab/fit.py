@@ -246,7 +246,7 @@ def run(config: FitConfig) -> dict[str, Any]:
             warnings=said + (aggregation.rounds.warnings() if aggregation.rounds is not None else []),
             seconds=time.time() - start,
             **(
-                {"attack": attack_summary(config.attack, attack.honest, module.curves[-1]["clients"], attack.shares)}
+                {"attack": attack_summary(config.attack, attack.honest, module.curves[-1]["clients"], folder.trust)}
                 if attack is not None
                 else {}
             ),

@@ -11,7 +11,7 @@ from test_trust import Given, family, random_adapters
 from tiny_run import TINY_DATA, tiny_inputs
 
 from collab import fit
-from collab.attacks import AttackConfig, AttackedDataModule, attack_generator, honest_share, sent_adapter
+from collab.attacks import AttackConfig, AttackedDataModule, attack_generator, sent_adapter, trust_shares
 from collab.cli import parse
 from collab.trust import TrustRounds, TrustSettings
 from collab.trust.robust import KRUM_MALICIOUS, TRIM_PROPORTION
@@ -52,9 +52,11 @@ def test_scaled_sign_flip_free_rider_and_zero():
         assert all(torch.equal(sent[n], trained[n]) for n in trained)
 
 
-def test_honest_share_is_the_mean_row_mass_on_bad_columns():
-    trust = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]])
-    assert honest_share(trust, 2) == pytest.approx((0.2 + 0.0) / 2)
+def test_trust_share_is_the_honest_rows_mass_on_bad_columns(tmp_path):
+    """Among the round's clients (here 0, 1 honest; 3 bad; 2 absent), from the recorded trust."""
+    trust = [[0.5, 0.3, 0.2], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]]
+    (tmp_path / "step_000010.json").write_text(json.dumps({"step": 10, "clients": [0, 1, 3], "trust": trust}))
+    assert trust_shares(tmp_path, 3) == [{"step": 10, "honest_trust_on_bad": pytest.approx((0.2 + 0.0) / 2)}]
 
 
 def test_bad_attack_options_name_the_fix():

@@ -28,6 +28,7 @@ from lora_gpt.console import quiet_third_party
 from lora_gpt.errors import ConfigError
 from lora_gpt.precision import resolve_precision
 
+from ..attacks import AttackedDataModule
 from ..config import FitConfig
 from ..evaluation import mean_losses
 from ..fit import device_type, load_base
@@ -84,6 +85,12 @@ def check_federated(config: FitConfig) -> None:
             "--lora_init reference draws every client's A from one stacked stream, which one "
             "client alone cannot reproduce. Fix: --lora_init peft (the default) for Flower runs."
         )
+    if config.trust.token_source != "reported":
+        raise ConfigError(
+            "--trust.token_source sent computes every client's reference predictions from the adapter it sent, "
+            "while a Flower client reports its own. Fix: --trust.token_source reported for Flower runs (or run "
+            "in-process: python -m collab.fit)."
+        )
 
 
 @dataclass
@@ -106,9 +113,23 @@ class LocalClient:
     def view(self) -> ClientDataModule:
         """This client's view of the prepared dataset, its files not read yet."""
         c = self.config
+        if c.attack.active:
+            return AttackedDataModule(
+                folder=c.data.data_dir,
+                config=c.data,
+                attack=c.attack,
+                seed=c.run.seed,
+                accumulate=c.optim.acc_steps,
+                client=self.client,
+            )
         return ClientDataModule(
             folder=c.data.data_dir, config=c.data, seed=c.run.seed, accumulate=c.optim.acc_steps, client=self.client
         )
+
+    @property
+    def bad(self) -> bool:
+        """Whether this client is one of the bad clients an attack adds after the honest ones."""
+        return self.config.attack.active and self.client >= self.config.data.prepared_clients
 
     @cached_property
     def data(self) -> ClientDataModule:
