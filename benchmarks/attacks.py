@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from collab.fit import run
 from collab.cli import fit_command
+from collab.fit import run
 
 ROOT = Path("runs/attacks")
 RESULTS = Path("benchmarks/results/attacks_cpu.md")
@@ -88,9 +88,12 @@ def cells(row: Row, seeds: Sequence[int]) -> list[tuple[str, int]]:
 
 def folder(row: Row, attack: str, bad: int, seed: int) -> Path:
     clean = attack == "clean"
-    return ROOT / (row.folder if not (clean and row.options == DEFENCE) else "dynamic-token") / (
-        "clean" if clean else f"{attack}-k{bad}"
-    ) / f"seed{seed}"
+    return (
+        ROOT
+        / (row.folder if not (clean and row.options == DEFENCE) else "dynamic-token")
+        / ("clean" if clean else f"{attack}-k{bad}")
+        / f"seed{seed}"
+    )
 
 
 def ensure(row: Row, attack: str, bad: int, seed: int) -> dict[str, Any]:

@@ -101,7 +101,9 @@ def prepare_data(config: FitConfig):
             folder=folder, config=data, attack=config.attack, seed=config.run.seed, accumulate=config.optim.acc_steps
         )
     else:
-        datamodule = ClientDataModule(folder=folder, config=data, seed=config.run.seed, accumulate=config.optim.acc_steps)
+        datamodule = ClientDataModule(
+            folder=folder, config=data, seed=config.run.seed, accumulate=config.optim.acc_steps
+        )
     note = fitted_note(datamodule.manifest)
     if note:
         print(note)

@@ -113,7 +113,8 @@ class LocalClient:
     def view(self) -> ClientDataModule:
         """This client's view of the prepared dataset, its files not read yet."""
         c = self.config
-        if c.attack.active:
+        assert c.data.data_dir is not None  # __post_init__ refuses a config without it
+        if c.attack.active:  # honest or bad, a client of an attacked run reads its view of the attacked data
             return AttackedDataModule(
                 folder=c.data.data_dir,
                 config=c.data,
@@ -152,6 +153,10 @@ class LocalClient:
         if adapter is not None:
             module.replace_adapters({k: v[None] for k, v in adapter.items()}, reset=torch.zeros(1, dtype=torch.bool))
         return module
+
+    def initial_adapter(self) -> Adapter:
+        """The adapter this client starts from (every client's A drawn from the run's seed; B zero)."""
+        return {name: p.detach()[0].clone() for name, p in self.module().adapters().items()}
 
     def trainer(self, max_steps: int = -1, callbacks: Sequence[L.Callback] = (), validate: bool = False) -> L.Trainer:
         """Lightning as `collab.fit` runs it, without loggers, checkpoints or validation in training."""
