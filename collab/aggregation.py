@@ -94,10 +94,15 @@ class TrustAggregation(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         rounds = self.rounds.state_dict() if self.rounds is not None else self._saved_rounds
-        return {"last_step": self.last_step, "rounds": rounds}
+        state: dict[str, Any] = {"last_step": self.last_step, "rounds": rounds}
+        if self.attack is not None:  # a resumed free rider sends back what it received before the stop
+            state["attack_received"] = self.attack.received
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_step = state_dict["last_step"]
+        if self.attack is not None and state_dict.get("attack_received") is not None:
+            self.attack.received = state_dict["attack_received"]
         # checkpoints made before the round was one object keep its parts beside last_step
         rounds = state_dict.get("rounds") or {
             "history": state_dict.get("history", []),
