@@ -140,38 +140,49 @@ def cell(row: Row, attack: str, bad: int, seeds: Sequence[int]) -> tuple[list[fl
 
 
 def table(bad: int, seeds: Sequence[int]) -> tuple[list[str], dict[tuple[str, str], tuple[float, float]]]:
-    """The markdown table for k=`bad`, and its mean cells for the plot."""
-    lines = [
-        f"| strategy (clean ppl) | {' | '.join(ATTACKS)} |",
-        "|---" * (len(ATTACKS) + 1) + "|",
-    ]
+    """The markdown tables for k=`bad` (perplexity change, then trust on bad clients), and the mean
+    cells for the plot."""
+    head = [f"| strategy | clean ppl | {' | '.join(ATTACKS)} |", "|---" * (len(ATTACKS) + 2) + "|"]
+    ppl_lines, share_lines = list(head), list(head)
     means: dict[tuple[str, str], tuple[float, float]] = {}
     for row in ROWS:
         cleans = [finished(folder(row, "clean", bad, s)) for s in seeds]
         clean_ppl = [honest_ppl(c) for c in cleans if c is not None]
-        texts = []
+        ppl_texts, share_texts = [], []
         for attack in ATTACKS:
             runs = cells(row, seeds)
-            if row.label == "none" and attack != "noise":
-                texts.append("as noise")
-                continue
             if all(a != attack for a, _ in runs):
-                texts.append("= noise" if attack == "mimicry" else "= dynamic-token")
+                said = "as noise" if row.label == "none" or attack == "mimicry" else "as dynamic-token"
+                ppl_texts.append(said)
+                share_texts.append(said)
                 continue
             got = cell(row, attack, bad, seeds)
             if got is None:
-                texts.append("not run")
+                ppl_texts.append("not run")
+                share_texts.append("not run")
                 continue
             change, share = got
-            worst = max(change)
-            robust_share = row.strategy in ROBUST[:2]
             means[(row.label, attack)] = (statistics.mean(change), statistics.mean(share))
-            texts.append(
-                f"{statistics.mean(change):+.1f}% (worst {worst:+.1f}%, n={len(change)})"
-                + ("" if robust_share else f"; trust {statistics.mean(share):.1%}")
+            ppl_texts.append(
+                f"{statistics.mean(change):+.1f} [{max(change):+.1f}]"
+                + ("" if len(change) == len(seeds) else f" (n={len(change)})")
+            )
+            share_texts.append(
+                "-" if row.strategy in ROBUST[:2] else f"{statistics.mean(share):.1%} [{max(share):.1%}]"
             )
         ppl = f"{statistics.mean(clean_ppl):.1f}" if clean_ppl else "-"
-        lines.append(f"| {row.label} ({ppl}) | {' | '.join(texts)} |")
+        ppl_lines.append(f"| {row.label} | {ppl} | {' | '.join(ppl_texts)} |")
+        share_lines.append(f"| {row.label} | {ppl} | {' | '.join(share_texts)} |")
+    lines = [
+        "Honest clients' mean final validation perplexity against the paired clean run, % (mean over seeds "
+        "[worst seed]):",
+        "",
+        *ppl_lines,
+        "",
+        "Share of honest clients' trust on bad clients, mean over aggregations (mean over seeds [worst seed]):",
+        "",
+        *share_lines,
+    ]
     return lines, means
 
 
@@ -205,14 +216,14 @@ def report(seeds: Sequence[int]) -> None:
     lines = [
         "# Trust under attack (CPU)",
         "",
-        "`python benchmarks/attacks.py --bad K` (this file: every finished run of `runs/attacks/`). Each cell: "
-        "the honest clients' mean final validation perplexity against the paired clean run (mean over seeds; "
-        "worst seed; n seeds), and the mean share of honest clients' trust on the bad clients over the "
-        "aggregations (not given for fedmedian and fedtrimmedavg, whose coordinate-wise rules weigh no "
-        "client; krum's is how often it picked a bad client). Profile: "
-        f"`{' '.join(PROFILE)}`. Cells marked `= noise` or `= dynamic-token` equal that cell by "
-        "construction and were not run (see the script's docstring). The clean column's perplexity is in "
-        "each row's label.",
+        "`python benchmarks/attacks.py --bad K` writes this file from every finished run under `runs/attacks/` "
+        f"(seeds {' '.join(map(str, seeds))}). Every run: `python -m collab.fit {' '.join(PROFILE)}` with its "
+        "strategy, and `--attack.kind KIND --attack.bad K` (bad clients after the six honest ones, posing as "
+        "clients 0 and, for k=2, 3). Clean ppl: the paired clean runs' mean final validation perplexity. The "
+        "trust share is not given for fedmedian and fedtrimmedavg, whose coordinate-wise rules weigh no client; "
+        "krum's is how often it picked a bad client. Cells marked `as noise` or `as dynamic-token` equal that "
+        "cell by construction and were not run (the script's docstring says why); `none`'s one run per k shows "
+        "its honest clients end exactly as without the bad clients.",
         "",
     ]
     means = {}
