@@ -187,28 +187,42 @@ def table(bad: int, seeds: Sequence[int]) -> tuple[list[str], dict[tuple[str, st
 
 
 def plot(means: dict[int, dict[tuple[str, str], tuple[float, float]]]) -> None:
-    """Honest clients' perplexity change per strategy and attack, one panel per k."""
+    """Per strategy and attack, the honest clients' perplexity change (left) and their trust on bad
+    clients (right), one row of panels per k."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     ks = sorted(k for k in means if means[k])
-    fig, axes = plt.subplots(len(ks), 1, figsize=(11, 3.6 * len(ks)), squeeze=False)
-    labels = [r.label for r in ROWS if r.label != "none"]
-    for ax, k in zip(axes[:, 0], ks, strict=True):
-        width = 0.8 / len(ATTACKS)
-        for a, attack in enumerate(ATTACKS):
-            values = [means[k].get((label, attack), (float("nan"), 0.0))[0] for label in labels]
-            ax.bar([i + a * width for i in range(len(labels))], values, width, label=attack)
-        ax.axhline(2, color="k", linestyle="--", linewidth=0.8)
-        ax.set_yscale("symlog", linthresh=5)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, rotation=20, ha="right", fontsize=8)
-        ax.set_ylabel("honest val ppl vs clean (%)")
-        ax.set_title(f"k = {k} bad client{'s' if k > 1 else ''} (dashed: +2%)")
-    axes[0, 0].legend(ncol=len(ATTACKS), fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(PLOT, dpi=110)
+    fig, axes = plt.subplots(len(ks), 2, figsize=(15, 3.8 * len(ks) + 0.6), squeeze=False)
+    labels = [r.label.replace(", token_source=sent", "\n(token_source sent)") for r in ROWS if r.label != "none"]
+    keys = [r.label for r in ROWS if r.label != "none"]
+    width = 0.8 / len(ATTACKS)
+    for row, k in zip(axes, ks, strict=True):
+        for panel, (ax, what) in enumerate(
+            zip(row, ("honest val ppl vs clean (%)", "honest trust on bad"), strict=True)
+        ):
+            for a, attack in enumerate(ATTACKS):
+                values = [means[k].get((key, attack), (float("nan"), float("nan")))[panel] for key in keys]
+                if panel == 1:
+                    values = [v if key not in ROBUST[:2] else float("nan") for v, key in zip(values, keys, strict=True)]
+                ax.bar([i + a * width for i in range(len(keys))], values, width, label=attack)
+            ticks = [i + 0.4 - width / 2 for i in range(len(keys))]
+            ax.set_xticks(ticks, labels, rotation=30, ha="right", fontsize=7)
+            ax.set_ylabel(what)
+            if panel == 0:
+                ax.axhline(2, color="k", linestyle="--", linewidth=0.8)
+                ax.set_yscale("symlog", linthresh=5)
+                ax.set_title(f"k = {k}: honest perplexity against the clean run (dashed: +2%)")
+            else:
+                ax.axhline(0.05, color="k", linestyle="--", linewidth=0.8)
+                ax.set_ylim(0, 1)
+                ax.set_title(f"k = {k}: share of honest trust on bad clients (dashed: 5%)")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, names, ncol=len(ATTACKS), loc="upper center", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    fig.savefig(PLOT, dpi=100)
 
 
 def report(seeds: Sequence[int]) -> None:
