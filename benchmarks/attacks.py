@@ -10,6 +10,7 @@ over the aggregations. Runs already finished are read, not rerun, so a stopped g
 
     python benchmarks/attacks.py --bad 1                  # the k=1 table, seeds 0 1 2
     python benchmarks/attacks.py --bad 2                  # the k=2 table
+    python benchmarks/attacks.py --main-job               # the defence on the clean main job
     python benchmarks/attacks.py --report                 # only rewrite the tables and the plot
 
 Cells that equal another by construction are not run: `mimicry` differs from `noise` only in the
@@ -53,6 +54,7 @@ TRUST = ("naive", "static", "dynamic", "dynamic-ref", "dynamic-token")
 ROBUST = ("fedmedian", "fedtrimmedavg", "krum")  # one global model: their trust share says little (Krum: its pick)
 ATTACKS = ("noise", "scaled", "sign-flip", "free-rider", "shuffled", "mislabel", "mimicry")
 DEFENCE = ("--trust.token_source", "sent")
+MAIN_JOB = ("--profile", "demo", "--run.accelerator", "cpu", "--no-progress")  # scripts/demo.py's runs, unshortened
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,41 @@ def plot(means: dict[int, dict[tuple[str, str], tuple[float, float]]]) -> None:
     fig.savefig(PLOT, dpi=100)
 
 
+def main_job_folder(options: Sequence[str]) -> Path:
+    return ROOT / "main-job" / ("dynamic-token" + ("-sent" if options else ""))
+
+
+def main_job(run_missing: bool) -> list[str]:
+    """The clean main job (`scripts/demo.py`'s dynamic-token row, seed 0) with and without the defence."""
+    lines = [
+        "## The defence on the clean main job",
+        "",
+        f"`python -m collab.fit {' '.join(MAIN_JOB)} --trust.strategy dynamic-token` (seed 0, 100 steps), "
+        "without and with `--trust.token_source sent`:",
+        "",
+        "| token_source | mean val ppl | per client | change |",
+        "|---|---|---|---|",
+    ]
+    results = {}
+    for options in ((), DEFENCE):
+        out = main_job_folder(options)
+        if run_missing and not (out / "summary.json").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            print("run:", out, flush=True)
+            run(fit_command().parse([*MAIN_JOB, "--trust.strategy", "dynamic-token", *options, "--run.out", str(out)]))
+        results[options] = finished(out)
+    base = results[()]
+    for options, summary in results.items():
+        if summary is None:
+            lines.append(f"| {'sent' if options else 'reported'} | not run | | |")
+            continue
+        ppl = summary["final"]["mean"]["ppl"]
+        per = ", ".join(f"{c['ppl']:.1f}" for c in summary["final"]["clients"])
+        change = f"{100 * (ppl / base['final']['mean']['ppl'] - 1):+.2f}%" if base is not None else "-"
+        lines.append(f"| {'sent' if options else 'reported'} | {ppl:.1f} | {per} | {change} |")
+    return [*lines, ""]
+
+
 def report(seeds: Sequence[int]) -> None:
     """Write the tables (and the plot) of every finished run."""
     lines = [
@@ -244,6 +281,7 @@ def report(seeds: Sequence[int]) -> None:
     for bad in (1, 2):
         rows, means[bad] = table(bad, seeds)
         lines += [f"## k = {bad}", "", *rows, ""]
+    lines += main_job(run_missing=False)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text("\n".join(lines))
     plot(means)
@@ -255,9 +293,12 @@ def main() -> None:
     p.add_argument("--bad", type=int, choices=(1, 2), help="run the grid with this many bad clients")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", default=[r.label for r in ROWS], help="only these rows (labels)")
+    p.add_argument("--main-job", action="store_true", help="run the clean main job with and without the defence")
     p.add_argument("--report", action="store_true", help="only rewrite the tables and the plot")
     args = p.parse_args()
     torch.set_num_threads(1)
+    if args.main_job and not args.report:
+        main_job(run_missing=True)
     if args.bad is not None and not args.report:
         rows = [r for r in ROWS if r.label in args.rows]
         for seed in args.seeds:  # seed by seed, so that a stopped grid has whole seeds
