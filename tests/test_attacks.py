@@ -136,3 +136,10 @@ def test_local_training_is_untouched_and_honest_trust_recorded(inputs, monkeypat
     assert noise["final"]["clients"][:4] == clean["final"]["clients"]
     assert noise["attack"]["honest_final"]["ppl"] == pytest.approx(clean["final"]["mean"]["ppl"])
     assert noise["attack"]["bad"] == [4] and [r["honest_trust_on_bad"] for r in noise["attack"]["rounds"]] == [0, 0]
+
+
+def test_flower_refuses_to_score_sent_predictions_it_cannot_compute():
+    from collab.flower.local import check_federated
+
+    with pytest.raises(ConfigError, match="--trust.token_source reported for Flower runs"):
+        check_federated(parse(["--trust", "dynamic-token", "--trust.token_source", "sent"]))
