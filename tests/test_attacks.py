@@ -143,3 +143,20 @@ def test_flower_refuses_to_score_sent_predictions_it_cannot_compute():
 
     with pytest.raises(ConfigError, match="--trust.token_source reported for Flower runs"):
         check_federated(parse(["--trust", "dynamic-token", "--trust.token_source", "sent"]))
+
+
+def test_norm_bound_scales_oversized_tensors_to_the_bound():
+    """--trust.norm_bound 2: a tensor above twice the median norm of its peers' is scaled to exactly
+    that, the others are untouched; the round averages the bounded adapters."""
+    adapters = random_adapters(n=5, seed=4)
+    adapters["h.1.lora_B"][4] *= 50
+    norms = adapters["h.1.lora_B"].flatten(1).norm(dim=1)
+    limit = 2 * norms.median()  # five clients: the median is one of them, the others' untouched
+    outcome = TrustRounds(TrustSettings(strategy="naive", norm_bound=2.0), 5).run(10, Given(mixture=torch.eye(5), adapters=adapters))
+    bounded = adapters["h.1.lora_B"].clone()
+    bounded[4] *= limit / norms[4]
+    assert all(n <= limit for n in norms[:4])
+    torch.testing.assert_close(outcome.adapters["h.1.lora_B"][0], bounded.mean(0))
+    torch.testing.assert_close(outcome.adapters["h.0.lora_A"][0], adapters["h.0.lora_A"].mean(0))
+    with pytest.raises(ConfigError, match="--trust.norm_bound"):
+        TrustSettings(norm_bound=0.0)

@@ -81,6 +81,11 @@ class TrustSettings:
         "trust with another model's predictions (docs/attacks.md)",
         choices=TOKEN_SOURCES,
     )
+    norm_bound: float | None = option(
+        None,
+        "before averaging, scale every adapter tensor down to at most this many times the median norm of that "
+        "tensor among the round's clients (None: off): a defence against oversized adapters (docs/attacks.md)",
+    )
     static_rule: str = option(
         "overlap",
         "static: P P^T of the measured mixture (overlap), each client's own "
@@ -123,6 +128,7 @@ class TrustSettings:
             raise ConfigError(f"--trust: {err}") from None
         require(self, "trust_freq", self.trust_freq >= 1, ">= 1")
         require(self, "pretraining_rounds", self.pretraining_rounds >= 0, ">= 0")
+        require(self, "norm_bound", self.norm_bound is None or self.norm_bound > 0, "> 0 (or unset: off)")
         for name in ("token_top_k", "eval_chunk"):
             require(
                 self, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1 (or unset for the default)"
