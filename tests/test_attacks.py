@@ -152,7 +152,9 @@ def test_norm_bound_scales_oversized_tensors_to_the_bound():
     adapters["h.1.lora_B"][4] *= 50
     norms = adapters["h.1.lora_B"].flatten(1).norm(dim=1)
     limit = 2 * norms.median()  # five clients: the median is one of them, the others' untouched
-    outcome = TrustRounds(TrustSettings(strategy="naive", norm_bound=2.0), 5).run(10, Given(mixture=torch.eye(5), adapters=adapters))
+    outcome = TrustRounds(TrustSettings(strategy="naive", norm_bound=2.0), 5).run(
+        10, Given(mixture=torch.eye(5), adapters=adapters)
+    )
     bounded = adapters["h.1.lora_B"].clone()
     bounded[4] *= limit / norms[4]
     assert all(n <= limit for n in norms[:4])
