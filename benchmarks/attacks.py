@@ -305,7 +305,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bad", type=int, choices=(1, 2), help="run the grid with this many bad clients")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rows", nargs="+", default=[r.label for r in ROWS], help="only these rows (labels)")
+    p.add_argument("--rows", nargs="+", default=[r.label for r in ROWS], help="only these rows (labels), in this order")
     p.add_argument("--main-job", action="store_true", help="run the clean main job with and without the defence")
     p.add_argument("--report", action="store_true", help="only rewrite the tables and the plot")
     args = p.parse_args()
@@ -313,7 +313,11 @@ def main() -> None:
     if args.main_job and not args.report:
         main_job(run_missing=True)
     if args.bad is not None and not args.report:
-        rows = [r for r in ROWS if r.label in args.rows]
+        by_label = {r.label: r for r in ROWS}
+        unknown = [label for label in args.rows if label not in by_label]
+        if unknown:
+            p.error(f"--rows: unknown {unknown}; choose from {list(by_label)}")
+        rows = [by_label[label] for label in args.rows]  # in the order given: the first run first
         for seed in args.seeds:  # seed by seed, so that a stopped grid has whole seeds
             for row in rows:
                 if row.label == "none" and seed != args.seeds[0]:
