@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .attacks import BatchedAttack
 from .run_folder import RunFolder
 from .trust import BatchedMeasurements, ClientData, CollaborativeModel, TrustRounds, TrustSettings
 from .trust.protocols import missing_members
@@ -33,9 +34,15 @@ class TrustAggregation(L.Callback):
     """Every client's adapter becomes its trust-weighted average of all adapters, every so often."""
 
     def __init__(
-        self, *, settings: TrustSettings = TrustSettings(), folder: RunFolder | None = None, seed: int = 0
+        self,
+        *,
+        settings: TrustSettings = TrustSettings(),
+        folder: RunFolder | None = None,
+        seed: int = 0,
+        attack: BatchedAttack | None = None,
     ) -> None:
         self.settings, self.folder, self.seed = settings, folder, seed
+        self.attack = attack  # bad clients whose rows become what they send before each round
         self.last_step = -1
         self.rounds: TrustRounds | None = None  # made at setup, when the client count is known
         self._saved_rounds: dict[str, Any] | None = None  # a checkpoint's rounds, read before setup
@@ -54,6 +61,8 @@ class TrustAggregation(L.Callback):
             )
         if self.rounds is None:
             self.rounds = rounds
+        if self.attack is not None:  # before a checkpoint is restored: the initial adapters
+            self.attack.start(pl_module)
         if self._saved_rounds is not None:
             self.rounds.load_state_dict(self._saved_rounds)
             self._saved_rounds = None
@@ -66,9 +75,12 @@ class TrustAggregation(L.Callback):
         if not self.due(step) or self.rounds is None:
             return
         self.last_step = step
-        measured = BatchedMeasurements(pl_module, trainer.datamodule, self.settings.eval_chunk)
+        model = pl_module if self.attack is None else self.attack.send(pl_module, step)
+        measured = BatchedMeasurements(model, trainer.datamodule, self.settings.eval_chunk)
         outcome = self.rounds.run(step, measured)
         pl_module.replace_adapters(outcome.adapters, reset=~outcome.usable)
+        if self.attack is not None:
+            self.attack.after(outcome.adapters)
         record = outcome.record
         pl_module.log_metrics({f"trust/{k}": v for k, v in record["quality"].items() if v is not None}, step)
         if record["excluded"]:
@@ -87,10 +99,15 @@ class TrustAggregation(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         rounds = self.rounds.state_dict() if self.rounds is not None else self._saved_rounds
-        return {"last_step": self.last_step, "rounds": rounds}
+        state: dict[str, Any] = {"last_step": self.last_step, "rounds": rounds}
+        if self.attack is not None:  # a resumed free rider sends back what it received before the stop
+            state["attack_received"] = self.attack.received
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.last_step = state_dict["last_step"]
+        if self.attack is not None and state_dict.get("attack_received") is not None:
+            self.attack.received = state_dict["attack_received"]
         # checkpoints made before the round was one object keep its parts beside last_step
         rounds = state_dict.get("rounds") or {
             "history": state_dict.get("history", []),

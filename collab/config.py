@@ -26,6 +26,7 @@ from lora_gpt.errors import ConfigError
 from lora_gpt.options import option, require, require_choice
 from lora_gpt.precision import PRECISIONS
 
+from .attacks import AttackConfig
 from .trust import TrustSettings
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
@@ -144,6 +145,7 @@ class FitConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def __post_init__(self) -> None:
         for group in dataclasses.fields(self):  # inf or nan in any number: a run of NaNs, or silently no filter

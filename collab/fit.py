@@ -36,6 +36,7 @@ from lora_gpt.options import flag_name
 from lora_gpt.precision import resolve_precision
 
 from .aggregation import TrustAggregation
+from .attacks import AttackedDataModule, BatchedAttack, attack_summary
 from .checkpoint import CONFIG_KEY, DATA_KEY, RunCheckpoint, read_checkpoint
 from .cli import dump_config, fit_command
 from .config import FitConfig, RunConfig
@@ -95,7 +96,14 @@ def prepare_data(config: FitConfig):
         separator=data.separator,
         **data.budgets(),
     )
-    datamodule = ClientDataModule(folder=folder, config=data, seed=config.run.seed, accumulate=config.optim.acc_steps)
+    if config.attack.active:  # the bad clients join after the dataset's honest ones
+        datamodule: ClientDataModule = AttackedDataModule(
+            folder=folder, config=data, attack=config.attack, seed=config.run.seed, accumulate=config.optim.acc_steps
+        )
+    else:
+        datamodule = ClientDataModule(
+            folder=folder, config=data, seed=config.run.seed, accumulate=config.optim.acc_steps
+        )
     note = fitted_note(datamodule.manifest)
     if note:
         print(note)
@@ -177,7 +185,12 @@ def run(config: FitConfig) -> dict[str, Any]:
             seed=config.run.seed,
             memory=config.memory,
         )
-        aggregation = TrustAggregation(settings=config.trust, folder=folder, seed=config.run.seed)
+        attack = (
+            BatchedAttack(config.attack, datamodule.honest, config.run.seed, config.trust.token_source)
+            if isinstance(datamodule, AttackedDataModule)
+            else None
+        )
+        aggregation = TrustAggregation(settings=config.trust, folder=folder, seed=config.run.seed, attack=attack)
         saver = RunCheckpoint(
             folder.checkpoint,
             every=config.run.ckpt_freq or config.run.eval_freq,
@@ -234,6 +247,11 @@ def run(config: FitConfig) -> dict[str, Any]:
             rounds=aggregation.history,
             warnings=said + (aggregation.rounds.warnings() if aggregation.rounds is not None else []),
             seconds=time.time() - start,
+            **(
+                {"attack": attack_summary(config.attack, attack.honest, module.curves[-1]["clients"], folder.trust)}
+                if attack is not None
+                else {}
+            ),
         )
         folder.write_summary(summary)
         return summary

@@ -10,7 +10,9 @@ and the demo read any run, batched or federated.
     trust      per aggregation: its record without the matrices (trust/step_NNNNNN.json has them)
     warnings   what the run said was probably not meant
     seconds    training time
-and, for a federated run, the bytes its messages carried (traffic, messages).
+and, for a federated run, the bytes its messages carried (traffic, messages); for a run with bad
+clients, `attack` (`collab.attacks.attack_summary`: who was bad, the honest clients' final metrics, their
+trust on bad clients per aggregation).
 """
 
 from __future__ import annotations

@@ -473,3 +473,30 @@ def test_the_example_strategy_by_hand():
     e2 = math.exp(2.0)  # row 1 wins 1 nat from peers 0 and 2, at temperature 0.5
     torch.testing.assert_close(trust[1], torch.tensor([e2, 1.0, e2]) / (2 * e2 + 1))
     torch.testing.assert_close(trust[2], torch.full((3,), 1 / 3))  # ties with its own loss are kept
+
+
+@pytest.mark.parametrize(
+    ("strategy", "attack"), [("dynamic-ref", "noise"), ("dynamic-token", "mimicry"), ("naive", "free-rider")]
+)
+def test_bad_client_apps_attack_as_the_batched_run_does(strategy, attack, inputs):
+    """A bad client as a ClientApp (client N, after the honest ones) sends what the batched run's bad
+    row sends: both runs end with the same adapters, trust and honest clients' trust on it."""
+    extra = ["--attack.kind", attack, "--attack.bad", "1"]
+    out = inputs / "fit" / f"{strategy}-{attack}"
+    assert fit.main([*argv(inputs, out, strategy), *extra]) == 0
+    run = flower_run(inputs, f"{strategy}-{attack}", strategy, *extra)
+    assert run.num_clients == N + 1
+    summary = in_process(run)
+    theirs = [load_file(str(out / "adapters" / f"client_{n:02d}" / "clients.safetensors")) for n in range(N + 1)]
+    ours = [
+        load_file(str(run.folder.path / "adapters" / f"client_{n:02d}" / "clients.safetensors")) for n in range(N + 1)
+    ]
+    assert max((x[k] - y[k]).abs().max().item() for x, y in zip(ours, theirs, strict=True) for k in x) <= 1e-5
+    for name, trust in trust_matrices(out).items():
+        torch.testing.assert_close(trust_matrices(run.folder.path)[name], trust, atol=1e-6, rtol=0)
+    batched_attack = json.loads((out / "summary.json").read_text())["attack"]
+    assert [r["step"] for r in summary["attack"]["rounds"]] == [2, 3]
+    assert [r["honest_trust_on_bad"] for r in summary["attack"]["rounds"]] == pytest.approx(
+        [r["honest_trust_on_bad"] for r in batched_attack["rounds"]], abs=1e-6
+    )
+    assert summary["attack"]["bad"] == [N]

@@ -24,6 +24,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
+from ..attacks import attack_generator, sent_adapter
 from ..cli import load_config
 from . import records
 from .local import LocalClient, checkpoint_adapter, with_adapter
@@ -120,9 +121,19 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         client, state = local(context)
         first, last, adapter, reset = records.train_request(message.content)
-        new, start, losses = client.fit(state.at_or_before(first), last, adapter, reset)
+        held = state.at_or_before(first)
+        new, start, losses = client.fit(held, last, adapter, reset)
+        sent = checkpoint_adapter(new)
+        if client.bad and client.config.trust.aggregates_at(last):
+            # what it held when the segment began: the server's average, else its own, else the initial adapter
+            received = adapter or (checkpoint_adapter(held) if held is not None else client.initial_adapter())
+            sent = sent_adapter(
+                client.config.attack, sent, received, attack_generator(client.config.run.seed, client.client, last)
+            )
+            if client.config.attack.kind != "mimicry":  # a mimic keeps its trained model to report predictions of
+                new = with_adapter(new, sent)
         state.put(last, new)
-        return Message(records.train_reply(checkpoint_adapter(new), start, losses), reply_to=message)
+        return Message(records.train_reply(sent, start, losses), reply_to=message)
 
     @app.query("peer_losses")
     def peer_losses(message: Message, context: Context) -> Message:

@@ -59,7 +59,8 @@ class FlowerRun:
 
     @property
     def num_clients(self) -> int:
-        return self.config.data.prepared_clients
+        """The dataset's clients, and any bad ones the attack adds after them."""
+        return self.config.data.prepared_clients + self.config.attack.count
 
 
 def command(prog: str, description: str | None) -> Command[tuple[FitConfig, FlowerConfig]]:

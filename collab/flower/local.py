@@ -28,6 +28,7 @@ from lora_gpt.console import quiet_third_party
 from lora_gpt.errors import ConfigError
 from lora_gpt.precision import resolve_precision
 
+from ..attacks import AttackedDataModule
 from ..config import FitConfig
 from ..evaluation import mean_losses
 from ..fit import device_type, load_base
@@ -84,6 +85,12 @@ def check_federated(config: FitConfig) -> None:
             "--lora_init reference draws every client's A from one stacked stream, which one "
             "client alone cannot reproduce. Fix: --lora_init peft (the default) for Flower runs."
         )
+    if config.trust.token_source != "reported":
+        raise ConfigError(
+            "--trust.token_source sent computes every client's reference predictions from the adapter it sent, "
+            "while a Flower client reports its own. Fix: --trust.token_source reported for Flower runs (or run "
+            "in-process: python -m collab.fit)."
+        )
 
 
 @dataclass
@@ -106,9 +113,24 @@ class LocalClient:
     def view(self) -> ClientDataModule:
         """This client's view of the prepared dataset, its files not read yet."""
         c = self.config
+        assert c.data.data_dir is not None  # __post_init__ refuses a config without it
+        if c.attack.active:  # honest or bad, a client of an attacked run reads its view of the attacked data
+            return AttackedDataModule(
+                folder=c.data.data_dir,
+                config=c.data,
+                attack=c.attack,
+                seed=c.run.seed,
+                accumulate=c.optim.acc_steps,
+                client=self.client,
+            )
         return ClientDataModule(
             folder=c.data.data_dir, config=c.data, seed=c.run.seed, accumulate=c.optim.acc_steps, client=self.client
         )
+
+    @property
+    def bad(self) -> bool:
+        """Whether this client is one of the bad clients an attack adds after the honest ones."""
+        return self.config.attack.active and self.client >= self.config.data.prepared_clients
 
     @cached_property
     def data(self) -> ClientDataModule:
@@ -131,6 +153,10 @@ class LocalClient:
         if adapter is not None:
             module.replace_adapters({k: v[None] for k, v in adapter.items()}, reset=torch.zeros(1, dtype=torch.bool))
         return module
+
+    def initial_adapter(self) -> Adapter:
+        """The adapter this client starts from (every client's A drawn from the run's seed; B zero)."""
+        return {name: p.detach()[0].clone() for name, p in self.module().adapters().items()}
 
     def trainer(self, max_steps: int = -1, callbacks: Sequence[L.Callback] = (), validate: bool = False) -> L.Trainer:
         """Lightning as `collab.fit` runs it, without loggers, checkpoints or validation in training."""

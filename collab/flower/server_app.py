@@ -20,6 +20,7 @@ from lora_gpt import inject_lora, lora_parameters, save_adapters
 from lora_gpt.errors import FixableError
 from lora_gpt.precision import resolve_precision
 
+from ..attacks import attack_summary
 from ..cli import load_config
 from ..fit import device_type, load_base
 from ..run_folder import RunFolder
@@ -70,6 +71,11 @@ def write_summary(strategy: PersonalizedTrust) -> dict[str, Any]:
         seconds=strategy.seconds,
         traffic=traffic_summary(strategy.traffic),
         messages=strategy.traffic,
+        **(
+            {"attack": attack_summary(c.attack, c.data.prepared_clients, strategy.curves[-1]["clients"], folder.trust)}
+            if c.attack.active
+            else {}
+        ),
     )
     folder.write_summary(summary)
     return summary

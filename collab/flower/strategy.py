@@ -77,7 +77,7 @@ class PersonalizedTrust(Strategy):
         self.config, self.folder = config, folder
         self.round_timeout, self.join_timeout = round_timeout, join_timeout
         self.allowed = nodes  # the only nodes to talk to (None: any node of the federation)
-        self.num_clients = config.data.prepared_clients
+        self.num_clients = config.data.prepared_clients + config.attack.count  # bad clients after the honest
         self.schedule = schedule(config)
         self.rounds = TrustRounds(config.trust, self.num_clients, config.run.seed)
         self.adapters: dict[int, Adapter] = {}  # client -> its latest adapter

@@ -39,6 +39,7 @@ from .matrices import (
 from .peers import PeerSampling
 from .protocols import ClientData, CollaborativeModel, Measurements
 from .registry import ALIASES, FAMILIES, Strategy, register_family, strategy_names
+from .robust import FedMedian, FedTrimmedAvg, Krum
 from .round import RoundOutcome, TrustRounds
 from .scores import (
     PEER_LOSS_SCORES,
@@ -69,7 +70,10 @@ __all__ = [
     "CollaborativeModel",
     "FedAvg",
     "FedFomo",
+    "FedMedian",
+    "FedTrimmedAvg",
     "FixedTrust",
+    "Krum",
     "LearnedTrust",
     "Local",
     "Measurements",

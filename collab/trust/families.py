@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import torch
 
-from .matrices import COLLAPSE_SHARE, VARIANTS, Selection, exclude_nonfinite, row_normalize, usable_clients
+from .matrices import COLLAPSE_SHARE, VARIANTS, Selection, aggregate, exclude_nonfinite, row_normalize, usable_clients
 from .peers import PeerSampling
 from .protocols import Measurements
 from .registry import FAMILIES, register_family
@@ -86,6 +86,13 @@ class TrustFamily(ABC):
         scores = scores.cpu()
         usable = usable_clients(scores, finite, scored)
         return exclude_nonfinite(self.weigh(scores, usable, scored), usable)
+
+    def aggregate(
+        self, adapters: Mapping[str, torch.Tensor], trust: torch.Tensor, usable: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Each client's new adapter: by default the `trust`-weighted average (`matrices.aggregate`); a
+        family with a rule that is no weighted average (a median) overrides it."""
+        return aggregate(adapters, trust, usable)
 
     def collapse_advice(self, kind: str, settings: TrustSettings, steps: Sequence[int]) -> str:
         """What to say when the trust rows stayed `self` (local training) or `uniform` (plain

@@ -124,6 +124,20 @@ def aggregate(
     return out
 
 
+@torch.no_grad()
+def bound_norms(adapters: Mapping[str, torch.Tensor], usable: torch.Tensor, factor: float) -> dict[str, torch.Tensor]:
+    """Every client's tensors scaled down, where larger, to `factor` times the median norm of that
+    tensor among the `usable` clients: an adapter many times larger than its peers' (noise, a scaled
+    update) then weighs in an average as one of normal size would."""
+    out = {}
+    for name, a in adapters.items():
+        norms = a.detach().flatten(1).double().norm(dim=1).cpu()
+        limit = factor * norms[usable.cpu()].median()
+        scale = (limit / norms.clamp_min(1e-30)).clamp(max=1.0)
+        out[name] = a * scale.to(a.device, a.dtype).view(-1, *[1] * (a.dim() - 1))
+    return out
+
+
 def collapse(trust: torch.Tensor) -> str | None:
     """`self` where every row is (within `SELF_SHARE`) one-hot on its own client: local training;
     `uniform` where every row is (within `COLLAPSE_SHARE`) plain averaging; else None."""

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .families import TrustFamily, build_family
-from .matrices import aggregate, collapse, finite_clients, trust_quality, usable_clients
+from .matrices import bound_norms, collapse, finite_clients, trust_quality, usable_clients
 from .protocols import Measurements
 from .settings import TrustSettings
 
@@ -62,7 +62,8 @@ class TrustRounds:
             scores = self.family.scores(measured, pairs).cpu()
         usable = usable_clients(scores, finite, pairs)
         trust = self.family.to_trust(scores, finite, pairs)
-        new = aggregate(adapters, trust, usable)
+        bound = self.settings.norm_bound
+        new = self.family.aggregate(adapters if bound is None else bound_norms(adapters, usable, bound), trust, usable)
         if self.prior is None:
             self.prior = torch.zeros(self.num_clients, self.num_clients)
         self.prior[among] = trust

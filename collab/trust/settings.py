@@ -14,6 +14,8 @@ from .peers import PeerSampling
 from .registry import ALIASES, FAMILIES, Strategy, load_plugins, strategy_names
 from .scores import PEER_LOSS_SCORES, SIMILARITIES, STATIC_RULES, TOKEN_DISTANCES
 
+TOKEN_SOURCES = ("reported", "sent")
+
 
 def _strategy_help() -> str:
     """The `--trust` help, listing the strategies registered when the help is shown."""
@@ -72,6 +74,18 @@ class TrustSettings:
     token_top_k: int | None = option(
         None, "dynamic-token: tokens compared per position (default: 10 for top-probs, 100 for reference-logits)"
     )
+    token_source: str = option(
+        "reported",
+        "dynamic-token: the reference predictions each client reports of its own model (reported), or "
+        "predictions of the adapter it sent (sent: in-process runs only), so that a client cannot win "
+        "trust with another model's predictions (docs/attacks.md)",
+        choices=TOKEN_SOURCES,
+    )
+    norm_bound: float | None = option(
+        None,
+        "before averaging, scale every adapter tensor down to at most this many times the median norm of that "
+        "tensor among the round's clients (None: off): a defence against oversized adapters (docs/attacks.md)",
+    )
     static_rule: str = option(
         "overlap",
         "static: P P^T of the measured mixture (overlap), each client's own "
@@ -121,6 +135,7 @@ class TrustSettings:
         require(self, "trust_freq", self.trust_freq >= 1, ">= 1")
         require(self, "pretraining_rounds", self.pretraining_rounds >= 0, ">= 0")
         require(self, "learn_every", self.learn_every >= 1, ">= 1")
+        require(self, "norm_bound", self.norm_bound is None or self.norm_bound > 0, "> 0 (or unset: off)")
         for name in ("token_top_k", "eval_chunk"):
             require(
                 self, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1 (or unset for the default)"
@@ -138,7 +153,7 @@ class TrustSettings:
                 f"--k {self.k} exceeds the {self.peers + 1} clients each client scores (itself and "
                 f"--trust_peers {self.peers}). Fix: --k {self.peers + 1} or less, or more --trust_peers."
             )
-        for name in ("similarity", "ref_score", "token_distance", "static_rule"):
+        for name in ("similarity", "ref_score", "token_distance", "token_source", "static_rule"):
             require_choice(self, name)
 
     def aggregates_at(self, step: int) -> bool:
