@@ -87,6 +87,9 @@ NOT_SET_BY_THE_PROFILE = {
     "data.trust_tokens", "data.ref_tokens", "lora.kernel", "lora.init_seed", "memory.client_chunk",
     "memory.loss_chunk", "run.seed", "run.ckpt_freq", "run.out", "run.accelerator", "run.devices", "run.logger",
     "run.progress",
+    # beyond the reference: bad clients and the defences against them, trust that learns how much
+    "attack.kind", "attack.bad", "attack.poses_as", "attack.scale", "trust.norm_bound", "trust.token_source",
+    "trust.learn_every",
 }  # fmt: skip
 # The recipes' budgets under the switch: (recipe, split) -> (tokens, where).
 BUDGETS = {
