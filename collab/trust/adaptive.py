@@ -33,7 +33,6 @@ from .matrices import row_normalize
 from .peers import PeerSampling
 from .protocols import Measurements
 from .registry import register_family
-from .scores import row_cosine
 from .settings import TrustSettings
 
 LEARNED_TEMPERATURES = (0.1, 0.3, 1.0)  # nats: near one-hot on the best peers, to broad
@@ -56,16 +55,6 @@ def unmeasurable(rows: torch.Tensor, losses: torch.Tensor, pairs: torch.Tensor |
     a broken client as it does for `dynamic-ref`; unscored pairs stay NaN in `losses` and get no weight."""
     scored = torch.ones_like(losses, dtype=torch.bool) if pairs is None else pairs.cpu()
     return rows.masked_fill(~losses.isfinite() & scored, float("nan"))
-
-
-def sampled_pairs(
-    sampling: PeerSampling, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
-) -> torch.Tensor | None:
-    """The pairs `sampling` scores (None: every pair), as `PairScoredTrust.candidates` picks them."""
-    n = next(iter(adapters.values())).shape[0]
-    if not sampling.bounded(n):
-        return None
-    return sampling.choose(prior if prior is not None else row_cosine(adapters, dim=-2), seed)
 
 
 def best_rows(candidates: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
@@ -122,7 +111,7 @@ class LearnedTrust(RowTrust):
     def candidates(
         self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
     ) -> torch.Tensor | None:
-        return sampled_pairs(self.sampling, prior, adapters, seed)
+        return self.sampling.candidates(prior, adapters, seed)
 
     def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
         losses = measured.pair_losses(pairs).cpu()
@@ -192,7 +181,7 @@ class FedFomo(RowTrust):
     def candidates(
         self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
     ) -> torch.Tensor | None:
-        return sampled_pairs(self.sampling, prior, adapters, seed)
+        return self.sampling.candidates(prior, adapters, seed)
 
     def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
         losses = measured.pair_losses(pairs).cpu()

@@ -33,7 +33,6 @@ from .scores import (
     TokenMeasure,
     TopProbabilities,
     check_choice,
-    row_cosine,
     token_measure,
     token_scores,
 )
@@ -164,12 +163,8 @@ class PairScoredTrust(ScoredTrust):
     def candidates(
         self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
     ) -> torch.Tensor | None:
-        """The pairs `sampling` picks, ranked by the previous trust, or before the first aggregation
-        by how alike the adapters are (cheap: no model is evaluated)."""
-        n = next(iter(adapters.values())).shape[0]
-        if not self.sampling.bounded(n):
-            return None
-        return self.sampling.choose(prior if prior is not None else row_cosine(adapters, dim=-2), seed)
+        """The pairs `sampling` picks (`PeerSampling.candidates`)."""
+        return self.sampling.candidates(prior, adapters, seed)
 
 
 @register_family

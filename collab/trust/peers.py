@@ -12,13 +12,15 @@ simulation and a federated server pick the same candidates.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from lora_gpt.clients import mix64
 from lora_gpt.errors import ConfigError
+
+from .scores import row_cosine
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,16 @@ class PeerSampling:
     def bounded(self, num_clients: int) -> bool:
         """Whether fewer than all pairs are scored among `num_clients` clients (m >= N-1 is every pair)."""
         return 0 < self.peers < num_clients - 1
+
+    def candidates(
+        self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
+    ) -> torch.Tensor | None:
+        """The pairs to score (None: every pair), ranked by the previous trust `prior`, or before the
+        first aggregation by how alike the adapters are (cheap: no model is evaluated)."""
+        n = next(iter(adapters.values())).shape[0]
+        if not self.bounded(n):
+            return None
+        return self.choose(prior if prior is not None else row_cosine(adapters, dim=-2), seed)
 
     def choose(self, prior: torch.Tensor, seed: Sequence[int]) -> torch.Tensor | None:
         """`[N, N]` bool: the pairs (i, j) to score, each client itself and `peers` others; None
