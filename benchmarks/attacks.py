@@ -22,6 +22,7 @@ reference predictions a bad client reports, which only `dynamic-token` reads, an
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
@@ -34,10 +35,12 @@ import torch
 
 from collab.cli import fit_command
 from collab.fit import run
+from collab.run_ledger import Figures, RunLedger, base_tag
 
 ROOT = Path("runs/attacks")
 RESULTS = Path("benchmarks/results/attacks_cpu.md")
 PLOT = Path("benchmarks/results/attacks_cpu.png")
+LEDGER = Path("benchmarks/results/attacks_runs.json")  # each finished run's figures, by base and folder
 # The main job's clients (--profile demo), shortened: 30 steps, aggregations at steps 10, 20 and 30,
 # evaluation at the start and the end only, on 4 validation batches per client.
 PROFILE = (
@@ -77,6 +80,7 @@ ROWS = [
     *(Row(s, s) for s in TRUST),
     Row("dynamic-token, token_source=sent", "dynamic-token", SENT),
     Row("dynamic-token, defended", "dynamic-token", DEFENCE),
+    Row("dynamic-token-thresh, defended", "dynamic-token-thresh", DEFENCE),  # and a floor on a peer's score
     *(Row(s, s) for s in ROBUST),
 ]
 
@@ -103,23 +107,48 @@ def folder(row: Row, attack: str, bad: int, seed: int) -> Path:
     )
 
 
-def ensure(row: Row, attack: str, bad: int, seed: int) -> dict[str, Any]:
-    """The run's summary, running it first where it has not finished (a partial folder restarts)."""
+def ensure(row: Row, attack: str, bad: int, seed: int) -> None:
+    """Run it unless the ledger or its folder holds it finished (a partial folder restarts)."""
     out = folder(row, attack, bad, seed)
-    if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
+    if finished(out) is not None:
+        return
     if out.exists():
         shutil.rmtree(out)
     argv = [*PROFILE, "--trust.strategy", row.strategy, *row.options, "--run.seed", str(seed), "--run.out", str(out)]
     if attack != "clean":
         argv += ["--attack.kind", attack, "--attack.bad", str(bad)]
     print("run:", out, flush=True)
-    return run(fit_command().parse(argv))
+    run(fit_command().parse(argv))
+    finished(out)
 
 
-def finished(path: Path) -> dict[str, Any] | None:
-    file = path / "summary.json"
-    return json.loads(file.read_text()) if file.exists() else None
+def run_figures(out: Path) -> Figures | None:
+    """What the tables read of a finished run: the honest clients' mean final validation perplexity
+    (a clean run: every client's), each client's, and the share of trust on bad clients."""
+    file = out / "summary.json"
+    if not file.exists():
+        return None
+    summary = json.loads(file.read_text())
+    figures: Figures = {"honest_ppl": honest_ppl(summary), "ppl": [c["ppl"] for c in summary["final"]["clients"]]}
+    if "attack" in summary:
+        figures["trust_on_bad"] = trust_on_bad(summary)
+    return figures
+
+
+@functools.cache
+def ledger() -> RunLedger:
+    from data.offline_base import offline_base
+
+    return RunLedger(LEDGER, base_tag(offline_base(progress=False)))
+
+
+def finished(out: Path, base: str | None = None) -> Figures | None:
+    """The figures of the run in `out` measured with `base` (None: this machine's, read from its
+    folder where the ledger does not hold them yet)."""
+    key = out.relative_to(ROOT).as_posix()
+    if base is None or base == ledger().base:
+        return ledger().figures(key, out, run_figures)
+    return ledger().get(key, base)
 
 
 def honest_ppl(summary: dict[str, Any]) -> float:
@@ -134,16 +163,46 @@ def trust_on_bad(summary: dict[str, Any]) -> float:
     return sum(r["honest_trust_on_bad"] for r in rounds) / len(rounds)
 
 
-def cell(row: Row, attack: str, bad: int, seeds: Sequence[int]) -> tuple[list[float], list[float]] | None:
-    """Per seed with both runs finished: honest ppl change vs clean (%), and trust on bad clients."""
-    change, share = [], []
-    for s in seeds:
-        attacked, clean = finished(folder(row, attack, bad, s)), finished(folder(row, "clean", bad, s))
-        if attacked is None or clean is None:
-            continue
-        change.append(100 * (honest_ppl(attacked) / honest_ppl(clean) - 1))
-        share.append(trust_on_bad(attacked))
-    return (change, share) if change else None
+def cell(row: Row, attack: str, bad: int, seeds: Sequence[int]) -> Figures | None:
+    """Over the seeds with both runs finished, on the first base (this machine's first) that has any:
+    the honest ppl change vs clean (%) and the trust on bad clients, each as [mean, worst], the seed
+    count and the base; else the cell as reported before the ledger kept runs."""
+    for base in ledger().bases():
+        change, share = [], []
+        for s in seeds:
+            attacked, clean = finished(folder(row, attack, bad, s), base), finished(folder(row, "clean", bad, s), base)
+            if attacked is None or clean is None:
+                continue
+            change.append(100 * (attacked["honest_ppl"] / clean["honest_ppl"] - 1))
+            share.append(attacked["trust_on_bad"])
+        if change:
+            return {
+                "change": [statistics.mean(change), max(change)],
+                "share": [statistics.mean(share), max(share)],
+                "seeds": len(change),
+                "base": base,
+            }
+        earlier = ledger().get(f"{row.folder}/{attack}-k{bad}/reported", base)
+        if earlier is not None:
+            return {**earlier, "base": base}
+    return None
+
+
+def clean_ppl(row: Row, bad: int, seeds: Sequence[int]) -> tuple[float, str] | None:
+    """The paired clean runs' mean perplexity, and the base, as `cell` finds them."""
+    for base in ledger().bases():
+        found = [f["honest_ppl"] for s in seeds if (f := finished(folder(row, "clean", bad, s), base)) is not None]
+        if found:
+            return statistics.mean(found), base
+        earlier = ledger().get(f"{row.folder}/clean/reported", base)
+        if earlier is not None:
+            return float(earlier["ppl"]), base
+    return None
+
+
+def marked(text: str, base: str) -> str:
+    """A cell's text, marked where a base other than the ledger's main one measured it."""
+    return text if base == ledger().bases()[0] else f"{text} ‡"
 
 
 def table(bad: int, seeds: Sequence[int]) -> tuple[list[str], dict[tuple[str, str], tuple[float, float]]]:
@@ -153,8 +212,7 @@ def table(bad: int, seeds: Sequence[int]) -> tuple[list[str], dict[tuple[str, st
     ppl_lines, share_lines = list(head), list(head)
     means: dict[tuple[str, str], tuple[float, float]] = {}
     for row in ROWS:
-        cleans = [finished(folder(row, "clean", bad, s)) for s in seeds]
-        clean_ppl = [honest_ppl(c) for c in cleans if c is not None]
+        clean = clean_ppl(row, bad, seeds)
         ppl_texts, share_texts = [], []
         for attack in ATTACKS:
             runs = cells(row, seeds)
@@ -173,16 +231,13 @@ def table(bad: int, seeds: Sequence[int]) -> tuple[list[str], dict[tuple[str, st
                 ppl_texts.append("not run")
                 share_texts.append("not run")
                 continue
-            change, share = got
-            means[(row.label, attack)] = (statistics.mean(change), statistics.mean(share))
-            ppl_texts.append(
-                f"{statistics.mean(change):+.1f} [{max(change):+.1f}]"
-                + ("" if len(change) == len(seeds) else f" (n={len(change)})")
-            )
-            share_texts.append(
-                "-" if row.strategy in ROBUST[:2] else f"{statistics.mean(share):.1%} [{max(share):.1%}]"
-            )
-        ppl = f"{statistics.mean(clean_ppl):.1f}" if clean_ppl else "-"
+            (change, worst), share = got["change"], got["share"]
+            means[(row.label, attack)] = (change, float("nan") if share is None else share[0])
+            count = "" if got["seeds"] == len(seeds) else f" (n={got['seeds']})"
+            ppl_texts.append(marked(f"{change:+.1f} [{worst:+.1f}]{count}", got["base"]))
+            no_share = share is None or row.strategy in ROBUST[:2]
+            share_texts.append(marked("-" if no_share else f"{share[0]:.1%} [{share[1]:.1%}]", got["base"]))
+        ppl = "-" if clean is None else marked(f"{clean[0]:.1f}", clean[1])
         ppl_lines.append(f"| {row.label} | {ppl} | {' | '.join(ppl_texts)} |")
         share_lines.append(f"| {row.label} | {ppl} | {' | '.join(share_texts)} |")
     lines = [
@@ -237,39 +292,48 @@ def plot(means: dict[int, dict[tuple[str, str], tuple[float, float]]]) -> None:
     fig.savefig(PLOT, dpi=100)
 
 
-def main_job_folder(options: Sequence[str]) -> Path:
-    return ROOT / "main-job" / ("dynamic-token" + ("-defended" if options else ""))
+# The main job's dynamic-token row as it is, defended, and defended with a floor on the score a peer needs
+MAIN_JOB_ROWS = (
+    ("as it is", "dynamic-token", ()),
+    ("defended", "dynamic-token", DEFENCE),
+    ("floor, defended", "dynamic-token-thresh", DEFENCE),
+)
+
+
+def main_job_folder(strategy: str, options: Sequence[str]) -> Path:
+    return ROOT / "main-job" / (strategy + ("-defended" if options else ""))
 
 
 def main_job(run_missing: bool) -> list[str]:
-    """The clean main job (`scripts/demo.py`'s dynamic-token row, seed 0) with and without the defence
-    (`--trust.token_source sent` alone changes nothing without bad clients: the norm bound may)."""
+    """The clean main job (`scripts/demo.py`'s dynamic-token row, seed 0) with and without the defences
+    (`--trust.token_source sent` alone changes nothing without bad clients: the norm bound and the
+    floor may), on each base that measured it."""
     lines = [
         "## The defence on the clean main job",
         "",
         f"`python -m collab.fit {' '.join(MAIN_JOB)} --trust.strategy dynamic-token` (seed 0, 100 steps), "
-        f"without and with the defence (`{' '.join(DEFENCE)}`):",
+        f"without and with the defence (`{' '.join(DEFENCE)}`), and `dynamic-token-thresh` (its floor) with it:",
         "",
-        "| dynamic-token | mean val ppl | per client | change |",
-        "|---|---|---|---|",
+        "| dynamic-token | base | mean val ppl | per client | change |",
+        "|---|---|---|---|---|",
     ]
-    results = {}
-    for options in ((), DEFENCE):
-        out = main_job_folder(options)
-        if run_missing and not (out / "summary.json").exists():
-            shutil.rmtree(out, ignore_errors=True)
-            print("run:", out, flush=True)
-            run(fit_command().parse([*MAIN_JOB, "--trust.strategy", "dynamic-token", *options, "--run.out", str(out)]))
-        results[options] = finished(out)
-    base = results[()]
-    for options, summary in results.items():
-        if summary is None:
-            lines.append(f"| {'defended' if options else 'as it is'} | not run | | |")
-            continue
-        ppl = summary["final"]["mean"]["ppl"]
-        per = ", ".join(f"{c['ppl']:.1f}" for c in summary["final"]["clients"])
-        change = f"{100 * (ppl / base['final']['mean']['ppl'] - 1):+.2f}%" if base is not None else "-"
-        lines.append(f"| {'defended' if options else 'as it is'} | {ppl:.1f} | {per} | {change} |")
+    if run_missing:
+        for _, strategy, options in MAIN_JOB_ROWS:
+            out = main_job_folder(strategy, options)
+            if finished(out) is None:
+                shutil.rmtree(out, ignore_errors=True)
+                print("run:", out, flush=True)
+                run(fit_command().parse([*MAIN_JOB, "--trust.strategy", strategy, *options, "--run.out", str(out)]))
+    for base in ledger().bases():
+        results = {label: finished(main_job_folder(s, o), base) for label, s, o in MAIN_JOB_ROWS}
+        plain = results["as it is"]
+        for label, figures in results.items():
+            if figures is None:
+                continue
+            ppl = figures["honest_ppl"]
+            per = ", ".join(f"{p:.1f}" for p in figures["ppl"])
+            change = f"{100 * (ppl / plain['honest_ppl'] - 1):+.2f}%" if plain is not None else "-"
+            lines.append(f"| {label} | {base} | {ppl:.1f} | {per} | {change} |")
     return [*lines, ""]
 
 
@@ -285,7 +349,11 @@ def report(seeds: Sequence[int]) -> None:
         "trust share is not given for fedmedian and fedtrimmedavg, whose coordinate-wise rules weigh no client; "
         "krum's is how often it picked a bad client. `dynamic-token, defended`: `"
         f"{' '.join(DEFENCE)}`, run on the attacks {', '.join(DEFENDED_ATTACKS)} only (time), against clean runs "
-        "with the same options. Cells marked `as noise` or `as dynamic-token` equal that "
+        "with the same options; `dynamic-token-thresh, defended` adds the floor of the `-thresh` variant (a peer "
+        "scoring under -2.5, where each row's scores sum to -10, gets no trust; each row keeps its best two). "
+        f"Cells marked ‡ were measured with another machine's build of the offline base (validation perplexity "
+        f"{', '.join(ledger().bases()[1:]) or '-'}; the other cells: {ledger().bases()[0]}): pretraining is deterministic on one machine, not across machines, "
+        "and a cell pairs runs of one base. Cells marked `as noise` or `as dynamic-token` equal that "
         "cell by construction and were not run (the script's docstring says why); `none`'s one run per k shows "
         "its honest clients end exactly as without the bad clients.",
         "",

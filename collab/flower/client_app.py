@@ -139,8 +139,8 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     def peer_losses(message: Message, context: Context) -> Message:
         client, state = local(context)
         own = checkpoint_adapter(state.latest())
-        peers, order = records.peer_losses_request(message.content)
-        losses = client.peer_losses(own, peers, order)
+        peers, order, part = records.peer_losses_request(message.content)
+        losses = client.peer_losses(own, peers, order, part)
         return Message(records.losses_reply(losses), reply_to=message)
 
     @app.query("ref_top")

@@ -34,6 +34,7 @@ from ..evaluation import mean_losses
 from ..fit import device_type, load_base
 from ..module import CollabLoRAModule
 from ..trust import TokenMeasure
+from ..trust.protocols import Part, batches_of
 
 Adapter = dict[str, torch.Tensor]  # one client's adapter: parameter name -> tensor without the client dim
 
@@ -196,16 +197,21 @@ class LocalClient:
             return path.read_bytes(), start, [row["loss"][0] for row in module.train_curve if row["step"] > start]
 
     def peer_losses(
-        self, own: Mapping[str, torch.Tensor], peers: Mapping[int, Mapping[str, torch.Tensor]], order: Sequence[int]
+        self,
+        own: Mapping[str, torch.Tensor],
+        peers: Mapping[int, Mapping[str, torch.Tensor]],
+        order: Sequence[int],
+        part: Part | None = None,
     ) -> torch.Tensor:
         """`[len(order)]`: the mean loss of every listed client's model (this client's `own`, the others
-        from `peers`) on this client's `trust` split: its row of `dynamic-ref`'s peer losses."""
+        from `peers`) on this client's `trust` split (its `part` of the batches; None: all): its row of
+        `dynamic-ref`'s peer losses."""
         c = self.config
         model = inject_lora(load_base(c.run, c.data.sequence_length), c.lora, num_adapters=len(order))
         with torch.no_grad():
             for name, p in lora_parameters(model).items():
                 p.copy_(torch.stack([(own if n == self.client else peers[n])[name] for n in order]))
-        batches = [b[0] for b in self.data.trust_batches()]
+        batches = [b[0] for b in batches_of(self.data.trust_batches(), part)]
         return mean_losses(model, len(order), batches, c.trust.eval_chunk or c.memory.client_chunk or len(order))
 
     def ref_outputs(

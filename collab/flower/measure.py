@@ -19,6 +19,7 @@ import torch
 from flwr.app import RecordDict
 
 from ..trust import TokenMeasure
+from ..trust.protocols import Part
 from ..trust.matrices import aggregate, finite_clients
 from . import records
 from .token_union import mean_distances, union_ids
@@ -64,13 +65,13 @@ class FederatedMeasurements:
             raise ClientsAbsent(sorted(replies))
         return replies
 
-    def pair_losses(self, pairs: torch.Tensor | None = None) -> torch.Tensor:
+    def pair_losses(self, pairs: torch.Tensor | None = None, part: Part | None = None) -> torch.Tensor:
         """Row i from client i, which scores its own adapter and its candidate peers' on its data."""
         ids = self.clients
         order = {i: [j for b, j in enumerate(ids) if pairs is None or pairs[a, b]] for a, i in enumerate(ids)}
         replies = self._answers(
             {
-                i: records.peer_losses_content({j: self.adapters_held[j] for j in order[i] if j != i}, order[i])
+                i: records.peer_losses_content({j: self.adapters_held[j] for j in order[i] if j != i}, order[i], part)
                 for i in ids
             },
             "query.peer_losses",
@@ -81,7 +82,7 @@ class FederatedMeasurements:
                 losses[a, ids.index(j)] = loss
         return losses
 
-    def mixture_losses(self, rows: torch.Tensor) -> torch.Tensor:
+    def mixture_losses(self, rows: torch.Tensor, part: Part | None = None) -> torch.Tensor:
         """The server forms every candidate average and sends client i its own (`rows[k, i]`) as
         peers numbered -1, -2, ... of a `peer_losses` query: the client scores them on its own data."""
         held = self.adapters()
@@ -90,7 +91,9 @@ class FederatedMeasurements:
         replies = self._answers(
             {
                 i: records.peer_losses_content(
-                    {n: {name: t[a] for name, t in avg.items()} for n, avg in zip(names, averages, strict=True)}, names
+                    {n: {name: t[a] for name, t in avg.items()} for n, avg in zip(names, averages, strict=True)},
+                    names,
+                    part,
                 )
                 for a, i in enumerate(self.clients)
             },

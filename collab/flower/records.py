@@ -12,6 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from ..trust import TokenMeasure, token_measure
+from ..trust.protocols import Part
 
 ADAPTER, PEERS, LOSSES, IDS, VALUES, MEASURE = "adapter", "peers", "losses", "ids", "values", "measure"
 
@@ -86,9 +87,13 @@ def hello_reply(client: int, mixture: Sequence[float], step: int) -> RecordDict:
     )
 
 
-def peer_losses_content(peers: Mapping[int, Mapping[str, torch.Tensor]], order: Sequence[int]) -> RecordDict:
-    """dynamic-ref: the peers' adapters to score on the client's own `trust` split, in `order`."""
-    return RecordDict({PEERS: peers_arrays(peers), "config": ConfigRecord({"order": list(order)})})
+def peer_losses_content(
+    peers: Mapping[int, Mapping[str, torch.Tensor]], order: Sequence[int], part: Part | None = None
+) -> RecordDict:
+    """dynamic-ref: the peers' adapters to score on the client's own `trust` split (its `part` of the
+    batches; None: all), in `order`."""
+    config = {"order": list(order)} | ({} if part is None else {"part": list(part)})
+    return RecordDict({PEERS: peers_arrays(peers), "config": ConfigRecord(config)})
 
 
 def losses_reply(losses: torch.Tensor) -> RecordDict:
@@ -178,10 +183,16 @@ def hello(content: RecordDict) -> tuple[int, list[float], int]:
     return _int(who["client"]), [_float(x) for x in _list(who["mixture"])], _int(who["step"])
 
 
-def peer_losses_request(content: RecordDict) -> tuple[dict[int, dict[str, torch.Tensor]], list[int]]:
-    """`peer_losses_content`'s peers' adapters and their order."""
-    order = content.config_records["config"]["order"]
-    return peers_tensors(content.array_records[PEERS]), [_int(n) for n in _list(order)]
+def peer_losses_request(
+    content: RecordDict,
+) -> tuple[dict[int, dict[str, torch.Tensor]], list[int], Part | None]:
+    """`peer_losses_content`'s peers' adapters, their order and the part of the split."""
+    config = content.config_records["config"]
+    order = [_int(n) for n in _list(config["order"])]
+    part = tuple(_int(n) for n in _list(config["part"])) if "part" in config else None
+    if part is not None and not (len(part) == 2 and 0 <= part[0] < part[1]):
+        raise ValueError(f"a peer_losses query's part must be (i, n) with 0 <= i < n, got {part}")
+    return peers_tensors(content.array_records[PEERS]), order, part  # type: ignore[return-value]
 
 
 def losses(content: RecordDict) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .matrices import aggregate, finite_clients
-from .protocols import ClientData, CollaborativeModel
+from .protocols import ClientData, CollaborativeModel, Part, batches_of
 from .scores import TokenMeasure
 
 
@@ -36,16 +36,16 @@ class BatchedMeasurements:
     def adapters(self) -> Mapping[str, torch.Tensor]:
         return self.model.adapters()
 
-    def pair_losses(self, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.pair_losses(self.data.trust_batches(), pairs, self.chunk)
+    def pair_losses(self, pairs: torch.Tensor | None = None, part: Part | None = None) -> torch.Tensor:
+        return self.model.pair_losses(batches_of(self.data.trust_batches(), part), pairs, self.chunk)
 
-    def mixture_losses(self, rows: torch.Tensor) -> torch.Tensor:
+    def mixture_losses(self, rows: torch.Tensor, part: Part | None = None) -> torch.Tensor:
         """Each row's averages put in the model's place in turn, each client's scored on its own
         data, then the clients' own adapters put back."""
         held = {name: a.detach().clone() for name, a in self.model.adapters().items()}
         finite, keep = finite_clients(held), torch.zeros(self.num_clients, dtype=torch.bool)
         own = torch.eye(self.num_clients, dtype=torch.bool)
-        batches = self.data.trust_batches()
+        batches = batches_of(self.data.trust_batches(), part)
         losses = []
         try:
             for row in rows:

@@ -47,6 +47,7 @@ class TrustFamily(ABC):
     variants: ClassVar[tuple[str, ...]] = ("",)  # the name suffixes it takes (`collab.trust.VARIANTS`)
     scores_pairs: ClassVar[bool] = False  # whether --trust_peers can bound what it measures
     fixed: ClassVar[bool] = False  # trust set by design (none, naive, static), never learned from scores
+    default_parts: ClassVar[int] = 1  # --trust_parts where unset: the share of the trust split a round measures
 
     @classmethod
     @abstractmethod

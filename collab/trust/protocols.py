@@ -17,6 +17,17 @@ from numpy.typing import ArrayLike
 
 from .scores import TokenMeasure
 
+# (i, n): the i-th of n interleaved parts of a split's batches (batches i, i + n, i + 2n, ...)
+Part = tuple[int, int]
+
+
+def batches_of(batches: Sequence[torch.Tensor], part: Part | None) -> list[torch.Tensor]:
+    """The batches of `part` (None: all); a part past the last batch wraps around, so none is empty."""
+    if part is None:
+        return list(batches)
+    i, n = part
+    return list(batches[i % min(n, len(batches)) :: n])
+
 
 class Measurements(Protocol):
     """What a trust family may measure about the P clients of a round, in the round's order.
@@ -38,15 +49,15 @@ class Measurements(Protocol):
         """The stacked adapters `[P, ...]` the clients hold (in a federation: the ones they sent)."""
         ...
 
-    def pair_losses(self, pairs: torch.Tensor | None = None) -> torch.Tensor:
-        """`[P, P]`: the mean next-token loss (nats) of client j's model on client i's `trust` split at
-        the pairs set in `pairs` (`[P, P]` bool, the diagonal among them; None: every pair), NaN
-        elsewhere. Cost: one evaluation per pair."""
+    def pair_losses(self, pairs: torch.Tensor | None = None, part: Part | None = None) -> torch.Tensor:
+        """`[P, P]`: the mean next-token loss (nats) of client j's model on client i's `trust` split (its
+        `part` of the batches; None: all) at the pairs set in `pairs` (`[P, P]` bool, the diagonal among
+        them; None: every pair), NaN elsewhere. Cost: one evaluation per pair."""
         ...
 
-    def mixture_losses(self, rows: torch.Tensor) -> torch.Tensor:
-        """`[K, P]`: the mean next-token loss (nats) on client i's `trust` split of the adapter
-        averaged with `rows[k, i]` (`[K, P, P]`, each row a weight per client; clients with a
+    def mixture_losses(self, rows: torch.Tensor, part: Part | None = None) -> torch.Tensor:
+        """`[K, P]`: the mean next-token loss (nats) on client i's `trust` split (its `part`) of the
+        adapter averaged with `rows[k, i]` (`[K, P, P]`, each row a weight per client; clients with a
         non-finite adapter count as zero, as in the aggregation). Cost: one evaluation per client
         per row."""
         ...

@@ -18,7 +18,7 @@ import torch
 
 from .families import TrustFamily, build_family
 from .matrices import bound_norms, collapse, finite_clients, trust_quality, usable_clients
-from .protocols import Measurements
+from .protocols import Measurements, Part
 from .settings import TrustSettings
 
 COLLAPSED_ROUNDS = 3  # consecutive rounds that make a collapse worth saying
@@ -32,6 +32,24 @@ class RoundOutcome:
     trust: torch.Tensor  # `[P, P]`
     usable: torch.Tensor  # `[P]` bool: False = left out of every average and reset, as broken
     record: dict[str, Any]  # the round as `trust/step_NNNNNN.json` holds it
+
+
+@dataclass(frozen=True)
+class PartMeasurements:
+    """`measured`, with its losses on the trust split measured on one `part` of the batches only
+    (`--trust_parts`); every other measurement as it is."""
+
+    measured: Measurements
+    part: Part
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.measured, name)
+
+    def pair_losses(self, pairs: torch.Tensor | None = None, part: Part | None = None) -> torch.Tensor:
+        return self.measured.pair_losses(pairs, self.part)
+
+    def mixture_losses(self, rows: torch.Tensor, part: Part | None = None) -> torch.Tensor:
+        return self.measured.mixture_losses(rows, self.part)
 
 
 class TrustRounds:
@@ -53,13 +71,15 @@ class TrustRounds:
         finite = finite_clients(adapters)
         index = torch.tensor(clients)
         among = (index[:, None], index[None, :])
+        parts = self.settings.parts or self.family.default_parts
+        part = (len(self.history) % parts, parts) if parts > 1 else None
         if self.prior is not None and self.family.reuses_prior(len(self.history)):
-            pairs, scores = None, self.prior[among].clone()
+            pairs, scores, part = None, self.prior[among].clone(), None
         else:
             pairs = self.family.candidates(
                 None if self.prior is None else self.prior[among], adapters, (self.seed, step)
             )
-            scores = self.family.scores(measured, pairs).cpu()
+            scores = self.family.scores(measured if part is None else PartMeasurements(measured, part), pairs).cpu()
         usable = usable_clients(scores, finite, pairs)
         trust = self.family.to_trust(scores, finite, pairs)
         bound = self.settings.norm_bound
@@ -79,6 +99,8 @@ class TrustRounds:
         }
         if pairs is not None:
             record["scored"] = int(pairs.sum())
+        if part is not None:
+            record["part"] = list(part)
         self.history.append({k: v for k, v in record.items() if k not in ("trust", "scores")})
         return RoundOutcome(new, trust, usable, record)
 

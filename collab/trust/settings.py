@@ -108,10 +108,17 @@ class TrustSettings:
         alias="trust_explore",
     )
     learn_every: int = option(
-        3,
+        1,
         "learned: choose the trust rows at every this many aggregations, keeping them in between "
         "(1: at every aggregation; each choice costs what dynamic-ref's scores cost, and more)",
         alias="trust_learn_every",
+    )
+    parts: int | None = option(
+        None,
+        "measure each aggregation's losses on the trust split on one of this many interleaved parts of its "
+        "batches, a different part each aggregation: cost / N, noise x sqrt(N) (default: the strategy's own, "
+        "4 for learned, 1 for the rest)",
+        alias="trust_parts",
     )
     eval_chunk: int | None = option(
         None, "clients (dynamic-ref: pairs) per pass when scoring trust (default: --client_chunk)", resume_free=True
@@ -136,7 +143,7 @@ class TrustSettings:
         require(self, "pretraining_rounds", self.pretraining_rounds >= 0, ">= 0")
         require(self, "learn_every", self.learn_every >= 1, ">= 1")
         require(self, "norm_bound", self.norm_bound is None or self.norm_bound > 0, "> 0 (or unset: off)")
-        for name in ("token_top_k", "eval_chunk"):
+        for name in ("token_top_k", "eval_chunk", "parts"):
             require(
                 self, name, getattr(self, name) is None or getattr(self, name) >= 1, ">= 1 (or unset for the default)"
             )
