@@ -352,7 +352,8 @@ def report(seeds: Sequence[int]) -> None:
         "with the same options; `dynamic-token-thresh, defended` adds the floor of the `-thresh` variant (a peer "
         "scoring under -2.5, where each row's scores sum to -10, gets no trust; each row keeps its best two). "
         f"Cells marked ‡ were measured with another machine's build of the offline base (validation perplexity "
-        f"{', '.join(ledger().bases()[1:]) or '-'}; the other cells: {ledger().bases()[0]}): pretraining is deterministic on one machine, not across machines, "
+        f"{', '.join(ledger().bases()[1:]) or '-'}; the other cells: {ledger().bases()[0]}): pretraining is "
+        "deterministic on one machine, not across machines, "
         "and a cell pairs runs of one base. Cells marked `as noise` or `as dynamic-token` equal that "
         "cell by construction and were not run (the script's docstring says why); `none`'s one run per k shows "
         "its honest clients end exactly as without the bad clients.",

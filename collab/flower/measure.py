@@ -19,8 +19,8 @@ import torch
 from flwr.app import RecordDict
 
 from ..trust import TokenMeasure
-from ..trust.protocols import Part
 from ..trust.matrices import aggregate, finite_clients
+from ..trust.protocols import Part
 from . import records
 from .token_union import mean_distances, union_ids
 
