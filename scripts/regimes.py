@@ -14,6 +14,7 @@ skipped, so an interrupted grid resumes. The table goes to `--table` (Markdown).
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -25,6 +26,7 @@ from typing import Any, ClassVar
 from collab.cli import fit_command
 from collab.fit import run
 from collab.run_folder import RunFolder
+from collab.run_ledger import Figures, RunLedger, base_tag
 from lora_gpt.cli import Command, fail
 from lora_gpt.errors import ConfigError, FixableError
 from lora_gpt.options import flag_name, option, require
@@ -46,8 +48,15 @@ CUT = (
 STRATEGIES = ("none", "naive", "static", "dynamic", "dynamic-ref", "dynamic-token", "fedfomo", "apfl", "learned")
 FIXED = ("none", "naive")  # the two ends: train alone, average with everyone
 NEW = "learned"
-# Rows of `NEW` with other options, run where asked (--strategies), never counted among the others
-VARIANTS = {"learned-each": ("learned", "--trust_learn_every", "1")}  # rows chosen at every aggregation
+# Rows of `NEW` with other options, run where asked (--strategies), never counted among the others:
+# on the whole trust split, on an eighth of it, and the first version (every third aggregation, whole split)
+VARIANTS = {
+    "learned-whole": ("learned", "--trust_parts", "1"),
+    "learned-8": ("learned", "--trust_parts", "8"),
+    "learned-every3": ("learned", "--trust_learn_every", "3", "--trust_parts", "1"),
+}
+COSTED = (NEW, "learned-8")  # timed against `none` at the main job's own settings (--cost)
+LEDGER = Path("benchmarks/results/regimes_runs.json")  # each finished run's figures, by base and folder
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,7 @@ class RegimesConfig:
     out: Path = option(Path("runs/regimes"), "OUT/REGIME/STRATEGY/seedSEED")
     table: Path = option(Path("benchmarks/results/regimes_cpu.md"), "where the table goes")
     table_only: bool = option(False, "run nothing: the table from the finished runs")
-    cost: bool = option(True, f"also time `none` and `{NEW}` at the main job's own settings (OUT/cost)")
+    cost: bool = option(True, f"also time `none` and {', '.join(COSTED)} at the main job's own settings (OUT/cost)")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))
@@ -124,57 +133,76 @@ def fit_options(regime: Regime, strategy: str, seed: int, folder: Path, steps: i
 
 def cost_options(strategy: str, folder: Path) -> list[str]:
     """The main job's run (its profile, uncut, seed 0) with `strategy`: what the cost target is set on."""
-    return ["--profile", PROFILE, "--trust", strategy, "--out", str(folder), "--no-progress"]
+    trust = VARIANTS.get(strategy, (strategy,))
+    return ["--profile", PROFILE, "--trust", *trust, "--out", str(folder), "--no-progress"]
 
 
-def final_ppl(folder: Path) -> float | None:
-    """The run's mean validation perplexity over its clients at the end (None: not finished)."""
+def run_figures(folder: Path) -> Figures | None:
+    """A finished run's mean validation perplexity over its clients at the end, and its training time."""
     summary = RunFolder(folder).summary
     if not summary.exists():
         return None
-    return float(json.loads(summary.read_text())["final"]["mean"]["ppl"])
+    read = json.loads(summary.read_text())
+    return {"ppl": float(read["final"]["mean"]["ppl"]), "seconds": read.get("seconds")}
 
 
-def run_seconds(folder: Path) -> float | None:
-    summary = RunFolder(folder).summary
-    return json.loads(summary.read_text()).get("seconds") if summary.exists() else None
+@functools.cache
+def ledger() -> RunLedger:
+    from data.offline_base import offline_base
+
+    return RunLedger(LEDGER, base_tag(offline_base(progress=False)))
 
 
-def regime_rows(ppl: dict[str, dict[int, float]], seeds: tuple[int, ...]) -> dict[str, Any]:
-    """Per strategy its mean perplexity over the seeds it finished all of, its rank, and the new
-    strategy's paired difference against the best of the others."""
+def finished(config: RegimesConfig, key: str, base: str | None = None) -> Figures | None:
+    """The figures of run `key` (`REGIME/STRATEGY/seedSEED`, or `cost/STRATEGY`) measured with `base`
+    (None: this machine's, read from its folder under `--out` where the ledger does not hold them)."""
+    if base is None or base == ledger().base:
+        return ledger().figures(key, config.out / key, run_figures)
+    return ledger().get(key, base)
+
+
+def regime_rows(ppl: dict[str, dict[int, float]], seeds: tuple[int, ...], reported: dict[str, float]) -> dict[str, Any]:
+    """Per strategy its mean perplexity over the seeds (where it finished all of them; else as reported
+    before the ledger kept runs), its rank, and the new strategy's paired difference against the best
+    of the others."""
     means = {s: statistics.fmean(v[k] for k in seeds) for s, v in ppl.items() if all(k in v for k in seeds)}
+    means |= {s: m for s, m in reported.items() if s not in means}
     ranked = sorted(means, key=lambda s: means[s])
     ranks = {s: 1 + sum(means[o] < means[s] for o in means if o not in VARIANTS) for s in ranked}  # ties share
     out: dict[str, Any] = {"means": means, "ranks": ranks}
     others = [s for s in ranked if s != NEW and s not in VARIANTS]
     if NEW in means and others:
         best = others[0]
-        diffs = [100 * (ppl[NEW][k] / ppl[best][k] - 1) for k in seeds]
-        out["best"], out["diffs"] = best, diffs
+        paired = all(k in ppl.get(s, {}) for s in (NEW, best) for k in seeds)
+        out["best"] = best
+        out["diffs"] = [100 * (ppl[NEW][k] / ppl[best][k] - 1) for k in seeds] if paired else None
         out["within_1pct"] = means[NEW] <= 1.01 * means[best]
         beats_fixed = [means[NEW] < means[f] for f in FIXED if f in means]
         out["beats_none_naive"] = all(beats_fixed) if best not in FIXED else None
     return out
 
 
-def table(config: RegimesConfig) -> str:
-    """The Markdown table: mean perplexity (rank) per strategy and regime, then the targets."""
+def base_table(config: RegimesConfig, base: str) -> list[str]:
+    """The tables of the runs measured with `base`: mean perplexity (rank) per strategy and regime,
+    the targets, the time ratios."""
     chosen = [r for r in REGIMES if r.name in config.regimes]
+
+    def figures(regime: str, strategy: str, seed: int) -> Figures | None:
+        return finished(config, f"{regime}/{strategy}/seed{seed}", base)
+
     results = {
         r.name: {
-            s: {k: p for k in config.seeds if (p := final_ppl(config.out / r.name / s / f"seed{k}")) is not None}
+            s: {k: f["ppl"] for k in config.seeds if (f := figures(r.name, s, k)) is not None}
             for s in config.strategies
         }
         for r in chosen
     }
-    rows = {name: regime_rows(ppl, config.seeds) for name, ppl in results.items()}
+    reported = {
+        r.name: {s: float(f["ppl"]) for s in config.strategies if (f := ledger().get(f"{r.name}/{s}/reported", base))}
+        for r in chosen
+    }
+    rows = {name: regime_rows(ppl, config.seeds, reported[name]) for name, ppl in results.items()}
     lines = [
-        "# Regimes: every trust strategy on six sets of clients (CPU)",
-        "",
-        "`python scripts/regimes.py` (docs: [Which strategy for which data](../choosing.md)): the main "
-        f"job's settings (`--profile {PROFILE}`) cut to `{' '.join(CUT)}`, one CPU core shared with other jobs.",
-        "",
         f"Mean validation perplexity over seeds {', '.join(map(str, config.seeds))} (rank in the regime; "
         "lower is better). `-`: not every seed finished.",
         "",
@@ -190,6 +218,8 @@ def table(config: RegimesConfig) -> str:
                 ranks.append(row["ranks"][s])
             else:
                 cells.append("-")
+        if not ranks:
+            continue
         mean_rank = f"{statistics.fmean(ranks):.1f}" if len(ranks) == len(chosen) else "-"
         lines.append(f"| {s} | " + " | ".join(cells) + f" | {mean_rank} |")
     lines += [
@@ -207,32 +237,58 @@ def table(config: RegimesConfig) -> str:
             lines.append(f"| {r.name} | - | - | - | - | - |")
             continue
         diffs = row["diffs"]
+        per_seed = ", ".join(f"{d:+.1f}%" for d in diffs) if diffs else "-"
+        mean = 100 * (row["means"][NEW] / row["means"][row["best"]] - 1)
         beats = {None: "n/a (best is none or naive)", True: "yes", False: "no"}[row["beats_none_naive"]]
-        lines.append(
-            f"| {r.name} | {row['best']} | {', '.join(f'{d:+.1f}%' for d in diffs)} | "
-            f"{statistics.fmean(diffs):+.1f}% | {'yes' if row['within_1pct'] else 'no'} | {beats} |"
-        )
+        within = "yes" if row["within_1pct"] else "no"
+        lines.append(f"| {r.name} | {row['best']} | {per_seed} | {mean:+.1f}% | {within} | {beats} |")
     seconds = {
-        s: [t for r in chosen for k in config.seeds if (t := run_seconds(config.out / r.name / s / f"seed{k}"))]
+        s: [f["seconds"] for r in chosen for k in config.seeds if (f := figures(r.name, s, k)) and f.get("seconds")]
         for s in config.strategies
     }
-    lines += [
-        "",
-        "Training time over `none`'s, medians over the runs above (one CPU core, shared with other jobs):",
-        "",
-    ]
-    lines += [
-        f"- `{s}`: {statistics.median(seconds[s]) / statistics.median(seconds['none']):.2f}x"
+    ratios = {
+        s: statistics.median(t) / statistics.median(seconds["none"])
+        for s, t in seconds.items()
+        if t and seconds.get("none")
+    }
+    ratios |= {
+        s: float(f["ratio"])
         for s in config.strategies
-        if seconds.get(s) and seconds.get("none")
-    ]
-    alone, new = (run_seconds(config.out / "cost" / s) for s in ("none", NEW))
-    if alone and new:
+        if s not in ratios and (f := ledger().get(f"time/{s}/reported", base))
+    }
+    if ratios:
+        lines += ["", "Training time over `none`'s, medians over the runs above (one CPU core, shared with others):"]
+        lines += ["", *(f"- `{s}`: {r:.2f}x" for s, r in ratios.items())]
+    costs = {s: f["seconds"] for s in ("none", NEW, *VARIANTS) if (f := finished(config, f"cost/{s}", base))}
+    if "none" in costs and len(costs) > 1:
         lines += [
             "",
-            f"At the main job's own settings (`--profile demo`, seed 0), run back to back: `none` "
-            f"{alone:.0f} s, `{NEW}` {new:.0f} s, {new / alone:.2f}x.",
+            f"At the main job's own settings (`--profile {PROFILE}`, seed 0), run back to back: "
+            + ", ".join(f"`{s}` {t:.0f} s" for s, t in costs.items())
+            + "; over `none`: "
+            + ", ".join(f"`{s}` {t / costs['none']:.2f}x" for s, t in costs.items() if s != "none")
+            + ".",
         ]
+    return lines
+
+
+def table(config: RegimesConfig) -> str:
+    """The Markdown tables, one section per base that measured runs, the one with the most first."""
+    lines = [
+        "# Regimes: every trust strategy on six sets of clients (CPU)",
+        "",
+        "`python scripts/regimes.py` (docs: [Which strategy for which data](../choosing.md)): the main "
+        f"job's settings (`--profile {PROFILE}`) cut to `{' '.join(CUT)}`, one CPU core shared with other jobs. "
+        f"Each run's figures are kept in `{LEDGER}`, by the offline base it started from: pretraining is "
+        "deterministic on one machine but not across machines, so each base has its own tables (named by the "
+        "base's validation perplexity) and nothing is compared across bases.",
+        "",
+        "Variants of `learned`: " + "; ".join(f"`{k}`: `{' '.join(v[1:])}`" for k, v in VARIANTS.items()) + ".",
+    ]
+    for base in ledger().bases():
+        lines += ["", f"## Base {base}" + (" (this machine's)" if base == ledger().base else ""), ""]
+        lines += base_table(config, base)
+    chosen = [r for r in REGIMES if r.name in config.regimes]
     lines += ["", "Regimes:", ""] + [f"- `{r.name}`: {r.what} (`{r.recipe}`, {r.clients} clients)." for r in chosen]
     return "\n".join(lines) + "\n"
 
@@ -242,15 +298,17 @@ def main(argv: list[str] | None = None) -> int:
         config = command().parse(argv)
         chosen = [r for r in REGIMES if r.name in config.regimes]
         grid = [(r, s, k) for r in chosen for k in config.seeds for s in config.strategies]
-        for strategy in ("none", NEW) if config.cost and not config.table_only else ():
-            if final_ppl(config.out / "cost" / strategy) is None:
+        for strategy in ("none", *COSTED) if config.cost and not config.table_only else ():
+            if finished(config, f"cost/{strategy}") is None:
                 run(fit_command().parse(cost_options(strategy, config.out / "cost" / strategy)))
-        todo = [g for g in grid if final_ppl(config.out / g[0].name / g[1] / f"seed{g[2]}") is None]
+                finished(config, f"cost/{strategy}")
+        todo = [g for g in grid if finished(config, f"{g[0].name}/{g[1]}/seed{g[2]}") is None]
         print(f"{len(grid)} runs in the grid, {len(grid) - len(todo)} finished, {len(todo)} to run.", flush=True)
         for i, (regime, strategy, seed) in enumerate([] if config.table_only else todo, 1):
             folder = config.out / regime.name / strategy / f"seed{seed}"
             start = time.time()
             run(fit_command().parse(fit_options(regime, strategy, seed, folder, config.strong_steps)))
+            finished(config, f"{regime.name}/{strategy}/seed{seed}")
             print(f"[{i}/{len(todo)}] {regime.name} {strategy} seed {seed}: {time.time() - start:.0f} s", flush=True)
     except FixableError as err:
         fail(err)
