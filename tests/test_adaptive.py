@@ -93,11 +93,13 @@ def test_a_round_gives_row_stochastic_trust_that_lowers_or_keeps_the_chosen_loss
         assert (chosen <= own + 1e-6).all()
 
 
-def test_rounds_measure_a_different_part_each_time_and_learned_a_quarter_by_default():
+def test_rounds_measure_a_different_part_each_time_and_learned_an_eighth_by_default():
     module, dm = scoring_module(), SyntheticClients(num_clients=N)
-    rounds = T.TrustRounds(T.TrustSettings(strategy="learned"), N)
-    parts = [rounds.run(step, T.BatchedMeasurements(module, dm)).record["part"] for step in (2, 4, 6, 8, 10)]
-    assert parts == [[0, 4], [1, 4], [2, 4], [3, 4], [0, 4]]
+    rounds = T.TrustRounds(T.TrustSettings(strategy="learned", parts=3), N)
+    parts = [rounds.run(step, T.BatchedMeasurements(module, dm)).record["part"] for step in (2, 4, 6, 8)]
+    assert parts == [[0, 3], [1, 3], [2, 3], [0, 3]]
+    default = T.TrustRounds(T.TrustSettings(strategy="learned"), N).run(2, T.BatchedMeasurements(module, dm))
+    assert default.record["part"] == [0, 8]
     whole = T.TrustRounds(T.TrustSettings(strategy="dynamic-ref"), N).run(2, T.BatchedMeasurements(module, dm))
     assert "part" not in whole.record
 

@@ -89,7 +89,7 @@ NOT_SET_BY_THE_PROFILE = {
     "run.progress",
     # beyond the reference: bad clients and the defences against them, trust that learns how much
     "attack.kind", "attack.bad", "attack.poses_as", "attack.scale", "trust.norm_bound", "trust.token_source",
-    "trust.learn_every",
+    "trust.learn_every", "trust.parts",
 }  # fmt: skip
 # The recipes' budgets under the switch: (recipe, split) -> (tokens, where).
 BUDGETS = {

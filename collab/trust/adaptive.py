@@ -36,9 +36,9 @@ from .registry import register_family
 from .settings import TrustSettings
 
 LEARNED_TEMPERATURES = (0.1, 0.3, 1.0)  # nats: near one-hot on the best peers, to broad
-APFL_ALPHAS = (0.0, 1 / 3, 2 / 3, 1.0)
-# `learned` chooses at every aggregation on a quarter of the trust split, a different quarter each time
-LEARNED_PARTS = 4  # own adapter's share; the rest is the mean of all
+APFL_ALPHAS = (0.0, 1 / 3, 2 / 3, 1.0)  # own adapter's share; the rest is the mean of all
+# `learned` chooses at every aggregation on an eighth of the trust split, a different eighth each time
+LEARNED_PARTS = 8
 
 
 def row_weights(rows: torch.Tensor, usable: torch.Tensor, scored: torch.Tensor | None = None) -> torch.Tensor:

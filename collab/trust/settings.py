@@ -117,7 +117,7 @@ class TrustSettings:
         None,
         "measure each aggregation's losses on the trust split on one of this many interleaved parts of its "
         "batches, a different part each aggregation: cost / N, noise x sqrt(N) (default: the strategy's own, "
-        "4 for learned, 1 for the rest)",
+        "8 for learned, 1 for the rest)",
         alias="trust_parts",
     )
     eval_chunk: int | None = option(
