@@ -92,8 +92,10 @@ def peer_losses_content(
 ) -> RecordDict:
     """dynamic-ref: the peers' adapters to score on the client's own `trust` split (its `part` of the
     batches; None: all), in `order`."""
-    config = {"order": list(order)} | ({} if part is None else {"part": list(part)})
-    return RecordDict({PEERS: peers_arrays(peers), "config": ConfigRecord(config)})
+    config = ConfigRecord({"order": list(order)})
+    if part is not None:
+        config["part"] = list(part)
+    return RecordDict({PEERS: peers_arrays(peers), "config": config})
 
 
 def losses_reply(losses: torch.Tensor) -> RecordDict:
@@ -189,10 +191,12 @@ def peer_losses_request(
     """`peer_losses_content`'s peers' adapters, their order and the part of the split."""
     config = content.config_records["config"]
     order = [_int(n) for n in _list(config["order"])]
-    part = tuple(_int(n) for n in _list(config["part"])) if "part" in config else None
-    if part is not None and not (len(part) == 2 and 0 <= part[0] < part[1]):
-        raise ValueError(f"a peer_losses query's part must be (i, n) with 0 <= i < n, got {part}")
-    return peers_tensors(content.array_records[PEERS]), order, part  # type: ignore[return-value]
+    if "part" not in config:
+        return peers_tensors(content.array_records[PEERS]), order, None
+    i, n = (_int(v) for v in _list(config["part"]))
+    if not 0 <= i < n:
+        raise ValueError(f"a peer_losses query's part must be (i, n) with 0 <= i < n, got ({i}, {n})")
+    return peers_tensors(content.array_records[PEERS]), order, (i, n)
 
 
 def losses(content: RecordDict) -> torch.Tensor:
