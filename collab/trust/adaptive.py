@@ -94,7 +94,9 @@ class LearnedTrust(RowTrust):
     """`learned`: per client, the candidate row (`peer_loss_rows`) whose average predicts its own
     `trust` split best, chosen at every `every`-th round and kept in between (`--trust_learn_every`).
     Cost of a choice: the peer losses (N² evaluations, N * (m + 1) with --trust_peers m) and one
-    evaluation per client per candidate row other than its own; a kept round costs nothing."""
+    evaluation per client per candidate row other than its own, each on an eighth of the split
+    (`default_parts`, `--trust_parts`): choosing often on little data beat choosing rarely on all of
+    it at a fraction of the cost (docs/choosing.md); a kept round costs nothing."""
 
     name: ClassVar[str] = "learned"
     needs: ClassVar[tuple[str, ...]] = ("pair_losses", "mixture_losses")
