@@ -13,7 +13,7 @@ from test_flower import argv, assert_same_run, flower_run, in_process, inputs  #
 
 from collab import fit
 from collab import trust as T
-from collab.trust.adaptive import best_rows, fedfomo_rows, own_share_rows, peer_loss_rows
+from collab.trust.adaptive import best_rows, fedfomo_rows, peer_loss_rows
 from collab.trust.protocols import batches_of
 from lora_gpt import lora_parameters
 from lora_gpt.cross_entropy import token_cross_entropy
@@ -62,9 +62,6 @@ def test_learned_candidates_and_the_choice_of_the_lowest_loss():
     candidate_losses = torch.tensor([[1.0, 2.0, 0.5], [0.9, float("nan"), 0.5], [1.2, 1.0, 0.4], [0.9, 3.0, 0.4]])
     chosen = best_rows(rows, candidate_losses)
     torch.testing.assert_close(chosen, torch.stack([rows[1, 0], rows[2, 1], rows[2, 2]]))
-    mixes = own_share_rows(rows[3], (1 / 3, 2 / 3))  # own adapter at 1/3 and 2/3 against the mean row
-    torch.testing.assert_close(mixes[0, 1], torch.tensor([1 / 3, 2 / 3, 0.0]))
-    torch.testing.assert_close(mixes[1, 0], torch.tensor([2 / 3 + 1 / 9, 1 / 9, 1 / 9]))
 
 
 def test_parts_of_the_trust_split_interleave_and_never_come_out_empty():

@@ -8,10 +8,9 @@ candidate rows (`Measurements.mixture_losses`), and keep per client the row that
 best:
 
 - `learned`: candidates from the peer losses `dynamic-ref` measures (`--trust_peers` bounds them):
-  the client alone, softmaxes of minus the loss at `LEARNED_TEMPERATURES`, the plain mean of the
-  scored clients, and the client's own adapter mixed with that mean (`LEARNED_OWN_SHARES`, apfl's
-  middle rows); so it can become local training, plain averaging, a mix of the two or peer
-  selection, client by client and round by round.
+  the client alone, softmaxes of minus the loss at `LEARNED_TEMPERATURES`, and the plain mean of the
+  scored clients; so it can become local training, plain averaging or peer selection, client by
+  client and round by round.
 - `apfl`: an APFL-like own-versus-average weight: `alpha * own + (1 - alpha) * mean of all`, alpha
   from `APFL_ALPHAS` chosen on the trust split.
 - `fedfomo`: FedFomo's rule, each peer weighed by how much its model lowers the client's loss per
@@ -37,7 +36,6 @@ from .registry import register_family
 from .settings import TrustSettings
 
 LEARNED_TEMPERATURES = (0.1, 0.3, 1.0)  # nats: near one-hot on the best peers, to broad
-LEARNED_OWN_SHARES = (1 / 3, 2 / 3)  # and the client's own adapter at these shares against the mean, as apfl's
 APFL_ALPHAS = (0.0, 1 / 3, 2 / 3, 1.0)  # own adapter's share; the rest is the mean of all
 # `learned` chooses at every aggregation on an eighth of the trust split, a different eighth each time
 LEARNED_PARTS = 8
@@ -82,12 +80,6 @@ def peer_loss_rows(losses: torch.Tensor, temperatures: Sequence[float]) -> torch
     return torch.stack(rows).float()
 
 
-def own_share_rows(mean: torch.Tensor, shares: Sequence[float]) -> torch.Tensor:
-    """`[K, P, P]`: per share a, each client's own adapter at weight a and the `mean` row (`[P, P]`) at 1 - a."""
-    own = torch.eye(mean.shape[0], dtype=mean.dtype)
-    return torch.stack([a * own + (1 - a) * mean for a in shares])
-
-
 class RowTrust(TrustFamily):
     """A family whose scores are its trust rows (non-negative weights), renormalised over the usable
     clients and scored pairs."""
@@ -112,7 +104,6 @@ class LearnedTrust(RowTrust):
     default_parts: ClassVar[int] = LEARNED_PARTS
     sampling: PeerSampling = field(default_factory=PeerSampling)
     temperatures: tuple[float, ...] = LEARNED_TEMPERATURES
-    own_shares: tuple[float, ...] = LEARNED_OWN_SHARES
     every: int = 1  # choose the rows at every this many rounds, keep them in between
 
     @classmethod
@@ -130,7 +121,6 @@ class LearnedTrust(RowTrust):
     def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
         losses = measured.pair_losses(pairs).cpu()
         rows = peer_loss_rows(losses, self.temperatures)
-        rows = torch.cat([rows, own_share_rows(rows[-1], self.own_shares)])
         mixed = measured.mixture_losses(rows[1:]).cpu()  # the client alone: its own pair loss
         chosen = best_rows(rows, torch.cat([losses.diagonal()[None, :], mixed]))
         return unmeasurable(chosen, losses, pairs)
