@@ -81,6 +81,7 @@ ROWS = [
     Row("dynamic-token, token_source=sent", "dynamic-token", SENT),
     Row("dynamic-token, defended", "dynamic-token", DEFENCE),
     Row("dynamic-token-thresh, defended", "dynamic-token-thresh", DEFENCE),  # and a floor on a peer's score
+    Row("learned", "learned"),  # trust that learns how much, from each client's own held-out loss
     *(Row(s, s) for s in ROBUST),
 ]
 
