@@ -165,9 +165,10 @@ def trust_on_bad(summary: dict[str, Any]) -> float:
 
 
 def cell(row: Row, attack: str, bad: int, seeds: Sequence[int]) -> Figures | None:
-    """Over the seeds with both runs finished, on the first base (this machine's first) that has any:
-    the honest ppl change vs clean (%) and the trust on bad clients, each as [mean, worst], the seed
-    count and the base; else the cell as reported before the ledger kept runs."""
+    """The honest ppl change vs clean (%) and the trust on bad clients, each as [mean, worst], the seed
+    count and the base, over the seeds with both runs finished on one base (or as reported before the
+    ledger kept runs): from the base with the most seeds, the ledger's main base first among equals."""
+    found: list[Figures] = []
     for base in ledger().bases():
         change, share = [], []
         for s in seeds:
@@ -177,28 +178,31 @@ def cell(row: Row, attack: str, bad: int, seeds: Sequence[int]) -> Figures | Non
             change.append(100 * (attacked["honest_ppl"] / clean["honest_ppl"] - 1))
             share.append(attacked["trust_on_bad"])
         if change:
-            return {
-                "change": [statistics.mean(change), max(change)],
-                "share": [statistics.mean(share), max(share)],
-                "seeds": len(change),
-                "base": base,
-            }
+            found.append(
+                {
+                    "change": [statistics.mean(change), max(change)],
+                    "share": [statistics.mean(share), max(share)],
+                    "seeds": len(change),
+                    "base": base,
+                }
+            )
         earlier = ledger().get(f"{row.folder}/{attack}-k{bad}/reported", base)
         if earlier is not None:
-            return {**earlier, "base": base}
-    return None
+            found.append({**earlier, "base": base})
+    return max(found, key=lambda f: int(f["seeds"]), default=None)  # max keeps the first of equals
 
 
-def clean_ppl(row: Row, bad: int, seeds: Sequence[int]) -> tuple[float, str] | None:
-    """The paired clean runs' mean perplexity, and the base, as `cell` finds them."""
+def clean_ppl(row: Row, bad: int, seeds: Sequence[int]) -> list[tuple[float, str]]:
+    """The paired clean runs' mean perplexity on each base that has them (or as reported), and the base."""
+    found = []
     for base in ledger().bases():
-        found = [f["honest_ppl"] for s in seeds if (f := finished(folder(row, "clean", bad, s), base)) is not None]
-        if found:
-            return statistics.mean(found), base
+        runs = [f["honest_ppl"] for s in seeds if (f := finished(folder(row, "clean", bad, s), base)) is not None]
         earlier = ledger().get(f"{row.folder}/clean/reported", base)
-        if earlier is not None:
-            return float(earlier["ppl"]), base
-    return None
+        if runs:
+            found.append((statistics.mean(runs), base))
+        elif earlier is not None:
+            found.append((float(earlier["ppl"]), base))
+    return found
 
 
 def marked(text: str, base: str) -> str:
@@ -238,7 +242,7 @@ def table(bad: int, seeds: Sequence[int]) -> tuple[list[str], dict[tuple[str, st
             ppl_texts.append(marked(f"{change:+.1f} [{worst:+.1f}]{count}", got["base"]))
             no_share = share is None or row.strategy in ROBUST[:2]
             share_texts.append(marked("-" if no_share else f"{share[0]:.1%} [{share[1]:.1%}]", got["base"]))
-        ppl = "-" if clean is None else marked(f"{clean[0]:.1f}", clean[1])
+        ppl = " / ".join(marked(f"{value:.1f}", base) for value, base in clean) or "-"
         ppl_lines.append(f"| {row.label} | {ppl} | {' | '.join(ppl_texts)} |")
         share_lines.append(f"| {row.label} | {ppl} | {' | '.join(share_texts)} |")
     lines = [
