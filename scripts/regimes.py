@@ -8,7 +8,7 @@ seed) run has its folder `OUT/REGIME/STRATEGY/seedSEED`; finished runs (a `summa
 skipped, so an interrupted grid resumes. The table goes to `--table` (Markdown).
 
     python scripts/regimes.py                       # the reported grid: seeds 0-2
-    python scripts/regimes.py --seeds 100 --out runs/regimes-tuning   # tuning seeds
+    python scripts/regimes.py --seeds 100 --strategies learned learned-4 --out runs/regimes-tuning   # tuning
     python scripts/regimes.py --table_only          # the table from the finished runs
 """
 
@@ -86,8 +86,10 @@ class RegimesConfig:
 
     regimes: tuple[str, ...] = option(tuple(r.name for r in REGIMES), "regimes: " + ", ".join(r.name for r in REGIMES))
     strategies: tuple[str, ...] = option(
-        (*STRATEGIES, *VARIANTS),
-        "trust strategies (collab.fit's --trust), or " + ", ".join(f"{k} ({' '.join(v)})" for k, v in VARIANTS.items()),
+        STRATEGIES,
+        "trust strategies to run (collab.fit's --trust), or "
+        + ", ".join(f"{k} ({' '.join(v)})" for k, v in VARIANTS.items())
+        + " (the table shows every strategy the ledger holds)",
     )
     seeds: tuple[int, ...] = option((0, 1, 2), "seeds (tune on others: 100 and up)")
     strong_steps: int = option(800, "pretraining steps of the stronger base (the default base: 400)")
@@ -186,19 +188,17 @@ def base_table(config: RegimesConfig, base: str) -> list[str]:
     """The tables of the runs measured with `base`: mean perplexity (rank) per strategy and regime,
     the targets, the time ratios."""
     chosen = [r for r in REGIMES if r.name in config.regimes]
+    shown = list(dict.fromkeys((*STRATEGIES, *VARIANTS, *config.strategies)))
 
     def figures(regime: str, strategy: str, seed: int) -> Figures | None:
         return finished(config, f"{regime}/{strategy}/seed{seed}", base)
 
     results = {
-        r.name: {
-            s: {k: f["ppl"] for k in config.seeds if (f := figures(r.name, s, k)) is not None}
-            for s in config.strategies
-        }
+        r.name: {s: {k: f["ppl"] for k in config.seeds if (f := figures(r.name, s, k)) is not None} for s in shown}
         for r in chosen
     }
     reported = {
-        r.name: {s: float(f["ppl"]) for s in config.strategies if (f := ledger().get(f"{r.name}/{s}/reported", base))}
+        r.name: {s: float(f["ppl"]) for s in shown if (f := ledger().get(f"{r.name}/{s}/reported", base))}
         for r in chosen
     }
     rows = {name: regime_rows(ppl, config.seeds, reported[name]) for name, ppl in results.items()}
@@ -209,7 +209,7 @@ def base_table(config: RegimesConfig, base: str) -> list[str]:
         "| strategy | " + " | ".join(r.name for r in chosen) + " | mean rank |",
         "|---|" + "---|" * (len(chosen) + 1),
     ]
-    for s in config.strategies:
+    for s in shown:
         cells, ranks = [], []
         for r in chosen:
             row = rows[r.name]
@@ -244,7 +244,7 @@ def base_table(config: RegimesConfig, base: str) -> list[str]:
         lines.append(f"| {r.name} | {row['best']} | {per_seed} | {mean:+.1f}% | {within} | {beats} |")
     seconds = {
         s: [f["seconds"] for r in chosen for k in config.seeds if (f := figures(r.name, s, k)) and f.get("seconds")]
-        for s in config.strategies
+        for s in shown
     }
     ratios = {
         s: statistics.median(t) / statistics.median(seconds["none"])
@@ -252,9 +252,7 @@ def base_table(config: RegimesConfig, base: str) -> list[str]:
         if t and seconds.get("none")
     }
     ratios |= {
-        s: float(f["ratio"])
-        for s in config.strategies
-        if s not in ratios and (f := ledger().get(f"time/{s}/reported", base))
+        s: float(f["ratio"]) for s in shown if s not in ratios and (f := ledger().get(f"time/{s}/reported", base))
     }
     if ratios:
         lines += ["", "Training time over `none`'s, medians over the runs above (one CPU core, shared with others):"]

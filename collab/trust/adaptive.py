@@ -88,9 +88,23 @@ class RowTrust(TrustFamily):
         return row_weights(scores, usable, scored)
 
 
+@dataclass(frozen=True)
+class PairSampledRowTrust(RowTrust):
+    """A `RowTrust` family that measures peer losses, pairs `sampling` can bound (`--trust_peers`)."""
+
+    scores_pairs: ClassVar[bool] = True
+    sampling: PeerSampling = field(default_factory=PeerSampling)
+
+    def candidates(
+        self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
+    ) -> torch.Tensor | None:
+        """The pairs `sampling` picks (`PeerSampling.candidates`)."""
+        return self.sampling.candidates(prior, adapters, seed)
+
+
 @register_family
 @dataclass(frozen=True)
-class LearnedTrust(RowTrust):
+class LearnedTrust(PairSampledRowTrust):
     """`learned`: per client, the candidate row (`peer_loss_rows`) whose average predicts its own
     `trust` split best, chosen at every `every`-th round and kept in between (`--trust_learn_every`).
     Cost of a choice: the peer losses (N² evaluations, N * (m + 1) with --trust_peers m) and one
@@ -100,9 +114,7 @@ class LearnedTrust(RowTrust):
 
     name: ClassVar[str] = "learned"
     needs: ClassVar[tuple[str, ...]] = ("pair_losses", "mixture_losses")
-    scores_pairs: ClassVar[bool] = True
     default_parts: ClassVar[int] = LEARNED_PARTS
-    sampling: PeerSampling = field(default_factory=PeerSampling)
     temperatures: tuple[float, ...] = LEARNED_TEMPERATURES
     every: int = 1  # choose the rows at every this many rounds, keep them in between
 
@@ -112,11 +124,6 @@ class LearnedTrust(RowTrust):
 
     def reuses_prior(self, round_index: int) -> bool:
         return round_index % self.every != 0
-
-    def candidates(
-        self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
-    ) -> torch.Tensor | None:
-        return self.sampling.candidates(prior, adapters, seed)
 
     def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
         losses = measured.pair_losses(pairs).cpu()
@@ -170,23 +177,16 @@ def fedfomo_rows(losses: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
 
 @register_family
 @dataclass(frozen=True)
-class FedFomo(RowTrust):
+class FedFomo(PairSampledRowTrust):
     """`fedfomo`: FedFomo's weighting rule (`fedfomo_rows`) on the peer losses `dynamic-ref`
     measures (`--trust_peers` bounds them) and the distances between the adapters."""
 
     name: ClassVar[str] = "fedfomo"
     needs: ClassVar[tuple[str, ...]] = ("pair_losses", "adapters")
-    scores_pairs: ClassVar[bool] = True
-    sampling: PeerSampling = field(default_factory=PeerSampling)
 
     @classmethod
     def from_settings(cls, settings: TrustSettings) -> FedFomo:
         return cls(sampling=settings.sampling())
-
-    def candidates(
-        self, prior: torch.Tensor | None, adapters: Mapping[str, torch.Tensor], seed: Sequence[int]
-    ) -> torch.Tensor | None:
-        return self.sampling.candidates(prior, adapters, seed)
 
     def scores(self, measured: Measurements, pairs: torch.Tensor | None = None) -> torch.Tensor:
         losses = measured.pair_losses(pairs).cpu()
